@@ -1,0 +1,343 @@
+"""BeadsAutoDispatch: the dispatcher and reaper CronJobs and the ConfigMaps they run from."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_kubernetes.batch.v1 import (
+    CronJob,
+    CronJobSpecArgs,
+    JobSpecArgs,
+    JobTemplateSpecArgs,
+)
+from pulumi_kubernetes.core.v1 import (
+    CapabilitiesArgs,
+    ConfigMap,
+    ConfigMapEnvSourceArgs,
+    ConfigMapVolumeSourceArgs,
+    ContainerArgs,
+    EmptyDirVolumeSourceArgs,
+    EnvFromSourceArgs,
+    EnvVarArgs,
+    EnvVarSourceArgs,
+    KeyToPathArgs,
+    LocalObjectReferenceArgs,
+    PodSecurityContextArgs,
+    PodSpecArgs,
+    PodTemplateSpecArgs,
+    ResourceRequirementsArgs,
+    SeccompProfileArgs,
+    SecretKeySelectorArgs,
+    SecurityContextArgs,
+    VolumeArgs,
+    VolumeMountArgs,
+)
+from pulumi_kubernetes.meta.v1 import ObjectMetaArgs
+
+from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle
+from components.config import DeploySettings
+from jobs import settings as job_env
+
+COMPONENT_TYPE = "beads:autodispatch:BeadsAutoDispatch"
+APP_NAME = "beads-auto-dispatch"
+PART_OF = "beads"
+DISPATCHER_NAME = "beads-dispatcher"
+REAPER_NAME = "beads-reaper"
+BD_CONFIG_NAME = "beads-autodispatch-bd-config"
+RUNTIME_CONFIG_NAME = "beads-autodispatch-runtime"
+CODE_NAME = "beads-autodispatch-code"
+VENDOR_NAME = "beads-autodispatch-vendor"
+CHECKSUM_ANNOTATION = "beads.autodispatch/checksum"
+
+# Where the pod sees things. /tmp is the one writable path (an emptyDir).
+CODE_MOUNT = "/opt/beads-autodispatch/code"
+VENDOR_MOUNT = "/opt/beads-autodispatch/vendor"
+BD_CONFIG_MOUNT = "/etc/beads-autodispatch/bd"
+SCRATCH_MOUNT = "/tmp"  # noqa: S108
+POD_HOME = "/tmp"  # noqa: S108
+POD_BEADS_DB = "/tmp/.beads"  # noqa: S108
+PYTHONPATH = f"{CODE_MOUNT}:{VENDOR_MOUNT}/{VENDOR_ZIP_NAME}"
+AGENT_UID = 1000  # the image's `agent` user
+# bd reads the Dolt password only from this env var (a name, not a secret).
+DOLT_PASSWORD_ENV = "BEADS_DOLT_PASSWORD"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    component: str
+    command: str
+    schedule: str
+    deadline_seconds: int
+
+
+def bd_metadata(settings: DeploySettings) -> dict[str, object]:
+    """bd's server-mode metadata.json (keys as bd 1.0.2 reads them)."""
+    data: dict[str, object] = {
+        "database": "dolt",
+        "backend": "dolt",
+        "dolt_mode": "server",
+        "dolt_server_host": settings.dolt_host,
+        "dolt_server_port": settings.dolt_port,
+        "dolt_server_user": settings.dolt_user,
+        "dolt_database": settings.dolt_database,
+    }
+    if settings.dolt_tls:
+        data["dolt_server_tls"] = True
+    if settings.dolt_project_id:
+        data["project_id"] = settings.dolt_project_id
+    return data
+
+
+def runtime_config(settings: DeploySettings) -> dict[str, str]:
+    """The kill switch and runtime knobs, keyed by the env names the jobs read."""
+    return {
+        job_env.AUTODISPATCH_ENABLED: "true" if settings.dispatcher_enabled else "false",
+        job_env.BEADBOARD_URL: settings.beadboard_url,
+        job_env.AGENT_ASSIGNEE: settings.agent_assignee,
+        job_env.REAPER_THRESHOLD_MINUTES: str(settings.reaper_threshold_minutes),
+        job_env.DISPATCH_MAX_ATTEMPTS: str(settings.max_dispatch_attempts),
+        job_env.HTTP_TIMEOUT_SECONDS: str(settings.http_timeout_seconds),
+        job_env.BD_TIMEOUT_SECONDS: str(settings.bd_timeout_seconds),
+    }
+
+
+def labels(component: str | None = None) -> dict[str, str]:
+    result = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+    if component:
+        result["app.kubernetes.io/component"] = component
+    return result
+
+
+def checksum(*parts: str | bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode() if isinstance(part, str) else part)
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+class BeadsAutoDispatch(pulumi.ComponentResource):
+    """Everything the auto-dispatch needs in one namespace, derived from DeploySettings."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: DeploySettings,
+        bundle: Bundle | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        self.settings = settings
+        self.bundle = bundle if bundle is not None else build_bundle()
+        child = pulumi.ResourceOptions(parent=self)
+        ns = settings.namespace
+
+        metadata_json = json.dumps(bd_metadata(settings), indent=2, sort_keys=True) + "\n"
+        runtime = runtime_config(settings)
+        self.bd_config = ConfigMap(
+            f"{name}-bd-config",
+            metadata=self._meta(BD_CONFIG_NAME, ns),
+            data={"metadata.json": metadata_json},
+            opts=child,
+        )
+        self.runtime_config = ConfigMap(
+            f"{name}-runtime",
+            metadata=self._meta(RUNTIME_CONFIG_NAME, ns),
+            data=runtime,
+            opts=child,
+        )
+        self.code = ConfigMap(
+            f"{name}-code",
+            metadata=self._meta(CODE_NAME, ns),
+            data=dict(sorted(self.bundle.sources.items())),
+            opts=child,
+        )
+        self.vendor = ConfigMap(
+            f"{name}-vendor",
+            metadata=self._meta(VENDOR_NAME, ns, self.bundle.vendored_versions),
+            binary_data={VENDOR_ZIP_NAME: base64.b64encode(self.bundle.vendor_zip).decode()},
+            opts=child,
+        )
+
+        # Any change of code or config changes this, so every change shows in a diff.
+        self.checksum = checksum(
+            self.bundle.digest(), metadata_json, json.dumps(runtime, sort_keys=True)
+        )
+        kinds = (
+            JobKind(
+                DISPATCHER_NAME,
+                "dispatcher",
+                "dispatch",
+                settings.dispatcher_schedule,
+                settings.dispatcher_deadline_seconds,
+            ),
+            JobKind(
+                REAPER_NAME,
+                "reaper",
+                "reap",
+                settings.reaper_schedule,
+                settings.reaper_deadline_seconds,
+            ),
+        )
+        self.dispatcher, self.reaper = (self._cronjob(name, kind) for kind in kinds)
+
+        self.register_outputs(
+            {
+                "dispatcherName": self.dispatcher.metadata.name,
+                "reaperName": self.reaper.metadata.name,
+                "dispatcherSchedule": settings.dispatcher_schedule,
+                "reaperSchedule": settings.reaper_schedule,
+                "suspended": not settings.dispatcher_enabled,
+            }
+        )
+
+    @staticmethod
+    def _meta(
+        name: str, namespace: str, annotations: dict[str, str] | None = None
+    ) -> ObjectMetaArgs:
+        return ObjectMetaArgs(
+            name=name, namespace=namespace, labels=labels(), annotations=annotations
+        )
+
+    def _cronjob(self, name: str, kind: JobKind) -> CronJob:
+        settings = self.settings
+        pod_labels = labels(kind.component)
+        return CronJob(
+            f"{name}-{kind.component}",
+            metadata=ObjectMetaArgs(
+                name=kind.name, namespace=settings.namespace, labels=pod_labels
+            ),
+            spec=CronJobSpecArgs(
+                schedule=kind.schedule,
+                time_zone="Etc/UTC",
+                suspend=not settings.dispatcher_enabled,
+                concurrency_policy="Forbid",
+                starting_deadline_seconds=60,
+                successful_jobs_history_limit=1,
+                failed_jobs_history_limit=3,
+                job_template=JobTemplateSpecArgs(
+                    metadata=ObjectMetaArgs(labels=pod_labels),
+                    spec=JobSpecArgs(
+                        backoff_limit=0,
+                        active_deadline_seconds=kind.deadline_seconds,
+                        ttl_seconds_after_finished=600,
+                        template=PodTemplateSpecArgs(
+                            metadata=ObjectMetaArgs(
+                                labels=pod_labels,
+                                annotations={CHECKSUM_ANNOTATION: self.checksum},
+                            ),
+                            spec=self._pod_spec(kind),
+                        ),
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.bd_config, self.runtime_config, self.code, self.vendor],
+            ),
+        )
+
+    def _pod_spec(self, kind: JobKind) -> PodSpecArgs:
+        settings = self.settings
+        env = [
+            EnvVarArgs(name="PYTHONPATH", value=PYTHONPATH),
+            EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1"),
+            EnvVarArgs(name="PYTHONUNBUFFERED", value="1"),
+            EnvVarArgs(name="HOME", value=POD_HOME),
+            EnvVarArgs(name=job_env.BEADS_DB, value=POD_BEADS_DB),
+            EnvVarArgs(name=job_env.BEADS_METADATA_FILE, value=f"{BD_CONFIG_MOUNT}/metadata.json"),
+        ]
+        if settings.dolt_password_secret_name:
+            env.append(
+                EnvVarArgs(
+                    name=DOLT_PASSWORD_ENV,
+                    value_from=EnvVarSourceArgs(
+                        secret_key_ref=SecretKeySelectorArgs(
+                            name=settings.dolt_password_secret_name,
+                            key=settings.dolt_password_secret_key,
+                        )
+                    ),
+                )
+            )
+        code_items = [
+            KeyToPathArgs(key=file_name, path=f"jobs/{file_name}")
+            for file_name in sorted(self.bundle.sources)
+        ]
+        return PodSpecArgs(
+            restart_policy="Never",
+            automount_service_account_token=False,
+            enable_service_links=False,
+            image_pull_secrets=(
+                [LocalObjectReferenceArgs(name=settings.image_pull_secret)]
+                if settings.image_pull_secret
+                else None
+            ),
+            security_context=PodSecurityContextArgs(
+                run_as_non_root=True,
+                run_as_user=AGENT_UID,
+                run_as_group=AGENT_UID,
+                fs_group=AGENT_UID,
+                seccomp_profile=SeccompProfileArgs(type="RuntimeDefault"),
+            ),
+            containers=[
+                ContainerArgs(
+                    name=kind.component,
+                    image=settings.image,
+                    image_pull_policy="IfNotPresent",
+                    command=["python3", "-m", "jobs", kind.command],
+                    working_dir=SCRATCH_MOUNT,
+                    env=env,
+                    env_from=[
+                        EnvFromSourceArgs(
+                            config_map_ref=ConfigMapEnvSourceArgs(name=RUNTIME_CONFIG_NAME)
+                        )
+                    ],
+                    resources=ResourceRequirementsArgs(
+                        requests={"cpu": "50m", "memory": "128Mi"},
+                        limits={"memory": "256Mi"},
+                    ),
+                    security_context=SecurityContextArgs(
+                        allow_privilege_escalation=False,
+                        read_only_root_filesystem=True,
+                        capabilities=CapabilitiesArgs(drop=["ALL"]),
+                    ),
+                    volume_mounts=[
+                        VolumeMountArgs(name="code", mount_path=CODE_MOUNT, read_only=True),
+                        VolumeMountArgs(name="vendor", mount_path=VENDOR_MOUNT, read_only=True),
+                        VolumeMountArgs(
+                            name="bd-config", mount_path=BD_CONFIG_MOUNT, read_only=True
+                        ),
+                        VolumeMountArgs(name="scratch", mount_path=SCRATCH_MOUNT),
+                    ],
+                )
+            ],
+            volumes=[
+                VolumeArgs(
+                    name="code",
+                    config_map=ConfigMapVolumeSourceArgs(
+                        name=CODE_NAME, items=code_items, default_mode=0o444
+                    ),
+                ),
+                VolumeArgs(
+                    name="vendor",
+                    config_map=ConfigMapVolumeSourceArgs(name=VENDOR_NAME, default_mode=0o444),
+                ),
+                VolumeArgs(
+                    name="bd-config",
+                    config_map=ConfigMapVolumeSourceArgs(name=BD_CONFIG_NAME, default_mode=0o444),
+                ),
+                VolumeArgs(
+                    name="scratch",
+                    empty_dir=EmptyDirVolumeSourceArgs(size_limit="64Mi"),
+                ),
+            ],
+        )

@@ -1,0 +1,105 @@
+"""`python3 -m jobs dispatch|reap [--dry-run]`: exit 0 ok, 1 failed run, 2 bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from jobs.beadboard import BeadBoard
+from jobs.beads import BdClient, resolve_bd_bin
+from jobs.dispatch import run_dispatch
+from jobs.log import Clock, EventLog, new_run_id, utc_now
+from jobs.reap import run_reap
+from jobs.settings import (
+    BD_BIN,
+    BEADS_METADATA_FILE,
+    ConfigError,
+    Settings,
+    load_settings,
+    require_beadboard_url,
+)
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m jobs",
+        description="Auto-dispatch beads assigned to the agent, or reap stuck ones.",
+    )
+    parser.add_argument("job", choices=["dispatch", "reap"], help="which tick to run once")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="decide and log, change no bead, dispatch nothing"
+    )
+    return parser
+
+
+def prepare_beads_dir(settings: Settings) -> None:
+    """bd writes lock/state files beside metadata.json; ConfigMap mounts are read-only."""
+    try:
+        settings.beads_db.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"BEADS_DB {settings.beads_db}: cannot create it ({exc.strerror})"
+        ) from None
+    source = settings.beads_metadata_file
+    if source is None:
+        return
+    if not source.is_file():
+        raise ConfigError(f"{BEADS_METADATA_FILE} {source}: no such file")
+    try:
+        shutil.copyfile(source, settings.beads_db / "metadata.json")
+    except OSError as exc:
+        raise ConfigError(f"{BEADS_METADATA_FILE} {source}: cannot copy ({exc.strerror})") from None
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock = utc_now,
+    stream: IO[str] | None = None,
+) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    run_id = new_run_id()
+    log = EventLog(args.job, run_id, clock, stream)
+    try:
+        settings = load_settings(env)
+        board_url = require_beadboard_url(settings) if args.job == "dispatch" else None
+    except ConfigError as exc:
+        return _config_error(log, exc)
+    log.event("run.start", dry_run=args.dry_run, assignee=settings.agent_assignee)
+    if not settings.enabled:
+        # The kill switch: nothing read, nothing written, nothing sent.
+        log.event("run.paused", detail="AUTODISPATCH_ENABLED is false; nothing done")
+        return 0
+    try:
+        if resolve_bd_bin(settings.bd_bin) is None:
+            raise ConfigError(f"{BD_BIN} {settings.bd_bin!r}: not found or not executable")
+        prepare_beads_dir(settings)
+    except ConfigError as exc:
+        return _config_error(log, exc)
+    bd = BdClient(
+        settings.bd_bin,
+        settings.beads_db,
+        actor=settings.agent_assignee,
+        timeout_seconds=settings.bd_timeout_seconds,
+    )
+    if board_url is None:
+        return run_reap(settings, bd, clock, log, dry_run=args.dry_run)
+    with BeadBoard(board_url, settings.http_timeout_seconds) as board:
+        return run_dispatch(settings, bd, board, clock, log, run_id, dry_run=args.dry_run)
+
+
+def _config_error(log: EventLog, exc: ConfigError) -> int:
+    log.error("config.invalid", error=str(exc))
+    print(f"configuration error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

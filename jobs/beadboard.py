@@ -1,0 +1,117 @@
+"""The only place that speaks HTTP: BeadBoard's two agent routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+STATUS_PATH = "/api/agent-status"
+DISPATCH_PATH = "/api/agent-dispatch"
+
+
+class BeadBoardError(Exception):
+    """BeadBoard could not be asked, or answered something we cannot use."""
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class AgentBusy:
+    """409: the agent refused because it is busy; not the bead's fault."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class DispatchFailed:
+    """Anything else: the reason goes into the bead's note, so it must be short."""
+
+    reason: str
+
+
+DispatchOutcome = Dispatched | AgentBusy | DispatchFailed
+
+
+class BeadBoard:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_seconds: float,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.requests_sent = 0
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout_seconds,
+            transport=transport,
+            follow_redirects=False,
+            headers={"user-agent": "beads-auto-dispatch"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> BeadBoard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def agent_busy(self) -> bool:
+        """BeadBoard's own view; it fails open (busy=false) when the agent is unreachable."""
+        self.requests_sent += 1
+        try:
+            response = self._client.get(STATUS_PATH)
+        except httpx.HTTPError as exc:
+            raise BeadBoardError(f"GET {STATUS_PATH}: {_describe_transport_error(exc)}") from None
+        if response.status_code != 200:
+            raise BeadBoardError(f"GET {STATUS_PATH}: HTTP {response.status_code}")
+        body = _json_object(response)
+        busy = body.get("busy") if body is not None else None
+        if not isinstance(busy, bool):
+            raise BeadBoardError(f"GET {STATUS_PATH}: answer has no boolean 'busy'")
+        return busy
+
+    def dispatch(self, bead_id: str) -> DispatchOutcome:
+        self.requests_sent += 1
+        try:
+            response = self._client.post(DISPATCH_PATH, json={"taskId": bead_id})
+        except httpx.HTTPError as exc:
+            return DispatchFailed(_describe_transport_error(exc))
+        body = _json_object(response)
+        error = _short(str(body.get("error"))) if body and body.get("error") else ""
+        if response.status_code == 200:
+            job_id = body.get("job_id") if body is not None else None
+            if isinstance(job_id, str) and job_id.strip():
+                return Dispatched(job_id.strip())
+            return DispatchFailed("HTTP 200 without job_id")
+        if response.status_code == 409:
+            return AgentBusy(error or "Agent is busy")
+        suffix = f" {error}" if error else ""
+        return DispatchFailed(f"HTTP {response.status_code}{suffix}")
+
+
+def _json_object(response: httpx.Response) -> dict[str, object] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timeout ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed ({_short(str(exc)) or 'refused'})"
+    return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

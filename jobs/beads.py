@@ -1,0 +1,257 @@
+"""The only place that runs `bd`: typed beads in, bd 1.0.2 CLI calls out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+STATUS_OPEN = "open"
+STATUS_IN_PROGRESS = "in_progress"
+STATUS_BLOCKED = "blocked"
+STATUS_CLOSED = "closed"
+
+# bd prints at most this much of an error worth quoting in a log line.
+_ERROR_EXCERPT = 300
+
+
+class Bead(BaseModel):
+    """One issue as `bd --json` prints it; fields we do not use are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    title: str = ""
+    status: str
+    priority: int
+    assignee: str = ""
+    acceptance_criteria: str = ""
+    notes: str = ""
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # bd writes UTC; a naive stamp would make age arithmetic silently wrong.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_object(cls, value: Any) -> Any:
+        # bd omits empty metadata and some versions print null; both mean "none".
+        return {} if value is None else value
+
+    @property
+    def has_acceptance_criteria(self) -> bool:
+        return bool(self.acceptance_criteria.strip())
+
+
+class BdError(Exception):
+    """bd could not do what was asked (crash, timeout, unreadable output, bad database)."""
+
+
+class BdRejected(BdError):
+    """bd answered but refused: the bead is gone or is held by someone else."""
+
+
+@dataclass
+class CallCounter:
+    """How many bd processes a run started; the benchmark reads it."""
+
+    calls: int = 0
+    by_command: dict[str, int] = field(default_factory=dict)
+
+    def record(self, command: str) -> None:
+        self.calls += 1
+        self.by_command[command] = self.by_command.get(command, 0) + 1
+
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class BdClient:
+    """Runs bd against one database as one actor, with a hard timeout per call."""
+
+    def __init__(
+        self,
+        bd_bin: str,
+        beads_dir: Path,
+        actor: str,
+        timeout_seconds: float,
+        env: Mapping[str, str] | None = None,
+        runner: Runner = subprocess.run,
+    ) -> None:
+        self.bd_bin = bd_bin
+        self.beads_dir = beads_dir
+        self.actor = actor
+        self.timeout_seconds = timeout_seconds
+        self._env = dict(env) if env is not None else None
+        self._run = runner
+        self.counter = CallCounter()
+
+    # -- reads ---------------------------------------------------------------
+
+    def query(self, expression: str) -> list[Bead]:
+        """All matching beads: `--limit 0`, because bd's default cap of 50 starves the rest."""
+        payload = self._json(["query", expression, "--limit", "0"])
+        return _beads_from(payload, f"bd query {expression!r}")
+
+    def show(self, bead_id: str) -> Bead | None:
+        """The bead, or None when bd says it does not exist."""
+        try:
+            payload = self._json(["show", bead_id])
+        except BdRejected:
+            return None
+        beads = _beads_from(payload, f"bd show {bead_id}")
+        return beads[0] if beads else None
+
+    # -- writes --------------------------------------------------------------
+
+    def update(
+        self,
+        bead_id: str,
+        *,
+        claim: bool = False,
+        status: str | None = None,
+        note: str | None = None,
+        assignee: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> None:
+        """One `bd update` call, so a status change and its note land together.
+
+        Raises BdRejected when bd updated nothing (bead missing, or held by another actor).
+        """
+        args = ["update", bead_id]
+        if claim:
+            args.append("--claim")
+        if status is not None:
+            args += ["--status", status]
+        if assignee is not None:
+            args += ["--assignee", assignee]
+        if note is not None:
+            args += ["--append-notes", note]
+        for key, value in sorted((set_metadata or {}).items()):
+            args += ["--set-metadata", f"{key}={value}"]
+        for key in unset_metadata:
+            args += ["--unset-metadata", key]
+        self._json(args, actor=actor)
+
+    def create(
+        self,
+        title: str,
+        *,
+        bead_id: str | None = None,
+        issue_type: str = "task",
+        priority: int = 2,
+        description: str = "",
+    ) -> str:
+        args = ["create", title, "--type", issue_type, "--priority", str(priority)]
+        if bead_id is not None:
+            # --force: an explicit id need not carry the database's prefix.
+            args += ["--id", bead_id, "--force"]
+        if description:
+            args += ["--description", description]
+        payload = self._json(args)
+        created = payload[0] if isinstance(payload, list) and payload else payload
+        if not isinstance(created, dict) or not isinstance(created.get("id"), str):
+            raise BdError(f"bd create printed no issue id: {_excerpt(json.dumps(payload))}")
+        return str(created["id"])
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _json(self, args: list[str], actor: str | None = None) -> Any:
+        command = [
+            self.bd_bin,
+            "--db",
+            str(self.beads_dir),
+            "--actor",
+            actor or self.actor,
+            "--json",
+            *args,
+        ]
+        self.counter.record(args[0])
+        try:
+            completed = self._run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_seconds,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BdError(f"bd {args[0]} timed out after {self.timeout_seconds:g}s") from None
+        except OSError as exc:
+            raise BdError(f"cannot run bd ({self.bd_bin}): {exc.strerror or exc}") from None
+        if completed.returncode != 0:
+            message = _error_message(completed.stdout, completed.stderr)
+            if _is_rejection(message):
+                raise BdRejected(f"bd {args[0]} {args[1] if len(args) > 1 else ''}: {message}")
+            raise BdError(f"bd {args[0]} exited {completed.returncode}: {message}")
+        try:
+            return json.loads(completed.stdout) if completed.stdout.strip() else []
+        except json.JSONDecodeError:
+            raise BdError(
+                f"bd {args[0]} printed invalid JSON: {_excerpt(completed.stdout)!r}"
+            ) from None
+
+
+def resolve_bd_bin(bd_bin: str) -> str | None:
+    """The path bd would be run from, or None when it cannot be found."""
+    return shutil.which(bd_bin)
+
+
+def _beads_from(payload: Any, what: str) -> list[Bead]:
+    if not isinstance(payload, list):
+        raise BdError(f"{what} printed {type(payload).__name__}, expected a JSON array")
+    beads: list[Bead] = []
+    for item in payload:
+        try:
+            beads.append(Bead.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "bead"
+            bead_id = item.get("id") if isinstance(item, dict) else None
+            raise BdError(
+                f"{what} printed a bead bd-contract does not allow "
+                f"(id={bead_id!r}, {where}: {first['msg']})"
+            ) from None
+    return beads
+
+
+def _error_message(stdout: str, stderr: str) -> str:
+    """bd --json reports errors as {"error": ...} on stdout; plain text goes to stderr."""
+    for text in (stdout, stderr):
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                payload = json.loads(stripped)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(payload, dict) and payload.get("error"):
+                return _excerpt(str(payload["error"]))
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.lower().startswith(("warning", "  "))]
+    return _excerpt((useful or lines or ["(no message)"])[-1] if useful else " ".join(lines))
+
+
+def _is_rejection(message: str) -> bool:
+    lowered = message.lower()
+    return "already claimed" in lowered or "not found" in lowered or "no issue found" in lowered
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _ERROR_EXCERPT else flat[: _ERROR_EXCERPT - 1] + "…"

@@ -1,0 +1,56 @@
+"""JSON-lines event log: one object per line, every line tagged with the run id."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+Clock = Callable[[], datetime]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def iso_utc(moment: datetime) -> str:
+    """RFC 3339 UTC with a Z, second precision: what notes and logs show.
+
+    A naive datetime is taken to be UTC already.
+    """
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventLog:
+    def __init__(self, job: str, run_id: str, clock: Clock, stream: IO[str] | None = None) -> None:
+        self.job = job
+        self.run_id = run_id
+        self._clock = clock
+        self._stream = stream if stream is not None else sys.stdout
+
+    def event(self, name: str, level: str = "info", **fields: Any) -> None:
+        record: dict[str, Any] = {
+            "ts": iso_utc(self._clock()),
+            "level": level,
+            "job": self.job,
+            "run_id": self.run_id,
+            "event": name,
+        }
+        record.update(fields)
+        self._stream.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        self._stream.flush()
+
+    def error(self, name: str, **fields: Any) -> None:
+        self.event(name, level="error", **fields)
+
+    def warning(self, name: str, **fields: Any) -> None:
+        self.event(name, level="warning", **fields)

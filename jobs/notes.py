@@ -1,0 +1,48 @@
+"""Every note the jobs write on a bead, in one place: each is dated and says who wrote it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from jobs.log import iso_utc
+
+DISPATCHER = "auto-dispatcher"
+REAPER = "reaper"
+
+
+def claimed(now: datetime) -> str:
+    return f"{DISPATCHER} claimed at {iso_utc(now)}"
+
+
+def dispatched(job_id: str, now: datetime) -> str:
+    return f"dispatched: job={job_id} ({DISPATCHER}, {iso_utc(now)})"
+
+
+def agent_busy(detail: str, now: datetime) -> str:
+    return (
+        f"agent busy ({detail}); back to open, not counted as a failed attempt "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
+def dispatch_failed(attempt: int, max_attempts: int, reason: str, now: datetime) -> str:
+    text = f"dispatch failed (attempt {attempt}/{max_attempts}): {reason}"
+    if attempt >= max_attempts:
+        text += " — blocking; fix the cause, then set the bead back to open to retry"
+    else:
+        text += "; back to open"
+    return f"{text} ({DISPATCHER}, {iso_utc(now)})"
+
+
+def reaped(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
+    return (
+        f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking "
+        f"({REAPER}, {iso_utc(now)})"
+    )
+
+
+def stale_lock_released(holder: str, since: datetime, now: datetime) -> str:
+    return (
+        f"released a stale dispatch lock held by {holder or '(nobody)'} since {iso_utc(since)} "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )

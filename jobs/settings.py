@@ -1,0 +1,151 @@
+"""The jobs' environment contract: one validated model, read once per run.
+
+The env var names below are the single source of truth: the Pulumi component
+imports them to build the pod spec, so the two halves cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+BEADBOARD_URL = "BEADBOARD_URL"
+BD_BIN = "BD_BIN"
+BEADS_DB = "BEADS_DB"
+BEADS_METADATA_FILE = "BEADS_METADATA_FILE"
+AGENT_ASSIGNEE = "AGENT_ASSIGNEE"
+REAPER_THRESHOLD_MINUTES = "REAPER_THRESHOLD_MINUTES"
+DISPATCH_MAX_ATTEMPTS = "DISPATCH_MAX_ATTEMPTS"
+AUTODISPATCH_ENABLED = "AUTODISPATCH_ENABLED"
+HTTP_TIMEOUT_SECONDS = "HTTP_TIMEOUT_SECONDS"
+BD_TIMEOUT_SECONDS = "BD_TIMEOUT_SECONDS"
+
+DEFAULT_BD_BIN = "bd"
+# The pod mounts an emptyDir at /tmp: the one writable path bd needs.
+DEFAULT_BEADS_DB = "/tmp/.beads"  # noqa: S108
+DEFAULT_AGENT_ASSIGNEE = "agent"
+DEFAULT_REAPER_THRESHOLD_MINUTES = 30
+DEFAULT_DISPATCH_MAX_ATTEMPTS = 3
+DEFAULT_HTTP_TIMEOUT_SECONDS = 10.0
+DEFAULT_BD_TIMEOUT_SECONDS = 60.0
+
+# An assignee is spliced into a bd query expression, so it must be one bare token.
+ASSIGNEE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A setting a user can fix; the message is the one line to show them."""
+
+
+def http_url(value: str) -> str:
+    """Normalise a base URL: http(s) scheme and a host, no trailing slash."""
+    text = value.strip()
+    if not re.match(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$", text):
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return text.rstrip("/")
+
+
+def parse_bool(value: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def assignee_name(value: str) -> str:
+    if not ASSIGNEE_PATTERN.match(value):
+        raise ValueError(
+            f"must be one word of letters, digits and . _ @ - (a bd assignee), got {value!r}"
+        )
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(http_url)]
+Assignee = Annotated[str, AfterValidator(assignee_name)]
+
+
+class Settings(BaseModel):
+    """Everything a dispatch or reap run needs to know, validated at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    beadboard_url: HttpUrl | None = None
+    bd_bin: str = Field(default=DEFAULT_BD_BIN, min_length=1)
+    beads_db: Path = Path(DEFAULT_BEADS_DB)
+    beads_metadata_file: Path | None = None
+    agent_assignee: Assignee = DEFAULT_AGENT_ASSIGNEE
+    reaper_threshold_minutes: int = Field(default=DEFAULT_REAPER_THRESHOLD_MINUTES, gt=0)
+    dispatch_max_attempts: int = Field(default=DEFAULT_DISPATCH_MAX_ATTEMPTS, ge=1, le=100)
+    enabled: bool = True
+    http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0, le=600)
+    bd_timeout_seconds: float = Field(default=DEFAULT_BD_TIMEOUT_SECONDS, gt=0, le=3600)
+
+
+# field name -> env var name; the order is the order errors are reported in.
+ENV_FIELDS: dict[str, str] = {
+    "beadboard_url": BEADBOARD_URL,
+    "bd_bin": BD_BIN,
+    "beads_db": BEADS_DB,
+    "beads_metadata_file": BEADS_METADATA_FILE,
+    "agent_assignee": AGENT_ASSIGNEE,
+    "reaper_threshold_minutes": REAPER_THRESHOLD_MINUTES,
+    "dispatch_max_attempts": DISPATCH_MAX_ATTEMPTS,
+    "enabled": AUTODISPATCH_ENABLED,
+    "http_timeout_seconds": HTTP_TIMEOUT_SECONDS,
+    "bd_timeout_seconds": BD_TIMEOUT_SECONDS,
+}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from env; unset or blank variables take the defaults.
+
+    Raises ConfigError naming the first offending variable.
+    """
+    raw: dict[str, object] = {}
+    for field, env_name in ENV_FIELDS.items():
+        value = environ.get(env_name)
+        if value is None or not value.strip():
+            continue
+        if field == "enabled":
+            try:
+                raw[field] = parse_bool(value)
+            except ValueError as exc:
+                raise ConfigError(f"{env_name} {exc}") from None
+        else:
+            raw[field] = value.strip()
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, ENV_FIELDS)) from None
+
+
+def describe_validation_error(exc: ValidationError, names: Mapping[str, str]) -> str:
+    """One line: the user-facing name of the first bad field and what is wrong."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    message = str(first["msg"])
+    # pydantic prefixes messages raised from our validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    got = first.get("input")
+    suffix = "" if "got " in message or got is None else f", got {got!r}"
+    return f"{names.get(field, field)} {message}{suffix}"
+
+
+def require_beadboard_url(settings: Settings) -> str:
+    if settings.beadboard_url is None:
+        raise ConfigError(f"{BEADBOARD_URL} is required for dispatch (e.g. http://beadboard)")
+    return settings.beadboard_url

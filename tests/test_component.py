@@ -1,0 +1,311 @@
+"""The Pulumi program and BeadsAutoDispatch under Pulumi's mocks: what a deploy would create."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import zipfile
+from typing import Any
+
+import pytest
+import yaml
+
+from components.auto_dispatch import (
+    BD_CONFIG_NAME,
+    CHECKSUM_ANNOTATION,
+    CODE_NAME,
+    DISPATCHER_NAME,
+    REAPER_NAME,
+    RUNTIME_CONFIG_NAME,
+    VENDOR_NAME,
+)
+from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
+from components.config import CONFIG_KEYS, defaults
+from jobs import settings as job_env
+from tests.pulumi_harness import ROOT, Recorder, render_program
+
+CRONJOB = "kubernetes:batch/v1:CronJob"
+CONFIGMAP = "kubernetes:core/v1:ConfigMap"
+
+
+@pytest.fixture(scope="module")
+def default_render() -> Recorder:
+    return render_program()
+
+
+def pod_spec(cronjob: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(cronjob: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec(cronjob)["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def test_resource_set_and_names(default_render: Recorder) -> None:
+    kinds = sorted((r.type, r.name) for r in default_render.resources)
+    assert kinds == [
+        ("beads:autodispatch:BeadsAutoDispatch", "beads-autodispatch"),
+        (CRONJOB, "beads-autodispatch-dispatcher"),
+        (CRONJOB, "beads-autodispatch-reaper"),
+        (CONFIGMAP, "beads-autodispatch-bd-config"),
+        (CONFIGMAP, "beads-autodispatch-code"),
+        (CONFIGMAP, "beads-autodispatch-runtime"),
+        (CONFIGMAP, "beads-autodispatch-vendor"),
+    ]
+    names = {r.inputs["metadata"]["name"] for r in default_render.resources if "metadata" in r.inputs}
+    assert names == {
+        DISPATCHER_NAME, REAPER_NAME, BD_CONFIG_NAME, RUNTIME_CONFIG_NAME, CODE_NAME, VENDOR_NAME
+    }
+    for resource in default_render.resources:
+        if "metadata" in resource.inputs:
+            assert resource.inputs["metadata"]["namespace"] == "beads-server"
+            assert resource.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == (
+                "beads-auto-dispatch"
+            )
+
+
+def test_cronjobs_follow_the_runbook_defaults(default_render: Recorder) -> None:
+    dispatcher = default_render.cronjob(DISPATCHER_NAME)
+    reaper = default_render.cronjob(REAPER_NAME)
+    assert dispatcher["spec"]["schedule"] == "*/2 * * * *"
+    assert reaper["spec"]["schedule"] == "*/10 * * * *"
+    for cronjob, command in ((dispatcher, "dispatch"), (reaper, "reap")):
+        spec = cronjob["spec"]
+        assert spec["suspend"] is False
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] == 60
+        assert spec["successfulJobsHistoryLimit"] >= 1
+        assert spec["failedJobsHistoryLimit"] >= 1
+        job = spec["jobTemplate"]["spec"]
+        assert job["backoffLimit"] == 0
+        assert job["ttlSecondsAfterFinished"] == 600
+        assert 0 < job["activeDeadlineSeconds"]
+        pod = pod_spec(cronjob)
+        assert pod["restartPolicy"] == "Never"
+        assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        box = container(cronjob)
+        assert box["command"] == ["python3", "-m", "jobs", command]
+        assert box["image"] == "claude-agent-service:latest"
+        assert box["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
+        assert box["resources"]["limits"]["memory"] == "256Mi"
+        labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        for key in ("name", "component", "part-of", "managed-by"):
+            assert f"app.kubernetes.io/{key}" in labels
+    # The dispatcher run must end before the next one is due (schedule is every 2 minutes).
+    assert dispatcher["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] < 120
+
+
+def test_pod_env_points_at_the_mounted_code_and_a_writable_home(default_render: Recorder) -> None:
+    box = container(default_render.cronjob(DISPATCHER_NAME))
+    env = {item["name"]: item for item in box["env"]}
+    mounts = {m["name"]: m for m in box["volumeMounts"]}
+    pythonpath = env["PYTHONPATH"]["value"].split(":")
+    assert pythonpath[0] == mounts["code"]["mountPath"]
+    assert pythonpath[1] == f"{mounts['vendor']['mountPath']}/{VENDOR_ZIP_NAME}"
+    scratch = mounts["scratch"]["mountPath"]
+    assert env["HOME"]["value"].startswith(scratch)
+    assert env[job_env.BEADS_DB]["value"].startswith(scratch)
+    assert env[job_env.BEADS_METADATA_FILE]["value"] == (
+        f"{mounts['bd-config']['mountPath']}/metadata.json"
+    )
+    assert all(m.get("readOnly") for name, m in mounts.items() if name != "scratch")
+    assert box["envFrom"] == [{"configMapRef": {"name": RUNTIME_CONFIG_NAME}}]
+
+
+def test_bd_metadata_is_server_mode_with_production_values(default_render: Recorder) -> None:
+    data = json.loads(default_render.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])
+    assert data == {
+        "backend": "dolt",
+        "database": "dolt",
+        "dolt_database": "code",
+        "dolt_mode": "server",
+        "dolt_server_host": "dolt.beads-server.svc.cluster.local",
+        "dolt_server_port": 3306,
+        "dolt_server_user": "beads",
+    }
+
+
+def test_runtime_config_carries_the_kill_switch_and_knobs(default_render: Recorder) -> None:
+    data = default_render.configmap(RUNTIME_CONFIG_NAME)["data"]
+    assert data[job_env.AUTODISPATCH_ENABLED] == "true"
+    assert data[job_env.BEADBOARD_URL] == "http://beadboard.beads-server.svc.cluster.local"
+    assert data[job_env.AGENT_ASSIGNEE] == "agent"
+    assert data[job_env.REAPER_THRESHOLD_MINUTES] == "30"
+    assert data[job_env.DISPATCH_MAX_ATTEMPTS] == "3"
+    # Every key is an env name the jobs' settings model reads.
+    assert set(data) <= set(job_env.ENV_FIELDS.values())
+
+
+@pytest.mark.parametrize("enabled", ["false", "true"])
+def test_kill_switch_suspends_both_cronjobs(enabled: str) -> None:
+    rendered = render_program({"dispatcherEnabled": enabled})
+    for name in (DISPATCHER_NAME, REAPER_NAME):
+        assert rendered.cronjob(name)["spec"]["suspend"] is (enabled == "false")
+    runtime = rendered.configmap(RUNTIME_CONFIG_NAME)["data"]
+    assert runtime[job_env.AUTODISPATCH_ENABLED] == enabled
+
+
+def test_schedules_come_from_config() -> None:
+    rendered = render_program(
+        {"dispatcherSchedule": "*/15 * * * *", "reaperSchedule": "@hourly"}
+    )
+    assert rendered.cronjob(DISPATCHER_NAME)["spec"]["schedule"] == "*/15 * * * *"
+    assert rendered.cronjob(REAPER_NAME)["spec"]["schedule"] == "@hourly"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("dispatcherSchedule", "every 2 minutes", "config key 'dispatcherSchedule'"),
+        ("dispatcherSchedule", "*/2 * * *", "needs 5 fields"),
+        ("reaperSchedule", "61 * * * *", "minute: 61 is outside 0-59"),
+        ("reaperSchedule", "*/0 * * * *", "step must be a positive number"),
+        ("reaperThresholdMinutes", "0", "config key 'reaperThresholdMinutes'"),
+        ("reaperThresholdMinutes", "-5", "greater than 0"),
+        ("reaperThresholdMinutes", "thirty", "must be a whole number"),
+        ("maxDispatchAttempts", "0", "config key 'maxDispatchAttempts'"),
+        ("beadboardUrl", "", "config key 'beadboardUrl'"),
+        ("beadboardUrl", "ftp://beadboard", "http:// or https://"),
+        ("beadboardUrl", "beadboard.svc", "http:// or https://"),
+        ("namespace", "Beads_Server", "config key 'namespace': must be a DNS label"),
+        ("namespace", "x" * 64, "must be a DNS label"),
+        ("dispatcherEnabled", "maybe", "config key 'dispatcherEnabled': must be true or false"),
+        ("agentAssignee", "agent OR 1", "config key 'agentAssignee'"),
+        ("doltPort", "70000", "config key 'doltPort'"),
+        ("doltPasswordSecretName", "Bad Name", "config key 'doltPasswordSecretName'"),
+        ("image", "", "config key 'image'"),
+    ],
+)
+def test_bad_config_fails_with_one_line_naming_the_key(key: str, value: str, message: str) -> None:
+    with pytest.raises(Exception, match=re.escape(message)) as caught:
+        render_program({key: value})
+    assert type(caught.value).__name__ == "RunError"
+    assert "\n" not in str(caught.value)
+    assert f"'{key}'" in str(caught.value)
+
+
+def test_code_configmap_embeds_exactly_the_jobs_package(default_render: Recorder) -> None:
+    data = default_render.configmap(CODE_NAME)["data"]
+    on_disk = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "jobs").glob("*.py")}
+    assert data == on_disk
+    items = pod_spec(default_render.cronjob(DISPATCHER_NAME))["volumes"][0]["configMap"]["items"]
+    assert {item["key"]: item["path"] for item in items} == {
+        name: f"jobs/{name}" for name in on_disk
+    }
+
+
+def test_vendor_zip_holds_httpx_and_its_sync_dependencies(default_render: Recorder) -> None:
+    encoded = default_render.configmap(VENDOR_NAME)["binaryData"][VENDOR_ZIP_NAME]
+    names = zipfile.ZipFile(io.BytesIO(base64.b64decode(encoded))).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"httpx", "httpcore", "h11", "certifi", "idna"}
+    assert "certifi/cacert.pem" in names
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
+
+
+def test_every_configmap_is_under_one_mebibyte(default_render: Recorder) -> None:
+    for resource in default_render.of_type(CONFIGMAP):
+        size = len(json.dumps(resource.inputs).encode())
+        assert size < CONFIGMAP_LIMIT_BYTES, resource.name
+
+
+def test_two_renders_are_byte_identical() -> None:
+    first, second = render_program(), render_program()
+    dump = lambda r: json.dumps([(x.type, x.name, x.inputs) for x in r.resources], sort_keys=True)  # noqa: E731
+    assert dump(first) == dump(second)
+
+
+def test_checksum_annotation_changes_with_code_or_config(default_render: Recorder) -> None:
+    def annotation(rendered: Recorder) -> str:
+        template = rendered.cronjob(DISPATCHER_NAME)["spec"]["jobTemplate"]["spec"]["template"]
+        value: str = template["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+        return value
+
+    base = annotation(default_render)
+    assert re.fullmatch(r"[0-9a-f]{64}", base)
+    assert annotation(render_program()) == base
+    assert annotation(render_program({"maxDispatchAttempts": "4"})) != base
+    assert annotation(render_program({"doltDatabase": "other"})) != base
+
+
+def test_no_secret_value_in_any_env_literal() -> None:
+    rendered = render_program(
+        {"doltPasswordSecretName": "dolt-credentials", "doltPasswordSecretKey": "password"}
+    )
+    for name in (DISPATCHER_NAME, REAPER_NAME):
+        env = container(rendered.cronjob(name))["env"]
+        password = [item for item in env if item["name"] == "BEADS_DOLT_PASSWORD"]
+        assert password == [
+            {
+                "name": "BEADS_DOLT_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "dolt-credentials", "key": "password"}},
+            }
+        ]
+        for item in env:
+            assert not re.search(r"(?i)(password|token|secret)", item.get("value", "")), item
+    # The BeadBoard token is not the jobs' business: nothing refers to its Secret.
+    everything = json.dumps([r.inputs for r in rendered.resources])
+    assert "beadboard-agent-service" not in everything
+    assert "api_bearer_token" not in everything
+
+
+def test_pod_security_is_restricted(default_render: Recorder) -> None:
+    for name in (DISPATCHER_NAME, REAPER_NAME):
+        pod = pod_spec(default_render.cronjob(name))
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        box = container(default_render.cronjob(name))["securityContext"]
+        assert box == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+
+
+def test_pulumi_yaml_declares_every_key_with_the_programs_defaults() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    declared = project["config"]
+    assert list(declared) == [key.name for key in CONFIG_KEYS]
+    for key in CONFIG_KEYS:
+        assert declared[key.name]["type"] == key.type, key.name
+        assert declared[key.name]["default"] == key.default, key.name
+        assert declared[key.name]["description"], key.name
+
+
+def test_prod_stack_holds_the_production_values() -> None:
+    stack = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    values = {key.split(":", 1)[1]: str(value).lower() if isinstance(value, bool) else str(value)
+              for key, value in stack.items()}
+    rendered = render_program(values)
+    data = json.loads(rendered.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])
+    assert (data["dolt_server_host"], data["dolt_server_port"]) == (
+        "dolt.beads-server.svc.cluster.local", 3306
+    )
+    assert (data["dolt_server_user"], data["dolt_database"]) == ("beads", "code")
+    assert rendered.cronjob(DISPATCHER_NAME)["metadata"]["namespace"] == "beads-server"
+
+
+def test_readme_documents_every_config_key() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for key in defaults():
+        assert re.search(rf"^\|\s*`{key}`\s*\|", readme, re.MULTILINE), key
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_outputs_name_schedule_and_suspension(enabled: str) -> None:
+    outputs = render_program({"dispatcherEnabled": enabled}).stack_outputs()
+    assert outputs == {
+        "dispatcherCronJob": DISPATCHER_NAME,
+        "reaperCronJob": REAPER_NAME,
+        "dispatcherSchedule": "*/2 * * * *",
+        "reaperSchedule": "*/10 * * * *",
+        "suspended": enabled == "false",
+    }
