@@ -68,16 +68,23 @@ def _distribution_files(name: str) -> tuple[str, list[tuple[str, bytes]]]:
     entries: list[tuple[str, bytes]] = []
     for file in dist.files or []:
         path = PurePosixPath(str(file))
-        if path.parts[0].endswith(".dist-info"):
-            # Keep the licence texts beside the code we redistribute; skip install records.
-            if "licenses" not in path.parts and not path.name.upper().startswith("LICEN"):
-                continue
-        elif "__pycache__" in path.parts or path.suffix in _SKIPPED_SUFFIXES:
-            continue
         if ".." in path.parts:
             continue
-        entries.append((str(path), Path(str(file.locate())).read_bytes()))
+        if path.parts[0].endswith(".dist-info"):
+            # Licence texts travel with the code we redistribute, but outside any
+            # .dist-info dir: a partial one on sys.path breaks importlib.metadata scans
+            # (pydantic runs one to find plugins).
+            if "licenses" in path.parts or path.name.upper().startswith(("LICEN", "COPYING")):
+                entries.append((f"_licenses/{name}/{path.name}", _read(file)))
+            continue
+        if "__pycache__" in path.parts or path.suffix in _SKIPPED_SUFFIXES:
+            continue
+        entries.append((str(path), _read(file)))
     return dist.version, entries
+
+
+def _read(file: metadata.PackagePath) -> bytes:
+    return Path(str(file.locate())).read_bytes()
 
 
 def vendor_zip(

@@ -35,7 +35,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "dispatcherEnabled",
         "boolean",
         True,
-        "Kill switch. false suspends both CronJobs and tells running jobs to stop.",
+        "Kill switch. false suspends both CronJobs; a run that starts anyway does nothing.",
     ),
     ConfigKey(
         "namespace", "string", "beads-server", "Namespace for every resource (must already exist)."

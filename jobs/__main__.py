@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import IO
 
 from jobs.beadboard import BeadBoard
@@ -57,6 +58,12 @@ def prepare_beads_dir(settings: Settings) -> None:
         raise ConfigError(f"{BEADS_METADATA_FILE} {source}: cannot copy ({exc.strerror})") from None
 
 
+def shifted_clock(clock: Clock, pretend_now: datetime) -> Clock:
+    """A clock that starts at `pretend_now` and then runs at real speed."""
+    offset = pretend_now - clock()
+    return lambda: clock() + offset
+
+
 def main(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -72,6 +79,9 @@ def main(
         board_url = require_beadboard_url(settings) if args.job == "dispatch" else None
     except ConfigError as exc:
         return _config_error(log, exc)
+    if settings.now_override is not None:
+        clock = shifted_clock(clock, settings.now_override)
+        log = EventLog(args.job, run_id, clock, stream)
     log.event("run.start", dry_run=args.dry_run, assignee=settings.agent_assignee)
     if not settings.enabled:
         # The kill switch: nothing read, nothing written, nothing sent.

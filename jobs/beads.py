@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ STATUS_IN_PROGRESS = "in_progress"
 STATUS_BLOCKED = "blocked"
 STATUS_CLOSED = "closed"
 
+_ADVISORY = re.compile(r"^(warning|fix:|or:|to |remove |the port file)", re.IGNORECASE)
 # bd prints at most this much of an error worth quoting in a log line.
 _ERROR_EXCERPT = 300
 
@@ -234,22 +236,26 @@ def _beads_from(payload: Any, what: str) -> list[Bead]:
 def _error_message(stdout: str, stderr: str) -> str:
     """bd --json reports errors as {"error": ...} on stdout; plain text goes to stderr."""
     for text in (stdout, stderr):
-        stripped = text.strip()
-        if stripped.startswith("{"):
+        start = text.find("{")
+        if start >= 0:
             try:
-                payload = json.loads(stripped)
+                payload = json.loads(text[start:])
             except json.JSONDecodeError:
                 continue
             if isinstance(payload, dict) and payload.get("error"):
                 return _excerpt(str(payload["error"]))
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.lower().startswith(("warning", "  "))]
-    return _excerpt((useful or lines or ["(no message)"])[-1] if useful else " ".join(lines))
+    # bd adds advisory lines (deprecations, the beads.role hint) around the real error.
+    useful = [line for line in lines if not _ADVISORY.match(line)]
+    return _excerpt((useful or lines or ["(no message)"])[-1])
+
+
+# bd 1.0.2's words for "that bead is gone" and "someone else holds it".
+_REJECTION = re.compile(r"already claimed|not found|no issues? found", re.IGNORECASE)
 
 
 def _is_rejection(message: str) -> bool:
-    lowered = message.lower()
-    return "already claimed" in lowered or "not found" in lowered or "no issue found" in lowered
+    return _REJECTION.search(message) is not None
 
 
 def _excerpt(text: str) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,8 @@ DISPATCH_MAX_ATTEMPTS = "DISPATCH_MAX_ATTEMPTS"
 AUTODISPATCH_ENABLED = "AUTODISPATCH_ENABLED"
 HTTP_TIMEOUT_SECONDS = "HTTP_TIMEOUT_SECONDS"
 BD_TIMEOUT_SECONDS = "BD_TIMEOUT_SECONDS"
+# Tests and demos only: run as if the time now were this RFC 3339 instant.
+AUTODISPATCH_NOW = "AUTODISPATCH_NOW"
 
 DEFAULT_BD_BIN = "bd"
 # The pod mounts an emptyDir at /tmp: the one writable path bd needs.
@@ -93,6 +96,7 @@ class Settings(BaseModel):
     enabled: bool = True
     http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0, le=600)
     bd_timeout_seconds: float = Field(default=DEFAULT_BD_TIMEOUT_SECONDS, gt=0, le=3600)
+    now_override: AwareDatetime | None = None
 
 
 # field name -> env var name; the order is the order errors are reported in.
@@ -107,6 +111,7 @@ ENV_FIELDS: dict[str, str] = {
     "enabled": AUTODISPATCH_ENABLED,
     "http_timeout_seconds": HTTP_TIMEOUT_SECONDS,
     "bd_timeout_seconds": BD_TIMEOUT_SECONDS,
+    "now_override": AUTODISPATCH_NOW,
 }
 
 

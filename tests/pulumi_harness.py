@@ -10,8 +10,7 @@ from typing import Any
 
 import pulumi
 import pulumi.runtime
-from google.protobuf import json_format
-from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import get_root_resource
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "beads-autodispatch"
@@ -32,16 +31,15 @@ class Recorder(pulumi.runtime.Mocks):
         self.resources.append(Resource(args.typ, args.name, dict(args.inputs)))
         return f"{args.name}-id", dict(args.inputs)
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        return {}, None
 
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
 
     def stack_outputs(self) -> dict[str, Any]:
-        for urn, values in self.outputs.items():
-            if "::pulumi:pulumi:Stack::" in urn:
-                return values
-        return {}
+        return self.exports
 
     def of_type(self, type_token: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_token]
@@ -59,19 +57,6 @@ class Recorder(pulumi.runtime.Mocks):
         raise KeyError(k8s_name)
 
 
-class _OutputRecordingMonitor(MockMonitor):  # type: ignore[misc]
-    """The stock mock monitor drops registered outputs; exports are worth asserting on."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__(recorder)
-        self._recorder = recorder
-
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
-        values = json_format.MessageToDict(request.outputs)
-        self._recorder.outputs[request.urn] = values
-        return super().RegisterResourceOutputs(request)
-
-
 def render(build: Callable[[], object]) -> Recorder:
     """Run `build` as a Pulumi program under mocks; return every resource it registered."""
     recorder = Recorder()
@@ -80,12 +65,17 @@ def render(build: Callable[[], object]) -> Recorder:
         project=PROJECT,
         stack="test",
         preview=False,
-        monitor=_OutputRecordingMonitor(recorder),
     )
 
-    @pulumi.runtime.test  # type: ignore[misc]
-    def program() -> None:
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def program() -> pulumi.Output[None]:
+        # The mocks keep one root stack per process: forget the previous render's exports.
+        root = get_root_resource()
+        if root is not None:
+            root.outputs.clear()  # type: ignore[attr-defined]
         build()
+        exported = root.outputs if root is not None else {}  # type: ignore[attr-defined]
+        return pulumi.Output.from_input(exported).apply(recorder.exports.update)
 
     program()
     return recorder

@@ -1,0 +1,120 @@
+"""Drive the real bd binary (built by `make tools`) to set up and read back test databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BD_REAL_ENV = "BD_REAL"
+
+
+def real_bd_path() -> Path | None:
+    value = os.environ.get(BD_REAL_ENV, "").strip()
+    return Path(value) if value else None
+
+
+@dataclass
+class RealBd:
+    """A fresh embedded-mode beads database in `workdir/.beads`, driven by the real binary."""
+
+    binary: Path
+    workdir: Path
+    actor: str = "tester"
+
+    @property
+    def beads_dir(self) -> Path:
+        return self.workdir / ".beads"
+
+    def env(self) -> dict[str, str]:
+        # HOME inside the test dir: bd writes state there, never in the developer's home.
+        home = self.workdir / "home"
+        home.mkdir(exist_ok=True)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "BEADS_ACTOR": self.actor,
+        }
+
+    def run(self, *args: str, check: bool = True, actor: str | None = None) -> str:
+        command = [
+            str(self.binary),
+            "--db",
+            str(self.beads_dir),
+            "--actor",
+            actor or self.actor,
+            *args,
+        ]
+        completed = subprocess.run(
+            command,
+            cwd=self.workdir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and completed.returncode != 0:
+            raise AssertionError(
+                f"bd {' '.join(args)} exited {completed.returncode}: "
+                f"{completed.stderr.strip() or completed.stdout.strip()}"
+            )
+        return completed.stdout
+
+    def init(self, prefix: str = "tb") -> RealBd:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                str(self.binary),
+                "init",
+                "--prefix",
+                prefix,
+                "--quiet",
+                "--non-interactive",
+                "--skip-agents",
+                "--skip-hooks",
+            ],
+            cwd=self.workdir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return self
+
+    def create(
+        self,
+        title: str,
+        *,
+        priority: int = 2,
+        assignee: str | None = None,
+        acceptance: str | None = None,
+        description: str | None = None,
+    ) -> str:
+        args = ["create", title, "--priority", str(priority), "--silent"]
+        if assignee:
+            args += ["--assignee", assignee]
+        if acceptance:
+            args += ["--acceptance", acceptance]
+        if description:
+            args += ["--description", description]
+        return self.run(*args).strip()
+
+    def update(self, bead_id: str, *args: str) -> None:
+        self.run("update", bead_id, *args)
+
+    def show(self, bead_id: str) -> dict[str, Any]:
+        rows = json.loads(self.run("show", bead_id, "--json"))
+        assert isinstance(rows, list) and len(rows) == 1
+        row: dict[str, Any] = rows[0]
+        return row
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(
+            self.run("query", expression, "--limit", "0", "--all", "--json")
+        )
+        return rows
