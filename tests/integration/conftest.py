@@ -1,0 +1,72 @@
+"""Fixtures for tests against the real bd 1.0.2: built (or found in the cache) on first use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JobRun, base_env, run_jobs
+from tests.realbd import RealBd, real_bd_path
+from tests.support.beadboard_stub import BeadBoardStub
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def bd_binary() -> Path:
+    """The real bd: from BD_REAL (make test), else built/reused via tools/build-bd.sh.
+
+    Never skipped: without the real binary these tests have nothing to say, so they fail.
+    """
+    given = real_bd_path()
+    if given is not None:
+        return given
+    built = subprocess.run(
+        [str(ROOT / "tools" / "build-bd.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"cannot build the real bd: {built.stderr.strip()}")
+    return Path(built.stdout.strip())
+
+
+@pytest.fixture
+def real_bd(bd_binary: Path, tmp_path: Path) -> RealBd:
+    return RealBd(bd_binary, tmp_path / "project").init()
+
+
+RealJobRunner = Callable[..., JobRun]
+
+
+def real_env(bd: RealBd, board_url: str, **extra: str) -> dict[str, str]:
+    return base_env(
+        **bd.env(),
+        BD_BIN=str(bd.binary),
+        BEADS_DB=str(bd.beads_dir),
+        BEADBOARD_URL=board_url,
+        HTTP_TIMEOUT_SECONDS="2",
+        **extra,
+    )
+
+
+@pytest.fixture
+def run_real(real_bd: RealBd, beadboard: BeadBoardStub) -> RealJobRunner:
+    def run(*args: str, **overrides: str) -> JobRun:
+        env = real_env(real_bd, beadboard.url)
+        env.update(overrides)
+        return run_jobs(list(args), env, timeout=float(os.environ.get("JOB_TIMEOUT", "120")))
+
+    return run

@@ -1,0 +1,223 @@
+"""Every tick path against the real bd 1.0.2 (embedded mode), read back with `bd show --json`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from jobs.dispatch import ATTEMPTS_KEY
+from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
+from tests.integration.conftest import RealJobRunner
+from tests.realbd import RealBd
+from tests.support.beadboard_stub import BeadBoardStub, Reply
+
+DISPATCH = "/api/agent-dispatch"
+STATUS = "/api/agent-status"
+
+
+def prime_lock(bd: RealBd) -> None:
+    """The state the first dispatcher run leaves: the lock bead, closed and unassigned."""
+    bd.run(
+        "create",
+        LOCK_TITLE,
+        "--id",
+        LOCK_BEAD_ID,
+        "--force",
+        "--type",
+        "chore",
+        "--priority",
+        "4",
+        "--silent",
+    )
+    bd.update(LOCK_BEAD_ID, "--status", "closed")
+
+
+def agent_bead(bd: RealBd, title: str = "task", priority: int = 2) -> str:
+    return bd.create(title, priority=priority, assignee="agent", acceptance="it works")
+
+
+def notes(bd: RealBd, bead_id: str) -> list[str]:
+    return str(bd.show(bead_id).get("notes", "")).splitlines()
+
+
+@pytest.fixture
+def bd(real_bd: RealBd) -> RealBd:
+    prime_lock(real_bd)
+    return real_bd
+
+
+def test_first_run_creates_the_lock_with_real_bd(
+    real_bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    bead = agent_bead(real_bd)
+    first = run_real("dispatch")
+    assert first.code == 0, first.stdout + first.stderr
+    lock = real_bd.show(LOCK_BEAD_ID)
+    assert (lock["status"], lock.get("assignee", "")) == ("closed", "")
+    assert real_bd.show(bead)["status"] == "open"
+    second = run_real("dispatch")
+    assert second.summary["outcome"] == "dispatched", second.stdout
+    # The lock stays out of the everyday views.
+    listed = json.loads(real_bd.run("list", "--json"))
+    assert LOCK_BEAD_ID not in {row["id"] for row in listed}
+
+
+def test_dispatch_200(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner) -> None:
+    bead = agent_bead(bd)
+    result = run_real("dispatch")
+    assert result.code == 0, result.stdout + result.stderr
+    state = bd.show(bead)
+    assert (state["status"], state["assignee"]) == ("in_progress", "agent")
+    assert state["started_at"]
+    claimed, dispatched = notes(bd, bead)
+    assert claimed.startswith("auto-dispatcher claimed at ")
+    assert dispatched.startswith("dispatched: job=job-1 (auto-dispatcher, ")
+    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": bead}]
+
+
+def test_none_eligible_no_http(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    bd.create("no criteria", assignee="agent")
+    bd.create("human's", assignee="alice", acceptance="x")
+    result = run_real("dispatch")
+    assert result.code == 0
+    assert result.summary["outcome"] == "queue_empty"
+    assert beadboard.requests == []
+
+
+def test_busy(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner) -> None:
+    bead = agent_bead(bd)
+    before = bd.show(bead)
+    beadboard.busy = True
+    result = run_real("dispatch")
+    assert result.code == 0
+    assert result.summary["outcome"] == "agent_busy"
+    assert bd.show(bead) == before
+    assert beadboard.requests_to(DISPATCH) == []
+
+
+def test_409(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner) -> None:
+    bead = agent_bead(bd)
+    beadboard.program(DISPATCH, Reply(status=409, json={"error": "Agent is busy"}))
+    result = run_real("dispatch")
+    assert result.code == 0
+    state = bd.show(bead)
+    assert state["status"] == "open"
+    assert ATTEMPTS_KEY not in state.get("metadata", {})
+    assert notes(bd, bead)[-1].startswith("agent busy (Agent is busy); back to open")
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (Reply(status=400, json={"error": "bead has no acceptance criteria"}), "HTTP 400"),
+        (Reply(status=500, json={"error": "missing token"}), "HTTP 500 missing token"),
+        (Reply(status=502, json={"error": "agent service failed"}), "HTTP 502"),
+        (Reply(delay=4), "timeout"),
+    ],
+    ids=["4xx", "5xx", "502", "timeout"],
+)
+def test_failures(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner, reply: Reply, reason: str
+) -> None:
+    bead = agent_bead(bd)
+    beadboard.program(DISPATCH, reply)
+    result = run_real("dispatch")
+    assert result.code == 1
+    state = bd.show(bead)
+    assert state["status"] == "open"
+    # bd keeps the JSON type: the count reads back as a number.
+    assert state["metadata"] == {ATTEMPTS_KEY: 1}
+    assert notes(bd, bead)[-1].startswith(f"dispatch failed (attempt 1/3): {reason}")
+
+
+def test_attempts_exhausted_blocks(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    bead = agent_bead(bd)
+    beadboard.set_handler(DISPATCH, lambda request: Reply(status=502, json={"error": "down"}))
+    codes = [run_real("dispatch", DISPATCH_MAX_ATTEMPTS="2").code for _ in range(3)]
+    assert codes == [1, 1, 0]
+    state = bd.show(bead)
+    assert state["status"] == "blocked"
+    assert ATTEMPTS_KEY not in state.get("metadata", {})
+    written = notes(bd, bead)
+    assert [n.startswith("auto-dispatcher claimed at ") for n in written[::2]] == [True, True]
+    assert [n.split(":")[0] for n in written[1::2]] == [
+        "dispatch failed (attempt 1/2)",
+        "dispatch failed (attempt 2/2)",
+    ]
+    assert "— blocking" in written[-1]
+    assert len(beadboard.requests_to(DISPATCH)) == 2
+
+
+def test_sixty_beads_only_the_sixtieth_eligible(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    for index in range(59):
+        bd.create(f"no criteria {index}", assignee="agent", priority=index % 4)
+    last = bd.create("the 60th", assignee="agent", acceptance="ok", priority=4)
+    default_cap = json.loads(bd.run("query", "assignee=agent AND status=open", "--json"))
+    assert len(default_cap) == 50 and last not in {row["id"] for row in default_cap}
+    result = run_real("dispatch")
+    assert result.code == 0, result.stdout
+    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": last}]
+    assert bd.show(last)["status"] == "in_progress"
+
+
+def test_priority_then_age_with_real_created_at(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    created = []
+    for title, priority in (("p2 oldest", 2), ("p1 older", 1), ("p1 newer", 1), ("p0 newest", 0)):
+        created.append(agent_bead(bd, title, priority))
+        time.sleep(1.1)  # bd stores whole seconds
+    p2_oldest, p1_older, p1_newer, p0_newest = created
+    stamps = [bd.show(b)["created_at"] for b in created]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4
+    for _ in range(4):
+        assert run_real("dispatch").code == 0
+    order = [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)]
+    assert order == [p0_newest, p1_older, p1_newer, p2_oldest]
+
+
+def test_reaper_stale_vs_fresh_and_others_untouched(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    mine = agent_bead(bd)
+    bd.update(mine, "--status", "in_progress")
+    human = bd.create("human work", assignee="alice", acceptance="x")
+    bd.update(human, "--status", "in_progress")
+    open_agent = agent_bead(bd, "still open")
+    updated = datetime.fromisoformat(bd.show(mine)["updated_at"])
+    before_others = [bd.show(human), bd.show(open_agent)]
+
+    fresh = run_real("reap", AUTODISPATCH_NOW=(updated + timedelta(minutes=29)).isoformat())
+    assert fresh.code == 0 and fresh.summary["blocked"] == []
+    assert bd.show(mine)["status"] == "in_progress"
+
+    stale = run_real(
+        "reap", AUTODISPATCH_NOW=(updated + timedelta(minutes=31, seconds=5)).isoformat()
+    )
+    assert stale.code == 0, stale.stdout
+    assert stale.summary["blocked"] == [mine]
+    state = bd.show(mine)
+    assert state["status"] == "blocked"
+    assert notes(bd, mine)[-1].startswith("reaper: no progress for 31m (threshold 30m) — blocking")
+    assert [bd.show(human), bd.show(open_agent)] == before_others
+    assert beadboard.requests == []
+
+
+def test_dry_run_changes_nothing(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    bead = agent_bead(bd)
+    before = bd.query("id=" + bead)
+    result = run_real("dispatch", "--dry-run")
+    assert result.code == 0
+    assert bd.query("id=" + bead) == before
+    assert beadboard.requests_to(DISPATCH) == []
