@@ -57,6 +57,9 @@ CHECKSUM_ANNOTATION = "beads.autodispatch/checksum"
 CODE_MOUNT = "/opt/beads-autodispatch/code"
 VENDOR_MOUNT = "/opt/beads-autodispatch/vendor"
 BD_CONFIG_MOUNT = "/etc/beads-autodispatch/bd"
+# The runtime ConfigMap again, as files: a mounted ConfigMap is refreshed by the kubelet
+# while the pod runs (env is not), so the kill switch reaches a running watch window.
+RUNTIME_MOUNT = "/etc/beads-autodispatch/runtime"
 SCRATCH_MOUNT = "/tmp"  # noqa: S108
 POD_HOME = "/tmp"  # noqa: S108
 POD_BEADS_DB = "/tmp/.beads"  # noqa: S108
@@ -103,6 +106,10 @@ def runtime_config(settings: DeploySettings) -> dict[str, str]:
         job_env.DISPATCH_MAX_ATTEMPTS: str(settings.max_dispatch_attempts),
         job_env.HTTP_TIMEOUT_SECONDS: str(settings.http_timeout_seconds),
         job_env.BD_TIMEOUT_SECONDS: str(settings.bd_timeout_seconds),
+        job_env.DISPATCH_WINDOW_SECONDS: str(settings.dispatcher_window_seconds),
+        job_env.POLL_INTERVAL_SECONDS: str(settings.poll_interval_seconds),
+        job_env.AGENT_HEALTH_URL: settings.agent_health_url,
+        job_env.MAX_IN_FLIGHT: str(settings.max_in_flight),
     }
 
 
@@ -274,6 +281,10 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         ]
         return PodSpecArgs(
             restart_policy="Never",
+            # SIGTERM lets a run finish the POST in hand and note it, or hand unsent beads back.
+            termination_grace_period_seconds=(
+                settings.http_timeout_seconds + 2 * settings.bd_timeout_seconds + 10
+            ),
             automount_service_account_token=False,
             enable_service_links=False,
             image_pull_secrets=(
@@ -316,6 +327,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                         VolumeMountArgs(
                             name="bd-config", mount_path=BD_CONFIG_MOUNT, read_only=True
                         ),
+                        VolumeMountArgs(name="runtime", mount_path=RUNTIME_MOUNT, read_only=True),
                         VolumeMountArgs(name="scratch", mount_path=SCRATCH_MOUNT),
                     ],
                 )
@@ -334,6 +346,12 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                 VolumeArgs(
                     name="bd-config",
                     config_map=ConfigMapVolumeSourceArgs(name=BD_CONFIG_NAME, default_mode=0o444),
+                ),
+                VolumeArgs(
+                    name="runtime",
+                    config_map=ConfigMapVolumeSourceArgs(
+                        name=RUNTIME_CONFIG_NAME, default_mode=0o444
+                    ),
                 ),
                 VolumeArgs(
                     name="scratch",

@@ -127,6 +127,30 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "activeDeadlineSeconds of a dispatcher run; keep it below the schedule interval.",
     ),
     ConfigKey("reaperDeadlineSeconds", "integer", 300, "activeDeadlineSeconds of a reaper run."),
+    ConfigKey(
+        "dispatcherWindowSeconds",
+        "integer",
+        job_env.DEFAULT_DISPATCH_WINDOW_SECONDS,
+        "How long one dispatcher run keeps polling; 0 = one pass (the original behaviour).",
+    ),
+    ConfigKey(
+        "pollIntervalSeconds",
+        "integer",
+        job_env.DEFAULT_POLL_INTERVAL_SECONDS,
+        "Seconds between polls inside a window (an idle poll = one bd call, no HTTP).",
+    ),
+    ConfigKey(
+        "agentHealthUrl",
+        "string",
+        "",
+        "claude-agent-service /health URL; set it to fill every free agent slot per poll.",
+    ),
+    ConfigKey(
+        "maxInFlight",
+        "integer",
+        job_env.DEFAULT_MAX_IN_FLIGHT,
+        "With agentHealthUrl: at most this many agent jobs running or queued at once.",
+    ),
 )
 
 _KEY_LABELS = {key.name: f"config key {key.name!r}:" for key in CONFIG_KEYS}
@@ -159,6 +183,10 @@ def _optional_name(value: str) -> str:
     if value and (len(value) > 253 or not _RESOURCE_NAME.match(value)):
         raise ValueError(f"must be empty or a Kubernetes object name, got {value!r}")
     return value
+
+
+def _optional_url(value: str) -> str:
+    return job_env.http_url(value) if value.strip() else ""
 
 
 def _schedule(value: str) -> str:
@@ -207,6 +235,34 @@ class DeploySettings(BaseModel):
     bd_timeout_seconds: int = Field(alias="bdTimeoutSeconds", gt=0, le=3600)
     dispatcher_deadline_seconds: int = Field(alias="dispatcherDeadlineSeconds", ge=10)
     reaper_deadline_seconds: int = Field(alias="reaperDeadlineSeconds", ge=10)
+    dispatcher_window_seconds: int = Field(alias="dispatcherWindowSeconds", ge=0, le=86400)
+    poll_interval_seconds: int = Field(alias="pollIntervalSeconds", ge=1, le=3600)
+    agent_health_url: Annotated[str, AfterValidator(_optional_url)] = Field(alias="agentHealthUrl")
+    max_in_flight: int = Field(alias="maxInFlight", ge=1, le=1000)
+
+    @property
+    def dispatcher_interval_seconds(self) -> int:
+        return parse_schedule(self.dispatcher_schedule).min_interval_minutes() * 60
+
+
+def check_timing(settings: DeploySettings) -> None:
+    """A run must end before the next one is due, and its window must fit its deadline."""
+    interval = settings.dispatcher_interval_seconds
+    deadline = settings.dispatcher_deadline_seconds
+    window = settings.dispatcher_window_seconds
+    if deadline >= interval:
+        raise ConfigError(
+            f"config key 'dispatcherDeadlineSeconds': {deadline} s must be shorter than the "
+            f"dispatcher schedule's interval ({interval} s), so a run ends before the next is due"
+        )
+    # The last poll starts at most one interval before the window ends and takes a few bd calls.
+    needed = window + settings.poll_interval_seconds + 30 if window else 30
+    if deadline < needed:
+        raise ConfigError(
+            f"config key 'dispatcherWindowSeconds': a {window} s window needs "
+            f"dispatcherDeadlineSeconds of at least {needed} s (window + poll interval + 30), "
+            f"got {deadline}"
+        )
 
 
 def defaults() -> dict[str, Any]:
@@ -220,9 +276,11 @@ def settings_from(values: dict[str, Any]) -> DeploySettings:
         raise ConfigError(f"unknown config key {unknown[0]!r}")
     merged = defaults() | values
     try:
-        return DeploySettings.model_validate(merged)
+        settings = DeploySettings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(job_env.describe_validation_error(exc, _KEY_LABELS)) from None
+    check_timing(settings)
+    return settings
 
 
 def coerce(key: ConfigKey, raw: str) -> Any:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import IO
 
-from jobs.beadboard import BeadBoard
+from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, resolve_bd_bin
-from jobs.dispatch import run_dispatch
+from jobs.dispatch import Dispatcher, RuntimeSwitch, StopSignal
 from jobs.log import Clock, EventLog, new_run_id, utc_now
 from jobs.reap import run_reap
 from jobs.settings import (
@@ -101,8 +102,31 @@ def main(
     )
     if board_url is None:
         return run_reap(settings, bd, clock, log, dry_run=args.dry_run)
-    with BeadBoard(board_url, settings.http_timeout_seconds) as board:
-        return run_dispatch(settings, bd, board, clock, log, run_id, dry_run=args.dry_run)
+    stop = StopSignal()
+    # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.request())
+    health = (
+        AgentHealth(settings.agent_health_url, settings.http_timeout_seconds)
+        if settings.agent_health_url
+        else None
+    )
+    try:
+        with BeadBoard(board_url, settings.http_timeout_seconds) as board:
+            return Dispatcher(
+                settings,
+                bd,
+                board,
+                clock,
+                log,
+                run_id,
+                load=health,
+                stop=stop,
+                switch=RuntimeSwitch(settings.enabled, settings.runtime_dir, log),
+                dry_run=args.dry_run,
+            ).run()
+    finally:
+        if health is not None:
+            health.close()
 
 
 def _config_error(log: EventLog, exc: ConfigError) -> int:

@@ -115,3 +115,47 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
 def _short(text: str, limit: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class AgentLoad:
+    """claude-agent-service `/health`: how many of its slots are taken."""
+
+    active: int
+    queued: int
+    capacity: int
+
+    def free_slots(self, max_in_flight: int) -> int:
+        return max(0, min(self.capacity, max_in_flight) - self.active - self.queued)
+
+
+class AgentHealth:
+    """Reads the agent service's load, so one run can fill every free slot."""
+
+    def __init__(
+        self, url: str, timeout_seconds: float, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = url
+        self.requests_sent = 0
+        self._client = httpx.Client(timeout=timeout_seconds, transport=transport)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def load(self) -> AgentLoad:
+        self.requests_sent += 1
+        try:
+            response = self._client.get(self.url)
+        except httpx.HTTPError as exc:
+            raise BeadBoardError(f"GET {self.url}: {_describe_transport_error(exc)}") from None
+        body = _json_object(response)
+        if body is None:
+            raise BeadBoardError(f"GET {self.url}: HTTP {response.status_code}, not a JSON object")
+        counts: dict[str, int] = {}
+        for key in ("active", "queued", "capacity"):
+            value = body.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BeadBoardError(f"GET {self.url}: '{key}' missing or not a count")
+            counts[key] = value
+        # 503 is how the service says "full"; the counts still say by how much.
+        return AgentLoad(**counts)

@@ -46,3 +46,26 @@ def stale_lock_released(holder: str, since: datetime, now: datetime) -> str:
         f"released a stale dispatch lock held by {holder or '(nobody)'} since {iso_utc(since)} "
         f"({DISPATCHER}, {iso_utc(now)})"
     )
+
+
+def not_sent(reason: str, now: datetime) -> str:
+    return (
+        f"not dispatched: {reason}; back to open, not counted as a failed attempt "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
+def requeued_unsent(claimed_at: datetime, now: datetime) -> str:
+    return (
+        f"reaper: claimed at {iso_utc(claimed_at)} but never sent to BeadBoard (the dispatcher "
+        f"stopped in between); back to open, not counted as a failed attempt "
+        f"({REAPER}, {iso_utc(now)})"
+    )
+
+
+def reaped_unknown_outcome(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
+    return (
+        f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking; "
+        f"the dispatcher stopped while sending, so BeadBoard may or may not have started a job: "
+        f"check the agent before reopening ({REAPER}, {iso_utc(now)})"
+    )

@@ -30,6 +30,12 @@ DISPATCH_MAX_ATTEMPTS = "DISPATCH_MAX_ATTEMPTS"
 AUTODISPATCH_ENABLED = "AUTODISPATCH_ENABLED"
 HTTP_TIMEOUT_SECONDS = "HTTP_TIMEOUT_SECONDS"
 BD_TIMEOUT_SECONDS = "BD_TIMEOUT_SECONDS"
+DISPATCH_WINDOW_SECONDS = "DISPATCH_WINDOW_SECONDS"
+POLL_INTERVAL_SECONDS = "POLL_INTERVAL_SECONDS"
+AGENT_HEALTH_URL = "AGENT_HEALTH_URL"
+MAX_IN_FLIGHT = "MAX_IN_FLIGHT"
+# A directory holding the runtime ConfigMap as files, re-read on every poll (kill switch).
+AUTODISPATCH_RUNTIME_DIR = "AUTODISPATCH_RUNTIME_DIR"
 # Tests and demos only: run as if the time now were this RFC 3339 instant.
 AUTODISPATCH_NOW = "AUTODISPATCH_NOW"
 
@@ -41,6 +47,9 @@ DEFAULT_REAPER_THRESHOLD_MINUTES = 30
 DEFAULT_DISPATCH_MAX_ATTEMPTS = 3
 DEFAULT_HTTP_TIMEOUT_SECONDS = 10.0
 DEFAULT_BD_TIMEOUT_SECONDS = 60.0
+DEFAULT_DISPATCH_WINDOW_SECONDS = 0
+DEFAULT_POLL_INTERVAL_SECONDS = 10
+DEFAULT_MAX_IN_FLIGHT = 10
 
 # An assignee is spliced into a bd query expression, so it must be one bare token.
 ASSIGNEE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
@@ -96,6 +105,11 @@ class Settings(BaseModel):
     enabled: bool = True
     http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0, le=600)
     bd_timeout_seconds: float = Field(default=DEFAULT_BD_TIMEOUT_SECONDS, gt=0, le=3600)
+    dispatch_window_seconds: int = Field(default=DEFAULT_DISPATCH_WINDOW_SECONDS, ge=0, le=86400)
+    poll_interval_seconds: float = Field(default=DEFAULT_POLL_INTERVAL_SECONDS, gt=0, le=3600)
+    agent_health_url: HttpUrl | None = None
+    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=1000)
+    runtime_dir: Path | None = None
     now_override: AwareDatetime | None = None
 
 
@@ -111,6 +125,11 @@ ENV_FIELDS: dict[str, str] = {
     "enabled": AUTODISPATCH_ENABLED,
     "http_timeout_seconds": HTTP_TIMEOUT_SECONDS,
     "bd_timeout_seconds": BD_TIMEOUT_SECONDS,
+    "dispatch_window_seconds": DISPATCH_WINDOW_SECONDS,
+    "poll_interval_seconds": POLL_INTERVAL_SECONDS,
+    "agent_health_url": AGENT_HEALTH_URL,
+    "max_in_flight": MAX_IN_FLIGHT,
+    "runtime_dir": AUTODISPATCH_RUNTIME_DIR,
     "now_override": AUTODISPATCH_NOW,
 }
 

@@ -115,3 +115,38 @@ def test_bad_threshold_is_a_config_error(
     result = run_job("reap", REAPER_THRESHOLD_MINUTES=value)
     assert result.code == 2
     assert result.stderr.startswith("configuration error: REAPER_THRESHOLD_MINUTES")
+
+
+def staged(api: FakeBd, stage: str, minutes: float) -> str:
+    bead = stuck(api, minutes)
+    api.set_fields(bead, metadata={"auto_dispatch_stage": stage},
+                   updated_at=NOW - timedelta(minutes=minutes))
+    return bead
+
+
+def test_claimed_but_never_sent_goes_back_to_the_queue(
+    fake_bd: FakeBdEnv, run_job: JobRunner
+) -> None:
+    api = fake_bd.api
+    orphan = staged(api, "claimed", 11)
+    young = staged(api, "claimed", 2)
+    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
+    assert result.code == 0, result.stdout
+    assert result.summary["requeued"] == [orphan]
+    state = api.get(orphan)
+    assert state["status"] == "open"
+    assert "auto_dispatch_stage" not in state.get("metadata", {})
+    assert "never sent to BeadBoard" in state["notes"].splitlines()[-1]
+    assert api.get(young)["status"] == "in_progress"
+
+
+def test_sent_with_unknown_outcome_is_blocked_not_resent(
+    fake_bd: FakeBdEnv, run_job: JobRunner
+) -> None:
+    api = fake_bd.api
+    maybe_sent = staged(api, "sending", 31)
+    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
+    assert result.summary["blocked"] == [maybe_sent]
+    state = api.get(maybe_sent)
+    assert state["status"] == "blocked"
+    assert "BeadBoard may or may not have started a job" in state["notes"]
