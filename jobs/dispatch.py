@@ -30,7 +30,7 @@ from jobs.beads import (
     BdRejected,
     Bead,
 )
-from jobs.log import Clock, EventLog
+from jobs.log import Clock, EventLog, peak_memory
 from jobs.settings import AUTODISPATCH_ENABLED, Settings, parse_bool
 
 # Failed attempts are counted on the bead itself, so the count survives pods.
@@ -222,6 +222,7 @@ class Dispatcher:
             bd_calls=self.bd.counter.calls,
             dry_run=self.dry_run,
             exit_code=code,
+            **peak_memory(),
         )
         return code
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,13 @@ def iso_utc(moment: datetime) -> str:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak RSS of this process and of the largest bd it ran (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mib": round(own, 1), "bd_peak_rss_mib": round(children, 1)}
 
 
 class EventLog:

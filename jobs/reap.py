@@ -23,7 +23,7 @@ from jobs.dispatch import (
     STAGE_SENDING,
     queue_expression,
 )
-from jobs.log import Clock, EventLog
+from jobs.log import Clock, EventLog, peak_memory
 from jobs.settings import Settings
 
 # A live dispatcher moves a claimed bead on to "sending" within seconds (even with ten
@@ -72,6 +72,7 @@ def run_reap(
         bd_calls=bd.counter.calls,
         dry_run=dry_run,
         exit_code=code,
+        **peak_memory(),
     )
     return code
 

@@ -119,8 +119,9 @@ def test_bad_threshold_is_a_config_error(
 
 def staged(api: FakeBd, stage: str, minutes: float) -> str:
     bead = stuck(api, minutes)
-    api.set_fields(bead, metadata={"auto_dispatch_stage": stage},
-                   updated_at=NOW - timedelta(minutes=minutes))
+    api.set_fields(
+        bead, metadata={"auto_dispatch_stage": stage}, updated_at=NOW - timedelta(minutes=minutes)
+    )
     return bead
 
 

@@ -108,8 +108,12 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs", "dispatch", *args], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "jobs", "dispatch", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -125,8 +129,12 @@ def test_pause_reaches_a_running_window(
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     (runtime / "AUTODISPATCH_ENABLED").write_text("true")
-    env = {**jobs_env, "AUTODISPATCH_RUNTIME_DIR": str(runtime),
-           "DISPATCH_WINDOW_SECONDS": "30", "POLL_INTERVAL_SECONDS": "0.2"}
+    env = {
+        **jobs_env,
+        "AUTODISPATCH_RUNTIME_DIR": str(runtime),
+        "DISPATCH_WINDOW_SECONDS": "30",
+        "POLL_INTERVAL_SECONDS": "0.2",
+    }
     started = time.monotonic()
     process = _start(env)
     time.sleep(1.5)
