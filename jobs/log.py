@@ -45,7 +45,16 @@ class EventLog:
         self._clock = clock
         self._stream = stream if stream is not None else sys.stdout
 
-    def event(self, name: str, level: str = "info", **fields: Any) -> None:
+    def event(self, name: str, **fields: Any) -> None:
+        self._emit(name, "info", fields)
+
+    def error(self, name: str, **fields: Any) -> None:
+        self._emit(name, "error", fields)
+
+    def warning(self, name: str, **fields: Any) -> None:
+        self._emit(name, "warning", fields)
+
+    def _emit(self, name: str, level: str, fields: dict[str, Any]) -> None:
         record: dict[str, Any] = {
             "ts": iso_utc(self._clock()),
             "level": level,
@@ -56,9 +65,3 @@ class EventLog:
         record.update(fields)
         self._stream.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
         self._stream.flush()
-
-    def error(self, name: str, **fields: Any) -> None:
-        self.event(name, level="error", **fields)
-
-    def warning(self, name: str, **fields: Any) -> None:
-        self.event(name, level="warning", **fields)
