@@ -29,5 +29,9 @@ test: setup tools lint
 demo: setup tools
 	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m tests.demo
 
+# Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
+bench: setup tools
+	$(PY) -m tests.bench.bench --bd "$$(tools/build-bd.sh)"
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

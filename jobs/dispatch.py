@@ -291,20 +291,17 @@ class Dispatcher:
         return free
 
     def _claim(self, candidates: list[Bead], slots: int) -> list[Bead]:
-        """Under the lock: re-read each candidate, move still-open ones to in_progress."""
+        """Under the lock: re-read the queue once, move still-open candidates to in_progress."""
         assignee = self.settings.agent_assignee
+        # One fresh query instead of a `bd show` per candidate: the lock makes it current.
+        fresh = {b.id: b for b in self.bd.query(queue_expression(assignee, STATUS_OPEN))}
         claimed: list[Bead] = []
         for candidate in candidates:
             if len(claimed) == slots or self.stop.requested:
                 break
-            current = self.bd.show(candidate.id)
+            current = fresh.get(candidate.id)
             if current is None or current.status != STATUS_OPEN or current.assignee != assignee:
-                self.log.event(
-                    "claim.skipped",
-                    bead=candidate.id,
-                    status=None if current is None else current.status,
-                    assignee=None if current is None else current.assignee,
-                )
+                self.log.event("claim.skipped", bead=candidate.id, detail="changed since the query")
                 continue
             try:
                 # --claim re-checks the assignee inside bd's own transaction.
