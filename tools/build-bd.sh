@@ -17,7 +17,9 @@ BIN="$CACHE/bd-$BD_VERSION"
 log() { printf '[build-bd] %s\n' "$*" >&2; }
 
 version_ok() {
-  [[ -x $1 ]] && "$1" version 2>/dev/null | grep -q "^bd version $BD_VERSION\b"
+  # Capture first: `grep -q` closing the pipe early would fail the check under pipefail.
+  local reported
+  [[ -x $1 ]] && reported=$("$1" version 2>/dev/null) && [[ $reported == "bd version $BD_VERSION"[[:space:]]* ]]
 }
 
 if version_ok "$BIN"; then
