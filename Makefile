@@ -14,9 +14,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# Real bd 1.0.2 (and the Pulumi toolchain) built from Go modules into $(TOOLS_CACHE).
+# Real bd 1.0.2, the pulumi CLI and its Kubernetes provider plugin, built from Go modules
+# into $(TOOLS_CACHE) (the plugin is then installed into ~/.pulumi/plugins); cached.
 tools:
 	tools/build-bd.sh >/dev/null
+	tools/build-pulumi.sh >/dev/null
 
 lint: setup
 	$(PY) -m ruff check .
@@ -26,8 +28,10 @@ lint: setup
 test: setup tools lint
 	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest
 
+# pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools
-	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m tests.demo
+	BD_REAL="$$(tools/build-bd.sh)" PULUMI_BIN="$$(tools/build-pulumi.sh 2>/dev/null)" \
+	  $(PY) -m tests.demo
 
 # Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
 bench: setup tools

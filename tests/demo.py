@@ -1,32 +1,101 @@
-"""`make demo`: the dispatcher and reaper on a local default, no cluster needed.
+"""`make demo`: `pulumi up` of the `local` stack, then its rendered CronJobs run here, no cluster.
 
-A fresh beads database made with the real bd 1.0.2 (embedded mode), a BeadBoard stand-in
-on loopback, and the jobs run exactly as the CronJobs run them (`python3 -m jobs ...`).
-Prints what happened to each bead.
+1. The real Pulumi engine (Automation API, inline program = the project's __main__.py)
+   deploys the `local` stack, whose Kubernetes provider writes YAML manifests instead of
+   applying them (Pulumi.local.yaml). State and manifests go to .pulumi-local/demo/.
+2. The rendered dispatcher and reaper containers run as local processes, as their pod
+   specs say (ConfigMap volumes, env and envFrom, the Dolt password secretKeyRef, working
+   dir) in a virtualenv holding only pydantic, like the agent image, against a fresh
+   embedded-mode beads database made with the real bd 1.0.2 and a loopback BeadBoard stand-in.
+3. The kill switch: `dispatcherEnabled=false` + `pulumi up`, and a run that starts anyway.
+
+Prints the engine's output, what BeadBoard received, and what happened to each bead.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
+from jobs import settings as job_env
+from tests.deploy import (
+    LOCAL_DIR,
+    ROOT,
+    LocalStack,
+    Manifests,
+    fake_secrets,
+    local_run_overrides,
+)
+from tests.podrunner import make_image_like_venv, materialise, pinned
 from tests.realbd import RealBd, real_bd_path
 from tests.support.beadboard_stub import BeadBoardStub
 
-ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = LOCAL_DIR / "demo"
+IMAGE_VENV = LOCAL_DIR / "image-venv"
 
 
-def run_job(job: str, env: dict[str, str]) -> int:
-    print(f"\n$ python3 -m jobs {job}")
-    completed = subprocess.run(
-        [sys.executable, "-m", "jobs", job], env=env, cwd=ROOT, text=True, check=False
-    )
-    print(f"(exit {completed.returncode})")
+def rel(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def heading(text: str) -> None:
+    print(f"\n=== {text}")
+
+
+def image_python() -> Path:
+    """The pydantic-only virtualenv standing in for the agent image; reused while its pin holds."""
+    marker = IMAGE_VENV / "requirement.txt"
+    python = IMAGE_VENV / "bin" / "python"
+    if python.exists() and marker.exists() and marker.read_text() == pinned("pydantic"):
+        return python
+    print(f"(creating {rel(IMAGE_VENV)} with only {pinned('pydantic')})")
+    python = make_image_like_venv(IMAGE_VENV)
+    marker.write_text(pinned("pydantic"))
+    return python
+
+
+def run_container(
+    manifests: Manifests,
+    cronjob: str,
+    scratch: Path,
+    python: Path,
+    overrides: Mapping[str, str],
+) -> int:
+    """One run of the CronJob's container in a fresh pod root (a new pod: new emptyDir)."""
+    pod_spec = manifests.pod_spec(cronjob)
+    root = Path(tempfile.mkdtemp(prefix=f"{cronjob}-", dir=scratch))
+    pod = materialise(pod_spec, manifests.configmaps(), root, secrets=fake_secrets(pod_spec))
+    shown = " ".join(pod_spec["containers"][0]["command"])
+    print(f"\n$ {shown}    # container of CronJob {cronjob}")
+    completed = pod.run(python, overrides)
+    for line in (completed.stdout + completed.stderr).splitlines():
+        print(f"  {line}")
+    print(f"  (exit {completed.returncode})")
     return completed.returncode
+
+
+def show_beads(bd: RealBd, beads: Mapping[str, str]) -> None:
+    for label, bead_id in beads.items():
+        bead = bd.show(bead_id)
+        print(f"- {bead_id} [{label}]: status={bead['status']} assignee={bead.get('assignee', '')}")
+        for line in str(bead.get("notes", "")).splitlines():
+            print(f"    note: {line}")
+
+
+def suspend_flags(manifests: Manifests) -> str:
+    flags = (
+        f"{name} suspend={manifests.cronjob(name)['spec']['suspend']}"
+        for name in (DISPATCHER_NAME, REAPER_NAME)
+    )
+    enabled = manifests.configmaps()[RUNTIME_CONFIG_NAME]["data"][job_env.AUTODISPATCH_ENABLED]
+    return ", ".join([*flags, f"{job_env.AUTODISPATCH_ENABLED}={enabled}"])
 
 
 def main() -> int:
@@ -34,8 +103,23 @@ def main() -> int:
     if binary is None:
         print("BD_REAL is not set: run this through `make demo`, which builds bd first.")
         return 2
-    with tempfile.TemporaryDirectory(prefix="beads-demo-") as tmp, BeadBoardStub() as board:
-        bd = RealBd(binary, Path(tmp) / "project").init(prefix="demo")
+
+    heading("1. pulumi up of the `local` stack (Automation API, inline program = __main__.py)")
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    stack = LocalStack.create(DEMO_DIR, output=print)
+    stack.up()
+    manifests = stack.manifests()
+    print(f"\nRendered manifests in {rel(stack.render_dir)}:")
+    for path in sorted(stack.render_dir.rglob("*.yaml")):
+        print(f"  {path.relative_to(stack.render_dir)}")
+
+    python = image_python()
+    with (
+        tempfile.TemporaryDirectory(prefix="beads-demo-") as tmp,
+        BeadBoardStub() as board,
+    ):
+        scratch = Path(tmp)
+        bd = RealBd(binary, scratch / "project").init(prefix="demo")
         beads = {
             "urgent, with acceptance criteria": bd.create(
                 "Fix the flaky login test",
@@ -60,38 +144,54 @@ def main() -> int:
         bd.update(stuck, "--status", "in_progress")
         beads["in_progress, no update for 31 min (reaper)"] = stuck
 
-        env = {
-            **bd.env(),
-            "PYTHONPATH": str(ROOT),
-            "BD_BIN": str(binary),
-            "BEADS_DB": str(bd.beads_dir),
-            "BEADBOARD_URL": board.url,
-        }
-        print(f"beads database: {bd.beads_dir}\nBeadBoard stand-in: {board.url}")
-        # First run creates the dispatch lock; the next two dispatch one bead each.
+        overrides = local_run_overrides(binary, bd.beads_dir, board.url)
+        heading("2. The rendered CronJobs' containers, run here")
+        print(f"beads database (embedded mode, real bd): {bd.beads_dir}")
+        print(f"BeadBoard stand-in: {board.url}")
+        print("env overrides on top of the rendered pod spec:")
+        for name, value in overrides.items():
+            print(f"  {name}={value}")
+        # First run on a new database creates the dispatch lock and dispatches nothing;
+        # the next two dispatch one bead each.
         for _ in range(3):
-            run_job("dispatch", env)
+            run_container(manifests, DISPATCHER_NAME, scratch, python, overrides)
         # Every bead was updated seconds ago; run the reaper as if 31 minutes had passed.
         # No agent runs in the demo, so the two dispatched beads look stuck as well.
         print("\n(the reaper runs as if 31 minutes had passed with no agent making progress)")
         later = (datetime.now(UTC) + timedelta(minutes=31)).isoformat()
-        run_job("reap", {**env, "AUTODISPATCH_NOW": later})
+        run_container(
+            manifests,
+            REAPER_NAME,
+            scratch,
+            python,
+            {**overrides, job_env.AUTODISPATCH_NOW: later},
+        )
 
         print("\nWhat BeadBoard received:")
         for request in board.requests:
             print(f"  {request.method} {request.path} {request.text if request.body else ''}")
         print("\nBeads afterwards:")
-        for label, bead_id in beads.items():
-            bead = bd.show(bead_id)
-            print(
-                f"- {bead_id} [{label}]: "
-                f"status={bead['status']} assignee={bead.get('assignee', '')}"
-            )
-            for line in str(bead.get("notes", "")).splitlines():
-                print(f"    note: {line}")
+        show_beads(bd, beads)
+
+        heading("3. Kill switch: pulumi config set dispatcherEnabled false && pulumi up")
+        waiting = bd.create("Arrives while paused", priority=0, assignee="agent", acceptance="x")
+        stack.set_config("dispatcherEnabled", "false")
+        stack.up()
+        paused = stack.manifests()
+        print(f"\nRendered: {suspend_flags(paused)}")
+        board.clear()
+        print("A run that starts anyway (kubectl create job --from=cronjob/...):")
+        run_container(paused, DISPATCHER_NAME, scratch, python, overrides)
+        print(f"BeadBoard requests during the paused run: {len(board.requests)}")
+        show_beads(bd, {"assigned to agent while paused": waiting})
+    print(f"\nStack state and manifests stay in {rel(DEMO_DIR)}/.")
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -27,7 +27,7 @@ from tests.pulumi_harness import render_program
 from tests.support.beadboard_stub import BeadBoardStub
 
 DOLT_USER = "beads"
-DOLT_PASSWORD = "dolt-test-password"  # noqa: S105 - a throw-away server on loopback
+DOLT_PASSWORD = "dolt-test-password"  # a throw-away server on loopback
 DATABASE = "code"
 
 
