@@ -280,6 +280,88 @@ def measure_idle(binary: Path, root: Path, background_beads: int) -> dict[str, f
     }
 
 
+# -- 5. load ---------------------------------------------------------------------------
+
+
+def write_load_jsonl(path: Path, total: int, agent: int) -> None:
+    """A database's worth of beads; `agent` of them assigned to the agent, mixed states."""
+    rng = random.Random(5)
+    now = time.time()
+    statuses = ["open", "open", "in_progress", "blocked", "closed"]
+
+    def stamp(seconds_ago: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - seconds_ago))
+
+    with path.open("w") as out:
+        for index in range(total):
+            status = rng.choice(statuses)
+            row: dict[str, Any] = {
+                "id": f"load-{index:05d}",
+                "title": f"load bead {index}",
+                "status": status,
+                "priority": rng.randint(0, 4),
+                "issue_type": "task",
+                "assignee": "agent" if index < agent else rng.choice(["alice", "bob", ""]),
+                "created_at": stamp(rng.uniform(0, 90 * 86400)),
+                "updated_at": stamp(rng.uniform(0, 6000)),
+            }
+            if rng.random() < 0.7:
+                row["acceptance_criteria"] = "it works"
+            if status == "closed":
+                row["closed_at"] = row["updated_at"]
+            out.write(json.dumps(row) + "\n")
+
+
+def measure_load(binary: Path, root: Path, total: int, agent: int) -> dict[str, Any]:
+    bd = RealBd(binary, root / "load").init(prefix="load")
+    source = root / "load.jsonl"
+    write_load_jsonl(source, total, agent)
+    started = time.monotonic()
+    bd.run("import", str(source))
+    imported = time.monotonic() - started
+    bd.run(
+        "create",
+        LOCK_TITLE,
+        "--id",
+        LOCK_BEAD_ID,
+        "--force",
+        "--type",
+        "chore",
+        "--priority",
+        "4",
+        "--silent",
+    )
+    bd.update(LOCK_BEAD_ID, "--status", "closed")
+    in_progress = len(bd.query("assignee=agent AND status=in_progress"))
+    eligible = [
+        b
+        for b in bd.query("assignee=agent AND status=open")
+        if str(b.get("acceptance_criteria", "")).strip()
+    ]
+    figures: dict[str, Any] = {
+        "import_s": imported,
+        "in_progress": in_progress,
+        "eligible": len(eligible),
+    }
+    with AgentSimulator(capacity=10, run_seconds=60) as agent_sim:
+        for job, extra in (
+            ("dispatch", {"AGENT_HEALTH_URL": f"{agent_sim.url}/health", "MAX_IN_FLIGHT": "10"}),
+            ("reap", {}),
+        ):
+            started = time.monotonic()
+            result = run_jobs([job], job_env(bd, agent_sim.url, **extra), timeout=1800)
+            done = result.summary
+            figures[job] = {
+                "seconds": time.monotonic() - started,
+                "exit": result.code,
+                "python_mib": done["peak_rss_mib"],
+                "bd_mib": done["bd_peak_rss_mib"],
+                "bd_calls": done["bd_calls"],
+                "acted": len(done.get("dispatched", done.get("blocked", []))),
+            }
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--bd", required=True, help="the real bd binary")
@@ -299,6 +381,15 @@ def main() -> int:
     parser.add_argument(
         "--window", type=float, default=240.0, help="scaled seconds of the utilisation windows"
     )
+    parser.add_argument("--load-beads", type=int, default=10000, help="beads in the load db")
+    parser.add_argument("--load-agent", type=int, default=500, help="of which assigned to agent")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["latency", "utilisation", "idle", "load"],
+        help="sections to leave out",
+    )
     args = parser.parse_args()
     binary = Path(args.bd)
     bd_version = subprocess.run(
@@ -309,136 +400,178 @@ def main() -> int:
         f"machine: {platform.machine()}, {platform.system()} {platform.release()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, bd {bd_version}",
     ]
+
+    def emit(block: str) -> None:
+        print(block, flush=True)
+        out.append(block)
+
+    print(out[0] + "\n" + out[1], flush=True)
     with tempfile.TemporaryDirectory(prefix="beads-bench-") as tmp:
         root = Path(tmp)
-        text, _ = pods_per_day()
-        out.append(text)
-        print("\n".join(out), flush=True)
-
-        ticks = measure_original_tick(binary, root)
-        tick = statistics.median(ticks)
-        latencies = measure_window_latency(binary, root, args.beads, LOW_CHURN_POLL)
-        e2e = end_to_end(latencies, LOW_CHURN_PERIOD, LOW_CHURN_WINDOW, LOW_CHURN_POLL / 2 + tick)
-        rng = random.Random(3)
-        orig_wait = [rng.uniform(0, 120) + tick for _ in range(20000)]
-        rows = [
-            [
-                "original (`*/2`, one pass)",
-                "schedule + measured pass",
-                f"{percentile(orig_wait, 0.5):.1f}",
-                f"{percentile(orig_wait, 0.95):.1f}",
-                "—",
-            ],
-            [
-                f"low-churn, inside a window (poll {LOW_CHURN_POLL:g} s)",
-                f"measured, {len(latencies)} beads",
-                f"{percentile(latencies, 0.5):.1f}",
-                f"{percentile(latencies, 0.95):.1f}",
-                f"≤ {2 * LOW_CHURN_POLL:g}",
-            ],
-            [
-                "low-churn, incl. the 60 s gap between windows",
-                "measured + schedule",
-                f"{percentile(e2e, 0.5):.1f}",
-                f"{percentile(e2e, 0.95):.1f}",
-                f"≤ {2 * LOW_CHURN_POLL:g}",
-            ],
-        ]
-        block = table(
-            "Assign → dispatch latency, seconds (pod start time not included)",
-            ["configuration", "how", "p50", "p95", "target p95"],
-            rows,
-        )
-        block += f"\n\n(one original pass with real bd: median {tick:.2f} s over {len(ticks)} runs)"
-        print(block, flush=True)
-        out.append(block)
-
-        run_s = args.agent_minutes * 60 / args.scale
-        poll_s = LOW_CHURN_POLL / args.scale
-        results: dict[str, dict[str, float]] = {}
-
-        def run(name: str, slots: int, health: bool) -> None:
-            results[name] = measure_utilisation(
-                binary, root, name, slots, run_s, args.window, poll_s, health
-            )
-
-        threads = [
-            threading.Thread(target=run, args=("single", 1, False)),
-            threading.Thread(target=run, args=("ten", 10, True)),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rows = [
-            [
-                "original, 1 slot",
-                "computed: 1 dispatch / 120 s tick",
-                f"{100 * original_utilisation(1, args.agent_minutes * 60):.1f} %",
-                "—",
-                "—",
-            ],
-            [
-                "original, 10 slots",
-                "computed: 1 dispatch / 120 s tick",
-                f"{100 * original_utilisation(10, args.agent_minutes * 60):.1f} %",
-                "—",
-                "—",
-            ],
-            [
-                "ours, 1 slot (BeadBoard busy flag)",
-                f"measured, {results['single']['seconds']:.0f} s",
-                f"{100 * results['single']['utilisation']:.1f} %",
-                f"{results['single']['dispatched']:.0f}",
-                "≥ 95 %",
-            ],
-            [
-                "ours, 10 slots (agentHealthUrl)",
-                f"measured, {results['ten']['seconds']:.0f} s",
-                f"{100 * results['ten']['utilisation']:.1f} %",
-                f"{results['ten']['dispatched']:.0f}",
-                "≥ 95 %",
-            ],
-        ]
-        block = table(
-            f"Agent utilisation under a backlog (busy slot-time / available slot-time; agent run "
-            f"{args.agent_minutes:g} min and poll {LOW_CHURN_POLL:g} s scaled 1:{args.scale:g} "
-            f"→ {run_s:g} s and {poll_s:g} s; bd and HTTP not scaled)",
-            ["configuration", "how", "utilisation", "dispatched", "target"],
-            rows,
-        )
-        print(block, flush=True)
-        out.append(block)
-
-        idle = measure_idle(binary, root, background_beads=200)
-        rows = [
-            [
-                "low-churn idle poll (200 other beads in the db)",
-                f"{idle['bd_per_poll']:.2f}",
-                f"{idle['http_per_poll']:.2f}",
-                f"{idle['ms_per_poll']:.0f}",
-                f"{idle['peak_rss']:.0f} / {idle['bd_peak_rss']:.0f}",
-            ]
-        ]
-        block = table(
-            "Cost of an idle poll (measured over a 10 s window, 1 s poll)",
-            [
-                "what",
-                "bd calls / poll",
-                "HTTP requests / poll",
-                "wall ms / poll",
-                "peak RSS MiB (python / bd)",
-            ],
-            rows,
-        )
-        block += "\n\ntargets: 1 bd call and 0 HTTP requests per idle poll"
-        print(block, flush=True)
-        out.append(block)
+        emit(pods_per_day()[0])
+        if "latency" not in args.skip:
+            emit(latency_section(binary, root, args.beads))
+        if "utilisation" not in args.skip:
+            emit(utilisation_section(binary, root, args))
+        if "idle" not in args.skip:
+            emit(idle_section(binary, root))
+        if "load" not in args.skip:
+            emit(load_section(binary, root, args.load_beads, args.load_agent))
     report = ROOT / "build" / "bench.md"
     report.parent.mkdir(exist_ok=True)
     report.write_text("\n".join(out) + "\n")
     print(f"\n(written to {report.relative_to(ROOT)})")
     return 0
+
+
+def latency_section(binary: Path, root: Path, beads: int) -> str:
+    ticks = measure_original_tick(binary, root)
+    tick = statistics.median(ticks)
+    latencies = measure_window_latency(binary, root, beads, LOW_CHURN_POLL)
+    e2e = end_to_end(latencies, LOW_CHURN_PERIOD, LOW_CHURN_WINDOW, LOW_CHURN_POLL / 2 + tick)
+    rng = random.Random(3)
+    original = [rng.uniform(0, 120) + tick for _ in range(20000)]
+    target = f"≤ {2 * LOW_CHURN_POLL:g}"
+    rows = [
+        ["original (`*/2`, one pass)", "schedule + measured pass", *_p50_p95(original), "—"],
+        [
+            f"low-churn, inside a window (poll {LOW_CHURN_POLL:g} s)",
+            f"measured, {len(latencies)} beads",
+            *_p50_p95(latencies),
+            target,
+        ],
+        [
+            "low-churn, incl. the 60 s gap between windows",
+            "measured + schedule",
+            *_p50_p95(e2e),
+            target,
+        ],
+    ]
+    block = table(
+        "Assign → dispatch latency, seconds (pod start time not included)",
+        ["configuration", "how", "p50", "p95", "target p95"],
+        rows,
+    )
+    return (
+        block + f"\n\n(one original pass with real bd: median {tick:.2f} s over {len(ticks)} runs)"
+    )
+
+
+def _p50_p95(values: list[float]) -> list[str]:
+    return [f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.95):.1f}"]
+
+
+def utilisation_section(binary: Path, root: Path, args: argparse.Namespace) -> str:
+    run_s = args.agent_minutes * 60 / args.scale
+    poll_s = LOW_CHURN_POLL / args.scale
+    results: dict[str, dict[str, float]] = {}
+
+    def run(name: str, slots: int, health: bool) -> None:
+        results[name] = measure_utilisation(
+            binary, root, name, slots, run_s, args.window, poll_s, health
+        )
+
+    threads = [
+        threading.Thread(target=run, args=("single", 1, False)),
+        threading.Thread(target=run, args=("ten", 10, True)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows = []
+    for slots in (1, 10):
+        computed = 100 * original_utilisation(slots, args.agent_minutes * 60)
+        rows.append(
+            [
+                f"original, {slots} slot{'s' if slots > 1 else ''}",
+                "computed: 1 dispatch / 120 s tick",
+                f"{computed:.1f} %",
+                "—",
+                "—",
+            ]
+        )
+    for name, label in (
+        ("single", "ours, 1 slot (BeadBoard busy flag)"),
+        ("ten", "ours, 10 slots (agentHealthUrl)"),
+    ):
+        result = results[name]
+        rows.append(
+            [
+                label,
+                f"measured, {result['seconds']:.0f} s",
+                f"{100 * result['utilisation']:.1f} %",
+                f"{result['dispatched']:.0f}",
+                "≥ 95 %",
+            ]
+        )
+    return table(
+        f"Agent utilisation under a backlog (busy slot-time / available slot-time; agent run "
+        f"{args.agent_minutes:g} min and poll {LOW_CHURN_POLL:g} s scaled 1:{args.scale:g} "
+        f"→ {run_s:g} s and {poll_s:g} s; bd and HTTP not scaled)",
+        ["configuration", "how", "utilisation", "dispatched", "target"],
+        rows,
+    )
+
+
+def idle_section(binary: Path, root: Path) -> str:
+    idle = measure_idle(binary, root, background_beads=200)
+    rows = [
+        [
+            "idle poll (200 other beads in the db)",
+            f"{idle['bd_per_poll']:.2f}",
+            f"{idle['http_per_poll']:.2f}",
+            f"{idle['ms_per_poll']:.0f}",
+            f"{idle['peak_rss']:.0f} / {idle['bd_peak_rss']:.0f}",
+        ]
+    ]
+    block = table(
+        "Cost of an idle poll (measured over a 10 s window, 1 s poll)",
+        [
+            "what",
+            "bd calls / poll",
+            "HTTP requests / poll",
+            "wall ms / poll",
+            "peak RSS MiB (python / bd)",
+        ],
+        rows,
+    )
+    return block + "\n\ntargets: 1 bd call and 0 HTTP requests per idle poll"
+
+
+def load_section(binary: Path, root: Path, total: int, agent: int) -> str:
+    figures = measure_load(binary, root, total, agent)
+    rows = []
+    for job, deadline in (("dispatch", "100 s (1780 s low-churn)"), ("reap", "300 s")):
+        f = figures[job]
+        rows.append(
+            [
+                f"{job} tick",
+                f"{f['seconds']:.1f} s",
+                deadline,
+                f"{f['python_mib']:.0f} + {f['bd_mib']:.0f} MiB",
+                "256 MiB",
+                str(f["bd_calls"]),
+                str(f["acted"]),
+                str(f["exit"]),
+            ]
+        )
+    block = table(
+        f"Load: {total} beads, {agent} assigned to agent ({figures['eligible']} eligible, "
+        f"{figures['in_progress']} in progress; bd import took {figures['import_s']:.0f} s)",
+        [
+            "run",
+            "wall",
+            "activeDeadlineSeconds",
+            "peak RSS python + bd",
+            "pod limit",
+            "bd calls",
+            "dispatched / blocked",
+            "exit",
+        ],
+        rows,
+    )
+    return block + "\n\n(bd runs as a child of the python process: the pod peak is at most the sum)"
 
 
 if __name__ == "__main__":

@@ -52,14 +52,14 @@ RealJobRunner = Callable[..., JobRun]
 
 
 def real_env(bd: RealBd, board_url: str, **extra: str) -> dict[str, str]:
-    return base_env(
+    env = base_env(
         **bd.env(),
         BD_BIN=str(bd.binary),
         BEADS_DB=str(bd.beads_dir),
         BEADBOARD_URL=board_url,
         HTTP_TIMEOUT_SECONDS="2",
-        **extra,
     )
+    return env | extra
 
 
 @pytest.fixture
