@@ -39,7 +39,9 @@ class RealBd:
             "BEADS_ACTOR": self.actor,
         }
 
-    def run(self, *args: str, check: bool = True, actor: str | None = None) -> str:
+    def run(
+        self, *args: str, check: bool = True, actor: str | None = None, timeout: float = 120
+    ) -> str:
         command = [
             str(self.binary),
             "--db",
@@ -54,7 +56,7 @@ class RealBd:
             env=self.env(),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if check and completed.returncode != 0:
