@@ -26,11 +26,10 @@ import yaml
 from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
 from components.config import settings_from_strings
 from components.cron import parse_schedule
-from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
 from tests.bench.agent_sim import AgentSimulator
 from tests.conftest import JobRun, base_env, run_jobs
 from tests.pulumi_harness import render_program
-from tests.realbd import RealBd
+from tests.realbd import RealBd, prime_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,19 +76,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def fresh_db(binary: Path, root: Path, name: str) -> RealBd:
     bd = RealBd(binary, root / name).init(prefix=name[:6])
-    bd.run(
-        "create",
-        LOCK_TITLE,
-        "--id",
-        LOCK_BEAD_ID,
-        "--force",
-        "--type",
-        "chore",
-        "--priority",
-        "4",
-        "--silent",
-    )
-    bd.update(LOCK_BEAD_ID, "--status", "closed")
+    prime_lock(bd)
     return bd
 
 
@@ -314,19 +301,7 @@ def measure_load(binary: Path, root: Path, total: int, agent: int) -> dict[str, 
     started = time.monotonic()
     bd.run("import", str(source), timeout=1800)
     imported = time.monotonic() - started
-    bd.run(
-        "create",
-        LOCK_TITLE,
-        "--id",
-        LOCK_BEAD_ID,
-        "--force",
-        "--type",
-        "chore",
-        "--priority",
-        "4",
-        "--silent",
-    )
-    bd.update(LOCK_BEAD_ID, "--status", "closed")
+    prime_lock(bd)
     in_progress = len(bd.query("assignee=agent AND status=in_progress"))
     eligible = [
         b

@@ -9,30 +9,13 @@ from datetime import datetime, timedelta
 import pytest
 
 from jobs.dispatch import ATTEMPTS_KEY
-from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
+from jobs.lock import LOCK_BEAD_ID
 from tests.integration.conftest import RealJobRunner
-from tests.realbd import RealBd
+from tests.realbd import RealBd, prime_lock
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 
 DISPATCH = "/api/agent-dispatch"
 STATUS = "/api/agent-status"
-
-
-def prime_lock(bd: RealBd) -> None:
-    """The state the first dispatcher run leaves: the lock bead, closed and unassigned."""
-    bd.run(
-        "create",
-        LOCK_TITLE,
-        "--id",
-        LOCK_BEAD_ID,
-        "--force",
-        "--type",
-        "chore",
-        "--priority",
-        "4",
-        "--silent",
-    )
-    bd.update(LOCK_BEAD_ID, "--status", "closed")
 
 
 def agent_bead(bd: RealBd, title: str = "task", priority: int = 2) -> str:

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from components.auto_dispatch import BD_CONFIG_NAME
-from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
 from tests.conftest import ROOT, JobRun, base_env, run_jobs
 from tests.pulumi_harness import render_program
+from tests.realbd import PRIME_LOCK_COMMANDS
 from tests.support.beadboard_stub import BeadBoardStub
 
 DOLT_USER = "beads"
@@ -184,20 +184,8 @@ def dolt_server(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         client_dir = root / "client"
         client_dir.mkdir()
         (client_dir / "metadata.json").write_text(mounted.read_text())
-        server_info.bd_run(
-            client_dir,
-            "create",
-            LOCK_TITLE,
-            "--id",
-            LOCK_BEAD_ID,
-            "--force",
-            "--type",
-            "chore",
-            "--priority",
-            "4",
-            "--silent",
-        )
-        server_info.bd_run(client_dir, "update", LOCK_BEAD_ID, "--status", "closed")
+        for command in PRIME_LOCK_COMMANDS:
+            server_info.bd_run(client_dir, *command)
         yield server_info
     finally:
         server.terminate()
