@@ -28,6 +28,7 @@ from components.config import settings_from_strings
 from components.cron import parse_schedule
 from tests.bench.agent_sim import AgentSimulator
 from tests.conftest import JobRun, base_env, run_jobs
+from tests.doltserver import DOLT_PASSWORD, dolt_server
 from tests.pulumi_harness import render_program
 from tests.realbd import RealBd, prime_lock
 
@@ -278,7 +279,7 @@ def write_load_jsonl(path: Path, total: int, agent: int) -> None:
         for index in range(total):
             status = rng.choice(statuses)
             row: dict[str, Any] = {
-                "id": f"load-{index:05d}",
+                "id": f"srv-load{index:05d}",
                 "title": f"load bead {index}",
                 "status": status,
                 "priority": rng.randint(0, 4),
@@ -295,40 +296,62 @@ def write_load_jsonl(path: Path, total: int, agent: int) -> None:
 
 
 def measure_load(binary: Path, root: Path, total: int, agent: int) -> dict[str, Any]:
-    bd = RealBd(binary, root / "load").init(prefix="load")
+    """Production's shape: bd in server mode against a dolt sql-server, ticks as the pod runs."""
     source = root / "load.jsonl"
     write_load_jsonl(source, total, agent)
-    started = time.monotonic()
-    bd.run("import", str(source), timeout=1800)
-    imported = time.monotonic() - started
-    prime_lock(bd)
-    in_progress = len(bd.query("assignee=agent AND status=in_progress"))
-    eligible = [
-        b
-        for b in bd.query("assignee=agent AND status=open")
-        if str(b.get("acceptance_criteria", "")).strip()
-    ]
-    figures: dict[str, Any] = {
-        "import_s": imported,
-        "in_progress": in_progress,
-        "eligible": len(eligible),
-    }
-    with AgentSimulator(capacity=10, run_seconds=60) as agent_sim:
-        for job, extra in (
-            ("dispatch", {"AGENT_HEALTH_URL": f"{agent_sim.url}/health", "MAX_IN_FLIGHT": "10"}),
-            ("reap", {}),
-        ):
-            started = time.monotonic()
-            result = run_jobs([job], job_env(bd, agent_sim.url, **extra), timeout=1800)
-            done = result.summary
-            figures[job] = {
-                "seconds": time.monotonic() - started,
-                "exit": result.code,
-                "python_mib": done["peak_rss_mib"],
-                "bd_mib": done["bd_peak_rss_mib"],
-                "bd_calls": done["bd_calls"],
-                "acted": len(done.get("dispatched", done.get("blocked", []))),
-            }
+    with dolt_server(binary, root / "load-dolt") as server:
+        client = server.client_dir(root / "load-client")
+        started = time.monotonic()
+        server.bd_run(client, "import", str(source), timeout=3600)
+        imported = time.monotonic() - started
+
+        def agent_beads(status: str) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = json.loads(
+                server.bd_run(
+                    client, "query", f"assignee=agent AND status={status}", "--limit", "0", "--json"
+                )
+            )
+            return rows
+
+        figures: dict[str, Any] = {
+            "import_s": imported,
+            "in_progress": len(agent_beads("in_progress")),
+            "eligible": sum(
+                1 for b in agent_beads("open") if str(b.get("acceptance_criteria", "")).strip()
+            ),
+        }
+        with AgentSimulator(capacity=10, run_seconds=60) as agent_sim:
+            for job, extra in (
+                (
+                    "dispatch",
+                    {"AGENT_HEALTH_URL": f"{agent_sim.url}/health", "MAX_IN_FLIGHT": "10"},
+                ),
+                ("reap", {}),
+            ):
+                home = root / f"load-{job}-home"
+                home.mkdir()
+                env = (
+                    base_env(
+                        HOME=str(home),
+                        BD_BIN=str(binary),
+                        BEADS_DB=str(root / f"load-{job}-beads"),
+                        BEADS_METADATA_FILE=str(server.metadata_file),
+                        BEADS_DOLT_PASSWORD=DOLT_PASSWORD,
+                        BEADBOARD_URL=agent_sim.url,
+                    )
+                    | extra
+                )
+                started = time.monotonic()
+                result = run_jobs([job], env, timeout=1800)
+                done = result.summary
+                figures[job] = {
+                    "seconds": time.monotonic() - started,
+                    "exit": result.code,
+                    "python_mib": done["peak_rss_mib"],
+                    "bd_mib": done["bd_peak_rss_mib"],
+                    "bd_calls": done["bd_calls"],
+                    "acted": len(done.get("dispatched", done.get("blocked", []))),
+                }
     return figures
 
 
@@ -527,7 +550,8 @@ def load_section(binary: Path, root: Path, total: int, agent: int) -> str:
             ]
         )
     block = table(
-        f"Load: {total} beads, {agent} assigned to agent ({figures['eligible']} eligible, "
+        f"Load, server mode (dolt sql-server): {total} beads, {agent} assigned to agent "
+        f"({figures['eligible']} eligible, "
         f"{figures['in_progress']} in progress; bd import took {figures['import_s']:.0f} s)",
         [
             "run",

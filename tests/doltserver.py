@@ -1,0 +1,193 @@
+"""A real `dolt sql-server` on loopback with a beads schema: production's shape, locally.
+
+Used by the server-mode integration tests and by the benchmark's load figures. The jobs
+reach it through the metadata.json the component renders (only host and port changed).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.auto_dispatch import BD_CONFIG_NAME
+from tests.pulumi_harness import render_program
+from tests.realbd import PRIME_LOCK_COMMANDS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOLT_USER = "beads"
+DOLT_PASSWORD = "dolt-test-password"  # a throw-away server on loopback
+DATABASE = "code"
+
+
+def build_dolt() -> Path:
+    built = subprocess.run(
+        [str(ROOT / "tools" / "build-dolt.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"cannot build dolt: {built.stderr.strip()}")
+    return Path(built.stdout.strip())
+
+
+@dataclass
+class DoltServer:
+    port: int
+    home: Path
+    bd: Path
+    metadata_file: Path
+    """The rendered metadata.json, read-only, as the pod mounts it."""
+
+    def bd_env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "BEADS_DOLT_PASSWORD": DOLT_PASSWORD,
+            "BEADS_ACTOR": "tester",
+        }
+
+    def client_dir(self, path: Path) -> Path:
+        """A beads dir holding the rendered metadata.json, for bd calls from tests."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "metadata.json").write_text(self.metadata_file.read_text())
+        return path
+
+    def bd_run(self, beads_dir: Path, *args: str, timeout: float = 120) -> str:
+        completed = subprocess.run(
+            [str(self.bd), "--db", str(beads_dir), *args],
+            env=self.bd_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise AssertionError(completed.stderr + completed.stdout)
+        return completed.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"dolt sql-server did not listen on {port} within {seconds}s")
+
+
+@contextmanager
+def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
+    """Start the server, create the database, a password user and bd's schema; prime the lock."""
+    dolt = str(build_dolt())
+    home, data, project = root / "home", root / "data", root / "project"
+    for directory in (home, data, project):
+        directory.mkdir(parents=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    for key, value in (("user.name", "tests"), ("user.email", "tests@example.invalid")):
+        subprocess.run(
+            [dolt, "config", "--global", "--add", key, value],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    port = _free_port()
+    server = subprocess.Popen(
+        [dolt, "sql-server", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=data,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, 60)
+        sql = (
+            f"CREATE DATABASE {DATABASE}; "
+            f"CREATE USER '{DOLT_USER}'@'%' IDENTIFIED BY '{DOLT_PASSWORD}'; "
+            f"GRANT ALL ON *.* TO '{DOLT_USER}'@'%';"
+        )
+        subprocess.run(
+            [
+                dolt,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--user",
+                "root",
+                "--no-tls",
+                "--password",
+                "",
+                "sql",
+                "-q",
+                sql,
+            ],
+            cwd=data,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        # bd creates its schema in the server database, as an operator did once in production.
+        subprocess.run(
+            [
+                str(bd),
+                "init",
+                "--server",
+                "--server-host",
+                "127.0.0.1",
+                "--server-port",
+                str(port),
+                "--server-user",
+                DOLT_USER,
+                "--database",
+                DATABASE,
+                "--prefix",
+                "srv",
+                "--external",
+                "--quiet",
+                "--non-interactive",
+                "--skip-agents",
+                "--skip-hooks",
+            ],
+            cwd=project,
+            env={**env, "BEADS_DOLT_PASSWORD": DOLT_PASSWORD},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        rendered = render_program(
+            {
+                "doltHost": "127.0.0.1",
+                "doltPort": str(port),
+                "doltPasswordSecretName": "dolt",
+                "doltPasswordSecretKey": "pw",
+            }
+        )
+        mounted = root / "mounted" / "metadata.json"
+        mounted.parent.mkdir()
+        mounted.write_text(rendered.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])
+        mounted.chmod(0o444)
+        info = DoltServer(port, home, bd, mounted)
+        client = info.client_dir(root / "setup-client")
+        for command in PRIME_LOCK_COMMANDS:
+            info.bd_run(client, *command)
+        yield info
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
