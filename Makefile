@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOOLS_CACHE ?= $(HOME)/.cache/beads-autodispatch/bin
 
-.PHONY: setup tools test lint unit demo bench clean
+.PHONY: setup tools test lint scan demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,11 @@ lint: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: setup tools lint
+# checkov over the rendered manifests (its own venv in the tools cache); zero findings.
+scan: setup
+	PYTHON=$(PY) tools/scan-manifests.sh
+
+test: setup tools lint scan
 	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest
 
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.

@@ -151,6 +151,13 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         job_env.DEFAULT_MAX_IN_FLIGHT,
         "With agentHealthUrl: at most this many agent jobs running or queued at once.",
     ),
+    ConfigKey(
+        "networkPolicyEnabled",
+        "boolean",
+        False,
+        "Add a NetworkPolicy for the jobs' pods: no ingress; egress only to DNS, Dolt, "
+        "BeadBoard and (with agentHealthUrl) the agent service.",
+    ),
 )
 
 _KEY_LABELS = {key.name: f"config key {key.name!r}:" for key in CONFIG_KEYS}
@@ -164,7 +171,7 @@ _HOST = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?$")
 
 def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             raise ValueError(f"must be {what}, got {value!r}")
         return value
 
@@ -172,7 +179,7 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
 
 
 def _namespace(value: str) -> str:
-    if len(value) > 63 or not _NAMESPACE.match(value):
+    if len(value) > 63 or not _NAMESPACE.fullmatch(value):
         raise ValueError(
             f"must be a DNS label (lowercase letters, digits, '-', at most 63), got {value!r}"
         )
@@ -180,7 +187,7 @@ def _namespace(value: str) -> str:
 
 
 def _optional_name(value: str) -> str:
-    if value and (len(value) > 253 or not _RESOURCE_NAME.match(value)):
+    if value and (len(value) > 253 or not _RESOURCE_NAME.fullmatch(value)):
         raise ValueError(f"must be empty or a Kubernetes object name, got {value!r}")
     return value
 
@@ -239,6 +246,7 @@ class DeploySettings(BaseModel):
     poll_interval_seconds: int = Field(alias="pollIntervalSeconds", ge=1, le=3600)
     agent_health_url: Annotated[str, AfterValidator(_optional_url)] = Field(alias="agentHealthUrl")
     max_in_flight: int = Field(alias="maxInFlight", ge=1, le=1000)
+    network_policy_enabled: bool = Field(alias="networkPolicyEnabled")
 
     @property
     def dispatcher_interval_seconds(self) -> int:

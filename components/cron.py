@@ -105,7 +105,7 @@ def _parse_item(item: str, spec: _Field) -> set[int]:
     base, _, step_text = item.partition("/")
     step = 1
     if step_text:
-        if not step_text.isdigit() or int(step_text) == 0:
+        if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
             raise CronError(f"{spec.name}: step must be a positive number in {item!r}")
         step = int(step_text)
     if base in ("*", "?"):
@@ -128,7 +128,7 @@ def _value(text: str, spec: _Field) -> int:
     upper = text.upper()
     if upper in spec.names:
         return spec.names.index(upper) + spec.names_start
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise CronError(f"{spec.name}: {text!r} is not a number")
     value = int(text)
     high = 7 if spec.name == "day of week" else spec.high  # 7 is Sunday too

@@ -28,12 +28,20 @@ class AgentBusy:
 
 @dataclass(frozen=True)
 class DispatchFailed:
-    """Anything else: the reason goes into the bead's note, so it must be short."""
+    """BeadBoard did not start a job; the reason goes into the bead's note, so it is short."""
 
     reason: str
 
 
-DispatchOutcome = Dispatched | AgentBusy | DispatchFailed
+@dataclass(frozen=True)
+class DispatchUnknown:
+    """The request went out but no answer came back (read timeout, dropped connection):
+    BeadBoard may have started a job. Sending again could run the bead twice."""
+
+    reason: str
+
+
+DispatchOutcome = Dispatched | AgentBusy | DispatchFailed | DispatchUnknown
 
 
 class BeadBoard:
@@ -81,8 +89,11 @@ class BeadBoard:
         self.requests_sent += 1
         try:
             response = self._client.post(DISPATCH_PATH, json={"taskId": bead_id})
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing reached BeadBoard: safe to count as a failed attempt and retry later.
             return DispatchFailed(_describe_transport_error(exc))
+        except httpx.HTTPError as exc:
+            return DispatchUnknown(_describe_transport_error(exc))
         body = _json_object(response)
         error = _short(str(body.get("error"))) if body and body.get("error") else ""
         if response.status_code == 200:

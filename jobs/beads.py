@@ -188,6 +188,9 @@ class BdClient:
                 command,
                 capture_output=True,
                 text=True,
+                # A stray non-UTF-8 byte must become a BdError below, not a crash here.
+                encoding="utf-8",
+                errors="replace",
                 timeout=self.timeout_seconds,
                 env=self._env,
                 stdin=subprocess.DEVNULL,
@@ -247,7 +250,9 @@ def _error_message(stdout: str, stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     # bd adds advisory lines (deprecations, the beads.role hint) around the real error.
     useful = [line for line in lines if not _ADVISORY.match(line)]
-    return _excerpt((useful or lines or ["(no message)"])[-1])
+    # Prefer the error itself over hint lines bd prints after it.
+    errors = [line for line in useful if line.lower().startswith("error")]
+    return _excerpt((errors or useful or lines or ["(no message)"])[0 if errors else -1])
 
 
 # bd 1.0.2's words for "that bead is gone" and "someone else holds it".

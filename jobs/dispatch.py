@@ -20,6 +20,7 @@ from jobs.beadboard import (
     Dispatched,
     DispatchFailed,
     DispatchOutcome,
+    DispatchUnknown,
 )
 from jobs.beads import (
     STATUS_BLOCKED,
@@ -49,6 +50,7 @@ OUTCOME_RANK = (
     "error",
     "blocked_after_failures",
     "dispatch_failed",
+    "dispatch_unknown",
     "dispatched",
     "agent_busy_on_dispatch",
     "stopped",
@@ -371,6 +373,22 @@ class Dispatcher:
             self.tally.returned.append(bead.id)
             self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
             return "agent_busy_on_dispatch"
+        if isinstance(outcome, DispatchUnknown):
+            # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
+            self.bd.update(
+                bead.id,
+                note=notes.dispatch_unknown(
+                    outcome.reason, self.settings.reaper_threshold_minutes, now
+                ),
+            )
+            self.tally.failed.append(bead.id)
+            self.log.error(
+                "dispatch.unknown",
+                bead=bead.id,
+                reason=outcome.reason,
+                bead_status=STATUS_IN_PROGRESS,
+            )
+            return "dispatch_unknown"
         assert isinstance(outcome, DispatchFailed)
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.dispatch_max_attempts

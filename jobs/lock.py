@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from jobs import notes
-from jobs.beads import STATUS_CLOSED, BdClient, BdRejected
+from jobs.beads import STATUS_CLOSED, BdClient, BdError, BdRejected
 from jobs.log import EventLog
 
 LOCK_BEAD_ID = "autodispatch-lock"
@@ -35,7 +35,7 @@ def acquire(
     """True when this run holds the lock. Never waits: a busy lock ends the tick."""
     holder = holder_name(run_id)
     try:
-        bd.update(LOCK_BEAD_ID, claim=True, actor=holder)
+        _claim(bd, holder)
         log.event("lock.acquired", lock=LOCK_BEAD_ID, holder=holder)
         return True
     except BdRejected:
@@ -72,12 +72,29 @@ def acquire(
     )
     log.warning("lock.stale_released", lock=LOCK_BEAD_ID, holder=lock.assignee)
     try:
-        bd.update(LOCK_BEAD_ID, claim=True, actor=holder)
+        _claim(bd, holder)
     except BdRejected:
         log.event("lock.busy", lock=LOCK_BEAD_ID, detail="taken right after the stale release")
         return False
     log.event("lock.acquired", lock=LOCK_BEAD_ID, holder=holder)
     return True
+
+
+def _claim(bd: BdClient, holder: str) -> None:
+    try:
+        bd.update(LOCK_BEAD_ID, claim=True, actor=holder)
+    except BdRejected:
+        raise
+    except BdError:
+        # bd may have taken the lock and then failed (timeout, garbled output): if it is
+        # ours, free it now rather than leave every dispatcher waiting for it to go stale.
+        try:
+            lock = bd.show(LOCK_BEAD_ID)
+            if lock is not None and lock.assignee == holder:
+                bd.update(LOCK_BEAD_ID, assignee="", status=STATUS_CLOSED)
+        except BdError:
+            pass  # the original error is the one worth reporting
+        raise
 
 
 def release(bd: BdClient, run_id: str, log: EventLog) -> None:

@@ -34,6 +34,14 @@ def dispatch_failed(attempt: int, max_attempts: int, reason: str, now: datetime)
     return f"{text} ({DISPATCHER}, {iso_utc(now)})"
 
 
+def dispatch_unknown(reason: str, threshold_minutes: int, now: datetime) -> str:
+    return (
+        f"dispatch outcome unknown: {reason} after the request was sent; not sent again. "
+        f"If the agent started, its notes follow; if not, the reaper blocks this bead after "
+        f"{threshold_minutes}m ({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
 def reaped(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
     return (
         f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking "

@@ -61,10 +61,18 @@ class ConfigError(Exception):
     """A setting a user can fix; the message is the one line to show them."""
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_URL = re.compile(
+    rf"https?://(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?(?P<path>/[!-~]*)?"
+)
+
+
 def http_url(value: str) -> str:
-    """Normalise a base URL: http(s) scheme and a host, no trailing slash."""
+    """Normalise a base URL: http(s), an ASCII host name or IPv4, a port 1-65535, no trailing /."""
     text = value.strip()
-    if not re.match(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$", text):
+    match = _URL.fullmatch(text)
+    port = match.group("port") if match else None
+    if match is None or (port is not None and not 1 <= int(port) <= 65535):
         raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
     return text.rstrip("/")
 
@@ -79,7 +87,7 @@ def parse_bool(value: str) -> bool:
 
 
 def assignee_name(value: str) -> str:
-    if not ASSIGNEE_PATTERN.match(value):
+    if not ASSIGNEE_PATTERN.fullmatch(value):
         raise ValueError(
             f"must be one word of letters, digits and . _ @ - (a bd assignee), got {value!r}"
         )

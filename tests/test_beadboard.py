@@ -12,6 +12,7 @@ from jobs.beadboard import (
     Dispatched,
     DispatchFailed,
     DispatchOutcome,
+    DispatchUnknown,
 )
 
 
@@ -47,7 +48,13 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
             raising(httpx.ConnectError("[Errno 111] Connection refused")),
             DispatchFailed("connection failed ([Errno 111] Connection refused)"),
         ),
-        (raising(httpx.ReadTimeout("timed out")), DispatchFailed("timeout (ReadTimeout)")),
+        (raising(httpx.ConnectTimeout("timed out")), DispatchFailed("timeout (ConnectTimeout)")),
+        # Sent, then silence: BeadBoard may have started a job, so never "failed".
+        (raising(httpx.ReadTimeout("timed out")), DispatchUnknown("timeout (ReadTimeout)")),
+        (
+            raising(httpx.RemoteProtocolError("closed")),
+            DispatchUnknown("RemoteProtocolError: closed"),
+        ),
     ],
 )
 def test_dispatch_outcomes(transport: httpx.MockTransport, expected: DispatchOutcome) -> None:

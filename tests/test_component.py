@@ -19,6 +19,7 @@ from components.auto_dispatch import (
     DISPATCHER_NAME,
     REAPER_NAME,
     RUNTIME_CONFIG_NAME,
+    SERVICE_ACCOUNT_NAME,
     VENDOR_NAME,
 )
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
@@ -57,6 +58,7 @@ def test_resource_set_and_names(default_render: Recorder) -> None:
         (CONFIGMAP, "beads-autodispatch-code"),
         (CONFIGMAP, "beads-autodispatch-runtime"),
         (CONFIGMAP, "beads-autodispatch-vendor"),
+        ("kubernetes:core/v1:ServiceAccount", "beads-autodispatch-service-account"),
     ]
     names = {
         r.inputs["metadata"]["name"] for r in default_render.resources if "metadata" in r.inputs
@@ -68,6 +70,7 @@ def test_resource_set_and_names(default_render: Recorder) -> None:
         RUNTIME_CONFIG_NAME,
         CODE_NAME,
         VENDOR_NAME,
+        SERVICE_ACCOUNT_NAME,
     }
     for resource in default_render.resources:
         if "metadata" in resource.inputs:

@@ -158,10 +158,8 @@ def test_409_puts_the_bead_back_without_counting_an_attempt(
         (Reply(status=400, json={"error": "bead has no acceptance criteria"}), "HTTP 400"),
         (Reply(status=200, json={"status": "queued"}), "HTTP 200 without job_id"),
         (Reply(status=200, body="<html>oops</html>"), "HTTP 200 without job_id"),
-        (Reply(delay=4), "timeout"),
-        (Reply(drop=True), "RemoteProtocolError"),
     ],
-    ids=["500", "502", "400", "200-no-job", "200-not-json", "timeout", "dropped"],
+    ids=["500", "502", "400", "200-no-job", "200-not-json"],
 )
 def test_failed_dispatch_reopens_counts_and_exits_1(
     api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, reply: Reply, reason: str
@@ -178,6 +176,27 @@ def test_failed_dispatch_reopens_counts_and_exits_1(
     assert last.startswith("dispatch failed (attempt 1/3): ")
     assert reason in last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [(Reply(delay=4), "timeout (ReadTimeout)"), (Reply(drop=True), "RemoteProtocolError")],
+    ids=["timeout", "dropped"],
+)
+def test_no_answer_after_sending_is_never_sent_again(
+    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, reply: Reply, reason: str
+) -> None:
+    bead = agent_bead(api)
+    beadboard.program(DISPATCH, reply)
+    first = run_job("dispatch")
+    assert first.code == 1
+    assert first.summary["outcome"] == "dispatch_unknown"
+    state = api.get(bead)
+    assert state["status"] == "in_progress"
+    assert state["metadata"]["auto_dispatch_stage"] == "sending"
+    assert notes_of(api, bead)[-1].startswith(f"dispatch outcome unknown: {reason}")
+    assert run_job("dispatch").code == 0
+    assert len(beadboard.requests_to(DISPATCH)) == 1
 
 
 def test_the_nth_failure_blocks_the_bead_and_stops_retrying(

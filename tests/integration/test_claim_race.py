@@ -11,8 +11,7 @@ import sys
 
 from tests.conftest import ROOT
 from tests.integration.conftest import real_env
-from tests.integration.test_real_bd import prime_lock
-from tests.realbd import RealBd
+from tests.realbd import RealBd, prime_lock
 from tests.support.beadboard_stub import BeadBoardStub
 
 DISPATCHERS = 4

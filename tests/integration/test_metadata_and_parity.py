@@ -13,9 +13,8 @@ from typing import Any
 from components.auto_dispatch import BD_CONFIG_NAME
 from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
 from tests.conftest import base_env, run_jobs
-from tests.integration.test_real_bd import prime_lock
 from tests.pulumi_harness import render_program
-from tests.realbd import RealBd
+from tests.realbd import RealBd, prime_lock
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 from tests.support.fake_bd import FakeBd
 

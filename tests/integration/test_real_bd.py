@@ -100,9 +100,8 @@ def test_409(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner) -> N
         (Reply(status=400, json={"error": "bead has no acceptance criteria"}), "HTTP 400"),
         (Reply(status=500, json={"error": "missing token"}), "HTTP 500 missing token"),
         (Reply(status=502, json={"error": "agent service failed"}), "HTTP 502"),
-        (Reply(delay=4), "timeout"),
     ],
-    ids=["4xx", "5xx", "502", "timeout"],
+    ids=["4xx", "5xx", "502"],
 )
 def test_failures(
     bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner, reply: Reply, reason: str
@@ -116,6 +115,20 @@ def test_failures(
     # bd keeps the JSON type: the count reads back as a number.
     assert state["metadata"] == {ATTEMPTS_KEY: 1}
     assert notes(bd, bead)[-1].startswith(f"dispatch failed (attempt 1/3): {reason}")
+
+
+def test_timeout_after_sending_is_not_resent(
+    bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
+) -> None:
+    bead = agent_bead(bd)
+    beadboard.program(DISPATCH, Reply(delay=4))
+    assert run_real("dispatch").code == 1
+    state = bd.show(bead)
+    assert state["status"] == "in_progress"
+    assert state["metadata"] == {"auto_dispatch_stage": "sending"}
+    assert notes(bd, bead)[-1].startswith("dispatch outcome unknown: timeout (ReadTimeout)")
+    assert run_real("dispatch").code == 0
+    assert len(beadboard.requests_to(DISPATCH)) == 1
 
 
 def test_attempts_exhausted_blocks(

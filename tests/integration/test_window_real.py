@@ -9,8 +9,8 @@ import sys
 from tests.bench.agent_sim import AgentSimulator
 from tests.conftest import ROOT, JobRun
 from tests.integration.conftest import RealJobRunner, real_env
-from tests.integration.test_real_bd import notes, prime_lock
-from tests.realbd import RealBd
+from tests.integration.test_real_bd import notes
+from tests.realbd import RealBd, prime_lock
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 
 

@@ -1,0 +1,407 @@
+"""Property-based tests of the three edges where outside text becomes typed values:
+bd's JSON (jobs/beads.py), the jobs' environment (jobs/settings.py) and the stack config
+(components/config.py). The promise at each edge: valid input parses to what it says, and
+anything else fails with the edge's own error and a one-line message — never another
+exception, never a traceback.
+
+Examples are kept modest (200 per property) so the file runs in seconds; no example
+database is written (nothing lands in the checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import subprocess
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from components.config import CONFIG_KEYS, DeploySettings, settings_from_strings
+from components.config import ConfigError as DeployConfigError
+from jobs import settings as job_env
+from jobs.beads import BdClient, BdError, BdRejected, Bead
+from jobs.settings import ConfigError, Settings, load_settings
+
+PROPERTY = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# -- bd's JSON -----------------------------------------------------------------------------
+
+REQUIRED = ("id", "status", "priority", "created_at", "updated_at")
+OPTIONAL_TEXT = ("title", "assignee", "acceptance_criteria", "notes")
+KNOWN = {*REQUIRED, *OPTIONAL_TEXT, "metadata"}
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+zones = st.sampled_from(
+    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+)
+# bd prints aware stamps; naive ones must still come out aware (taken as UTC).
+moments = st.datetimes(datetime(1971, 1, 1), datetime(9998, 12, 31)) | st.datetimes(
+    datetime(1971, 1, 1), datetime(9998, 12, 31), timezones=zones
+)
+
+
+def stamp(moment: datetime) -> str:
+    """bd prints UTC with a Z; other offsets and naive stamps must parse too."""
+    text = moment.isoformat()
+    return text.replace("+00:00", "Z") if moment.tzinfo is UTC else text
+
+
+@st.composite
+def bead_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    bead: dict[str, Any] = {
+        "id": draw(st.text(min_size=1)),
+        "status": draw(st.sampled_from(["open", "in_progress", "blocked", "closed"]) | st.text()),
+        "priority": draw(st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+        "created_at": stamp(draw(moments)),
+        "updated_at": stamp(draw(moments)),
+    }
+    for name in OPTIONAL_TEXT:
+        if draw(st.booleans()):
+            bead[name] = draw(st.text())
+    if draw(st.booleans()):
+        bead["metadata"] = draw(st.none() | st.dictionaries(st.text(), json_values, max_size=5))
+    # bd adds fields over time (counts, labels, design…): they must never break parsing.
+    extra = draw(st.dictionaries(st.text().filter(lambda k: k not in KNOWN), json_values))
+    return {**extra, **bead}
+
+
+def bd_answering(stdout: str, stderr: str = "", returncode: int = 0) -> BdClient:
+    def runner(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+    return BdClient("bd", Path("/nonexistent"), actor="agent", timeout_seconds=1, runner=runner)
+
+
+def assert_one_line(message: str) -> None:
+    assert message and "\n" not in message and "\r" not in message, repr(message)
+
+
+@PROPERTY
+@given(st.lists(bead_dicts(), max_size=4))
+def test_valid_beads_parse_to_what_bd_printed(rows: list[dict[str, Any]]) -> None:
+    beads = bd_answering(json.dumps(rows, ensure_ascii=False)).query("assignee=agent")
+    assert len(beads) == len(rows)
+    for bead, row in zip(beads, rows, strict=True):
+        assert (bead.id, bead.status, bead.priority) == (row["id"], row["status"], row["priority"])
+        for name in OPTIONAL_TEXT:
+            assert getattr(bead, name) == row.get(name, "")
+        assert bead.metadata == (row.get("metadata") or {})
+        # Naive stamps are taken as UTC, never compared as naive.
+        assert bead.created_at.tzinfo is not None and bead.updated_at.tzinfo is not None
+        created = datetime.fromisoformat(row["created_at"].replace("Z", "+00:00"))
+        assert bead.created_at == (created if created.tzinfo else created.replace(tzinfo=UTC))
+        assert bead.has_acceptance_criteria == bool(row.get("acceptance_criteria", "").strip())
+
+
+@PROPERTY
+@given(bead_dicts())
+def test_show_returns_the_one_bead(row: dict[str, Any]) -> None:
+    bead = bd_answering(json.dumps([row])).show(row["id"])
+    assert bead is not None and bead.id == row["id"]
+
+
+WRONG_TYPES: dict[str, list[Any]] = {
+    "id": [None, 5, [], {}, ""],
+    "status": [None, 5, [], {}],
+    "priority": [None, "high", [], {}, 1.5, "1.5"],
+    "created_at": [None, "yesterday", [], {}, "2024-13-01T00:00:00Z"],
+    "updated_at": [None, "soon", [], "2024-02-30T00:00:00Z"],
+    "title": [None, 5, [], {}],
+    "assignee": [None, 5, ["agent"]],
+    "acceptance_criteria": [None, 5, {}],
+    "notes": [None, 5, ["a", "b"]],
+    "metadata": [[], "x", 5, True],
+}
+
+
+@st.composite
+def broken_rows(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str]:
+    """Good rows with one bad row among them, and the field that makes it bad."""
+    rows = draw(st.lists(bead_dicts(), min_size=1, max_size=3))
+    victim = rows[draw(st.integers(0, len(rows) - 1))]
+    field = draw(st.sampled_from(sorted(WRONG_TYPES)))
+    if field in REQUIRED and draw(st.booleans()):
+        del victim[field]
+    else:
+        victim[field] = draw(st.sampled_from(WRONG_TYPES[field]))
+    return rows, field
+
+
+@PROPERTY
+@given(broken_rows())
+def test_a_bead_with_a_missing_or_wrong_typed_field_is_a_one_line_bd_error(
+    case: tuple[list[dict[str, Any]], str],
+) -> None:
+    rows, field = case
+    with pytest.raises(BdError) as caught:
+        bd_answering(json.dumps(rows)).query("assignee=agent")
+    assert_one_line(str(caught.value))
+    assert "bd-contract does not allow" in str(caught.value)
+    assert field in str(caught.value)
+
+
+@PROPERTY
+@given(json_values)
+def test_any_json_document_parses_or_is_a_bd_error(payload: Any) -> None:
+    client = bd_answering(json.dumps(payload))
+    try:
+        beads = client.query("x")
+    except BdError as exc:
+        assert_one_line(str(exc))
+    else:
+        assert all(isinstance(bead, Bead) for bead in beads)
+
+
+@PROPERTY
+@given(st.text() | st.lists(bead_dicts(), max_size=2).map(lambda r: json.dumps(r)[:-1]))
+def test_any_text_on_stdout_parses_or_is_a_bd_error(stdout: str) -> None:
+    try:
+        bd_answering(stdout).query("x")
+    except BdError as exc:
+        assert_one_line(str(exc))
+
+
+@PROPERTY
+@given(st.text(), st.text(), st.integers(min_value=1, max_value=255))
+def test_a_failing_bd_is_a_short_one_line_bd_error(stdout: str, stderr: str, code: int) -> None:
+    with pytest.raises(BdError) as caught:
+        bd_answering(stdout, stderr, code).update("tb-1", status="open")
+    message = str(caught.value)
+    assert_one_line(message)
+    assert len(message) < 400  # bd's text is quoted as an excerpt, never wholesale
+    if not isinstance(caught.value, BdRejected):
+        assert message.startswith(f"bd update exited {code}: ")
+
+
+@pytest.mark.parametrize(
+    "notes",
+    [
+        "x" * 5_000_000,  # a bead an agent noted on for a long time
+        "\n".join(f"note {i}: ✓ 完了 🚀 مرحبا \u202e" for i in range(20_000)),
+        "\x00\x01\x1f control characters survive a JSON round trip",
+    ],
+    ids=["5MB", "unicode-lines", "control-chars"],
+)
+def test_huge_and_unicode_notes_parse_whole(notes: str) -> None:
+    row = {
+        "id": "tb-ü/../ \u200b",
+        "status": "open",
+        "priority": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "notes": notes,
+    }
+    [bead] = bd_answering(json.dumps([row], ensure_ascii=False)).query("x")
+    assert bead.notes == notes and bead.id == row["id"]
+
+
+# -- the jobs' environment -------------------------------------------------------------------
+
+ENV_NAMES = sorted(job_env.ENV_FIELDS.values())
+noisy_text = st.text(string.printable + "äß✓\u00a0\u2028", max_size=30) | st.text(max_size=30)
+
+
+@PROPERTY
+@given(st.sampled_from(ENV_NAMES), noisy_text)
+def test_one_env_var_parses_or_names_itself_in_one_line(name: str, value: str) -> None:
+    try:
+        load_settings({name: value})
+    except ConfigError as exc:
+        message = str(exc)
+        assert_one_line(message)
+        assert message.startswith(f"{name} "), message
+
+
+@PROPERTY
+@given(st.dictionaries(st.sampled_from(ENV_NAMES), noisy_text, max_size=6))
+def test_any_environment_is_settings_or_one_config_error(environ: dict[str, str]) -> None:
+    try:
+        result = load_settings(environ)
+    except ConfigError as exc:
+        message = str(exc)
+        assert_one_line(message)
+        # The first bad variable, in the order the settings declare them, is the one named.
+        named = message.split(" ", 1)[0]
+        assert named in environ, message
+        with pytest.raises(ConfigError):
+            load_settings({named: environ[named]})
+    else:
+        assert isinstance(result, Settings)
+
+
+valid_env = st.fixed_dictionaries(
+    {},
+    optional={
+        job_env.BEADBOARD_URL: st.sampled_from(
+            ["http://beadboard", "https://bb.example:8443/", " http://10.0.0.1/base "]
+        ),
+        job_env.AGENT_ASSIGNEE: st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,20}\Z"),
+        job_env.REAPER_THRESHOLD_MINUTES: st.integers(1, 10_000).map(str),
+        job_env.DISPATCH_MAX_ATTEMPTS: st.integers(1, 100).map(str),
+        job_env.AUTODISPATCH_ENABLED: st.sampled_from(["true", "FALSE", " yes ", "0", "on"]),
+        job_env.HTTP_TIMEOUT_SECONDS: st.floats(0.001, 600).map(repr),
+        job_env.BD_TIMEOUT_SECONDS: st.integers(1, 3600).map(str),
+        job_env.DISPATCH_WINDOW_SECONDS: st.integers(0, 86400).map(str),
+        job_env.MAX_IN_FLIGHT: st.integers(1, 1000).map(str),
+        job_env.AUTODISPATCH_NOW: st.datetimes(timezones=st.just(UTC)).map(
+            lambda moment: moment.isoformat()
+        ),
+    },
+)
+
+
+@PROPERTY
+@given(valid_env)
+def test_valid_environments_load_to_the_values_given(environ: dict[str, str]) -> None:
+    loaded = load_settings(environ)
+    for field, name in job_env.ENV_FIELDS.items():
+        if name not in environ:
+            continue
+        value = getattr(loaded, field)
+        raw = environ[name].strip()
+        if name == job_env.AUTODISPATCH_ENABLED:
+            assert value == job_env.parse_bool(raw)
+        elif name == job_env.BEADBOARD_URL:
+            assert value == raw.rstrip("/")
+        elif name == job_env.AUTODISPATCH_NOW:
+            assert value == datetime.fromisoformat(raw)
+        elif isinstance(value, float):
+            assert value == float(raw)
+        elif isinstance(value, int):
+            assert value == int(raw)
+        else:
+            assert value == raw
+
+
+url_hosts = st.text(
+    st.characters(codec="ascii", exclude_characters="/:", exclude_categories=["Zs"]),
+    min_size=1,
+    max_size=20,
+)
+
+
+@PROPERTY
+@example("http", "beadboard\x7f", None)
+@example("http", "[]", 80)
+@example("https", "bead.\u3002board", None)
+@given(st.sampled_from(["http", "https"]), url_hosts, st.none() | st.integers(1, 65535))
+def test_an_accepted_url_is_one_httpx_can_request(scheme: str, host: str, port: int | None) -> None:
+    url = f"{scheme}://{host}" + (f":{port}" if port else "")
+    try:
+        loaded = load_settings({job_env.BEADBOARD_URL: url})
+    except ConfigError as exc:
+        assert_one_line(str(exc))
+        return
+    assert loaded.beadboard_url is not None
+    try:
+        httpx.Request("GET", loaded.beadboard_url + "/api/agent-status")
+    except httpx.InvalidURL as exc:
+        # Not an httpx.HTTPError: in the dispatcher it escapes every handler.
+        raise AssertionError(f"accepted {url!r}, which httpx rejects: {exc}") from None
+
+
+# -- the stack config ------------------------------------------------------------------------
+
+KEY_NAMES = [key.name for key in CONFIG_KEYS]
+# A bad value here can surface as the deadline/window rule, which names one of these.
+TIMING_KEYS = {
+    "dispatcherSchedule",
+    "dispatcherDeadlineSeconds",
+    "dispatcherWindowSeconds",
+    "pollIntervalSeconds",
+}
+
+
+@PROPERTY
+@given(st.sampled_from(KEY_NAMES), noisy_text)
+def test_one_config_value_is_valid_or_one_line_naming_its_key(key: str, value: str) -> None:
+    try:
+        result = settings_from_strings({key: value})
+    except DeployConfigError as exc:
+        message = str(exc)
+        assert_one_line(message)
+        named = {k for k in KEY_NAMES if f"config key {k!r}" in message}
+        expected = TIMING_KEYS if key in TIMING_KEYS else {key}
+        assert named and named <= expected, message
+    else:
+        assert isinstance(result, DeploySettings)
+
+
+@PROPERTY
+@given(st.text(min_size=1, max_size=20).filter(lambda k: k not in KEY_NAMES), noisy_text)
+def test_an_unknown_config_key_is_named(key: str, value: str) -> None:
+    with pytest.raises(DeployConfigError) as caught:
+        settings_from_strings({key: value})
+    assert str(caught.value) == f"unknown config key {key!r}"
+
+
+@st.composite
+def valid_configs(draw: st.DrawFn) -> dict[str, str]:
+    window = draw(st.sampled_from([0, 10, 30]))
+    poll = draw(st.integers(1, 10))
+    needed = window + poll + 30 if window else 30
+    every = draw(st.sampled_from([m for m in (1, 2, 5, 10, 15) if m * 60 > needed]))
+    deadline = draw(st.integers(needed, every * 60 - 1))
+    config = {
+        "dispatcherEnabled": draw(st.sampled_from(["true", "false", "True", "no"])),
+        "namespace": draw(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z")),
+        "image": draw(st.sampled_from(["claude-agent-service:latest", "reg.io/a/b@sha256:ab"])),
+        "dispatcherSchedule": f"*/{every} * * * *",
+        "dispatcherDeadlineSeconds": str(deadline),
+        "dispatcherWindowSeconds": str(window),
+        "pollIntervalSeconds": str(poll),
+        "reaperThresholdMinutes": str(draw(st.integers(1, 7 * 24 * 60))),
+        "maxDispatchAttempts": str(draw(st.integers(1, 100))),
+        "doltPort": str(draw(st.integers(1, 65535))),
+        "agentHealthUrl": draw(st.sampled_from(["", "http://agent:8080/health"])),
+        "maxInFlight": f" {draw(st.integers(1, 1000))} ",
+    }
+    # The timing keys only make sense together (the deadline must fit the schedule).
+    keys = draw(st.sets(st.sampled_from(sorted(set(config) - TIMING_KEYS))))
+    if draw(st.booleans()):
+        keys |= TIMING_KEYS
+    return {key: config[key] for key in keys}
+
+
+@PROPERTY
+@given(valid_configs())
+def test_valid_config_strings_give_deploy_settings(config: dict[str, str]) -> None:
+    result = settings_from_strings(config)
+    assert isinstance(result, DeploySettings)
+    if "doltPort" in config:
+        assert result.dolt_port == int(config["doltPort"])
+    if "namespace" in config:
+        assert result.namespace == config["namespace"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("namespace", "beads-server\n"),
+        ("image", "claude-agent-service:latest\n"),
+        ("imagePullSecret", "registry-credentials\n"),
+        ("doltHost", "dolt.beads-server.svc.cluster.local\n"),
+        ("doltPasswordSecretName", "dolt\n"),
+        ("doltPasswordSecretKey", "password\n"),
+        ("agentAssignee", "agent\n"),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_name(key: str, value: str) -> None:
+    with pytest.raises(DeployConfigError):
+        settings_from_strings({key: value})
