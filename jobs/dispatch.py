@@ -198,15 +198,18 @@ class Dispatcher:
                 self.log.event("run.paused", detail=f"{AUTODISPATCH_ENABLED} is false")
                 self.tally.outcomes.add("paused")
                 break
+            poll_started = self.clock()
             self._poll_safely()
             if self.stop.requested:
                 self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
                 self.tally.outcomes.add("stopped")
                 break
+            # Polls start every `interval` seconds: time spent dispatching is not added on top.
+            pause = interval - (self.clock() - poll_started).total_seconds()
             remaining = window - (self.clock() - started)
-            if remaining.total_seconds() < interval:
+            if remaining.total_seconds() < max(pause, 0.0) + 1.0:
                 break
-            if self.stop.wait(interval):
+            if pause > 0 and self.stop.wait(pause):
                 self.log.event("run.stopping", detail="SIGTERM while idle")
                 self.tally.outcomes.add("stopped")
                 break

@@ -184,7 +184,10 @@ def main() -> int:
         run_container(paused, DISPATCHER_NAME, scratch, python, overrides)
         print(f"BeadBoard requests during the paused run: {len(board.requests)}")
         show_beads(bd, {"assigned to agent while paused": waiting})
-    print(f"\nStack state and manifests stay in {rel(DEMO_DIR)}/.")
+    print(
+        f"\nThe stack (left paused) and its manifests stay in {rel(DEMO_DIR)}/;"
+        " `python -m tests.deploy up|preview|config-set KEY VALUE` works on it."
+    )
     return 0
 
 

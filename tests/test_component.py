@@ -294,6 +294,7 @@ def test_prod_stack_holds_the_production_values() -> None:
     values = {
         key.split(":", 1)[1]: str(value).lower() if isinstance(value, bool) else str(value)
         for key, value in stack.items()
+        if key.startswith("beads-autodispatch:")
     }
     rendered = render_program(values)
     data = json.loads(rendered.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])

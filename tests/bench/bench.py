@@ -28,7 +28,7 @@ from components.config import settings_from_strings
 from components.cron import parse_schedule
 from tests.bench.agent_sim import AgentSimulator
 from tests.conftest import JobRun, base_env, run_jobs
-from tests.doltserver import DOLT_PASSWORD, dolt_server
+from tests.doltserver import DOLT_PASSWORD, DoltServer, dolt_server
 from tests.pulumi_harness import render_program
 from tests.realbd import RealBd, prime_lock
 
@@ -40,6 +40,7 @@ def _prod_stack_config() -> dict[str, str]:
     return {
         key.split(":", 1)[1]: str(value).lower() if isinstance(value, bool) else str(value)
         for key, value in stack.items()
+        if key.startswith("beads-autodispatch:")
     }
 
 
@@ -151,31 +152,57 @@ def measure_original_tick(binary: Path, root: Path, rounds: int = 5) -> list[flo
     return durations
 
 
+def server_job_env(
+    server: DoltServer, root: Path, name: str, url: str, **extra: str
+) -> dict[str, str]:
+    """The pod's env against the dolt sql-server: rendered metadata.json, password via env."""
+    home = root / f"{name}-home"
+    home.mkdir(exist_ok=True)
+    env = base_env(
+        HOME=str(home),
+        BD_BIN=str(server.bd),
+        BEADS_DB=str(root / f"{name}-beads"),
+        BEADS_METADATA_FILE=str(server.metadata_file),
+        BEADS_DOLT_PASSWORD=DOLT_PASSWORD,
+        BEADBOARD_URL=url,
+    )
+    return env | extra
+
+
 def measure_window_latency(binary: Path, root: Path, beads: int, poll: float) -> list[float]:
-    """Beads assigned at random moments while one watch-window run polls; latency per bead."""
-    bd = fresh_db(binary, root, "lat")
-    ids = [bd.create(f"lat {i}", acceptance="x") for i in range(beads)]
-    spread = max(30.0, beads * poll / 5)
-    rng = random.Random(7)
-    offsets = sorted(rng.uniform(2.0, spread) for _ in ids)
-    assigned: dict[str, float] = {}
-    with AgentSimulator(capacity=1000, run_seconds=0.5) as agent:
-        env = job_env(
-            bd,
-            agent.url,
-            DISPATCH_WINDOW_SECONDS=str(int(spread + 4 * poll)),
-            POLL_INTERVAL_SECONDS=str(poll),
-            AGENT_HEALTH_URL=f"{agent.url}/health",
-            MAX_IN_FLIGHT="1000",
-        )
-        process = start_job(env)
-        begin = time.monotonic()
-        for bead, offset in zip(ids, offsets, strict=True):
-            time.sleep(max(0.0, begin + offset - time.monotonic()))
-            assigned[bead] = time.monotonic()  # before the call: the conservative end
-            bd.update(bead, "--assignee", "agent")
-        process.communicate(timeout=spread + 10 * poll + 120)
-        dispatched = agent.dispatched_at()
+    """Beads assigned at random moments while one watch-window run polls; latency per bead.
+
+    Server mode (bd against a dolt sql-server), as in production.
+    """
+    with dolt_server(binary, root / "lat-dolt") as server:
+        client = server.client_dir(root / "lat-client")
+        ids = [
+            server.bd_run(client, "create", f"lat {i}", "--acceptance", "x", "--silent").strip()
+            for i in range(beads)
+        ]
+        spread = max(30.0, beads * poll / 5)
+        rng = random.Random(7)
+        offsets = sorted(rng.uniform(2.0, spread) for _ in ids)
+        assigned: dict[str, float] = {}
+        with AgentSimulator(capacity=1000, run_seconds=0.5) as agent:
+            env = server_job_env(
+                server,
+                root,
+                "lat",
+                agent.url,
+                DISPATCH_WINDOW_SECONDS=str(int(spread + 4 * poll)),
+                POLL_INTERVAL_SECONDS=str(poll),
+                AGENT_HEALTH_URL=f"{agent.url}/health",
+                MAX_IN_FLIGHT="1000",
+            )
+            process = start_job(env)
+            begin = time.monotonic()
+            for bead, offset in zip(ids, offsets, strict=True):
+                time.sleep(max(0.0, begin + offset - time.monotonic()))
+                assigned[bead] = time.monotonic()  # before the call: the conservative end
+                server.bd_run(client, "update", bead, "--assignee", "agent")
+            process.communicate(timeout=spread + 10 * poll + 120)
+            dispatched = agent.dispatched_at()
     missing = [b for b in ids if b not in dispatched]
     assert not missing, f"never dispatched: {missing}"
     return [dispatched[b] - assigned[b] for b in ids]
@@ -328,19 +355,7 @@ def measure_load(binary: Path, root: Path, total: int, agent: int) -> dict[str, 
                 ),
                 ("reap", {}),
             ):
-                home = root / f"load-{job}-home"
-                home.mkdir()
-                env = (
-                    base_env(
-                        HOME=str(home),
-                        BD_BIN=str(binary),
-                        BEADS_DB=str(root / f"load-{job}-beads"),
-                        BEADS_METADATA_FILE=str(server.metadata_file),
-                        BEADS_DOLT_PASSWORD=DOLT_PASSWORD,
-                        BEADBOARD_URL=agent_sim.url,
-                    )
-                    | extra
-                )
+                env = server_job_env(server, root, f"load-{job}", agent_sim.url, **extra)
                 started = time.monotonic()
                 result = run_jobs([job], env, timeout=1800)
                 done = result.summary
