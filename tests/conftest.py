@@ -56,6 +56,18 @@ def run_jobs(args: list[str], env: dict[str, str], timeout: float = 60) -> JobRu
     return JobRun(completed.returncode, completed.stdout, completed.stderr)
 
 
+def start_jobs(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The same, left running: for signals, races and watch windows."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def base_env(**extra: str) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, JobRunner
+from tests.conftest import JobRunner, start_jobs
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 from tests.support.fixtures import FakeBdEnv
 from tests.test_dispatch import agent_bead, notes_of, seed_lock
@@ -106,17 +104,6 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     assert api.get(bead)["status"] == "open"
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs", "dispatch", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _events(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
@@ -136,7 +123,7 @@ def test_pause_reaches_a_running_window(
         "POLL_INTERVAL_SECONDS": "0.2",
     }
     started = time.monotonic()
-    process = _start(env)
+    process = start_jobs(["dispatch"], env)
     time.sleep(1.5)
     # What the kubelet does when `pulumi up` changes the mounted ConfigMap.
     (runtime / "AUTODISPATCH_ENABLED").write_text("false")
@@ -153,7 +140,9 @@ def test_pause_reaches_a_running_window(
 def test_sigterm_while_idle_exits_promptly(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, jobs_env: dict[str, str]
 ) -> None:
-    process = _start({**jobs_env, "DISPATCH_WINDOW_SECONDS": "60", "POLL_INTERVAL_SECONDS": "5"})
+    process = start_jobs(
+        ["dispatch"], {**jobs_env, "DISPATCH_WINDOW_SECONDS": "60", "POLL_INTERVAL_SECONDS": "5"}
+    )
     time.sleep(1.5)
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -171,7 +160,7 @@ def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_returns_the_rest(
     first, second = agent_bead(api, "first", priority=0), agent_bead(api, "second", priority=1)
     beadboard.health.capacity = 2
     beadboard.set_handler(DISPATCH, lambda request: Reply(json={"job_id": "slow"}, delay=1))
-    process = _start({**jobs_env, "AGENT_HEALTH_URL": f"{beadboard.url}/health"})
+    process = start_jobs(["dispatch"], {**jobs_env, "AGENT_HEALTH_URL": f"{beadboard.url}/health"})
     beadboard.wait_for(DISPATCH, count=1, timeout=20)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)

@@ -27,7 +27,7 @@ from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
 from components.config import settings_from_strings
 from components.cron import parse_schedule
 from tests.bench.agent_sim import AgentSimulator
-from tests.conftest import JobRun, base_env, run_jobs
+from tests.conftest import JobRun, base_env, run_jobs, start_jobs
 from tests.doltserver import DOLT_PASSWORD, DoltServer, dolt_server
 from tests.pulumi_harness import render_program
 from tests.realbd import RealBd, prime_lock
@@ -85,17 +85,6 @@ def fresh_db(binary: Path, root: Path, name: str) -> RealBd:
 def job_env(bd: RealBd, url: str, **extra: str) -> dict[str, str]:
     return base_env(
         **bd.env(), BD_BIN=str(bd.binary), BEADS_DB=str(bd.beads_dir), BEADBOARD_URL=url, **extra
-    )
-
-
-def start_job(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs", "dispatch"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -195,7 +184,7 @@ def measure_window_latency(binary: Path, root: Path, beads: int, poll: float) ->
                 AGENT_HEALTH_URL=f"{agent.url}/health",
                 MAX_IN_FLIGHT="1000",
             )
-            process = start_job(env)
+            process = start_jobs(["dispatch"], env)
             begin = time.monotonic()
             for bead, offset in zip(ids, offsets, strict=True):
                 time.sleep(max(0.0, begin + offset - time.monotonic()))
@@ -242,7 +231,7 @@ def measure_utilisation(
         extra = {"DISPATCH_WINDOW_SECONDS": str(int(window)), "POLL_INTERVAL_SECONDS": str(poll)}
         if use_health:
             extra |= {"AGENT_HEALTH_URL": f"{agent.url}/health", "MAX_IN_FLIGHT": str(slots)}
-        process = start_job(job_env(bd, agent.url, **extra))
+        process = start_jobs(["dispatch"], job_env(bd, agent.url, **extra))
         start = time.monotonic()
         stdout, _ = process.communicate(timeout=window + 300)
         end = time.monotonic()

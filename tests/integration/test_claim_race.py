@@ -6,10 +6,7 @@ dispatch lock this double-dispatches (measured: 3 of 5 rounds with K=4). With it
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.conftest import start_jobs
 from tests.integration.conftest import real_env
 from tests.realbd import RealBd, prime_lock
 from tests.support.beadboard_stub import BeadBoardStub
@@ -27,17 +24,7 @@ def test_concurrent_dispatchers_never_dispatch_a_bead_twice(
     for round_number in range(ROUNDS):
         bead = real_bd.create(f"race {round_number}", assignee="agent", acceptance="x")
         beadboard.clear()
-        processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "jobs", "dispatch"],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(DISPATCHERS)
-        ]
+        processes = [start_jobs(["dispatch"], env) for _ in range(DISPATCHERS)]
         for process in processes:
             process.communicate(timeout=180)
         posts = [

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.bench.agent_sim import AgentSimulator
-from tests.conftest import ROOT, JobRun
+from tests.conftest import ROOT, JobRun, start_jobs
 from tests.integration.conftest import RealJobRunner, real_env
 from tests.integration.test_real_bd import notes
 from tests.realbd import RealBd, prime_lock
@@ -75,14 +75,7 @@ def test_sigterm_hands_unsent_beads_back(real_bd: RealBd, beadboard: BeadBoardSt
         AGENT_HEALTH_URL=f"{beadboard.url}/health",
         HTTP_TIMEOUT_SECONDS="10",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "dispatch"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_jobs(["dispatch"], env)
     beadboard.wait_for("/api/agent-dispatch", count=1, timeout=60)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
