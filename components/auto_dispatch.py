@@ -119,6 +119,11 @@ def bd_metadata(settings: DeploySettings) -> dict[str, object]:
     return data
 
 
+def bd_metadata_json(settings: DeploySettings) -> str:
+    """The metadata.json file exactly as the ConfigMap carries it."""
+    return json.dumps(bd_metadata(settings), indent=2, sort_keys=True) + "\n"
+
+
 def runtime_config(settings: DeploySettings) -> dict[str, str]:
     """The kill switch and runtime knobs, keyed by the env names the jobs read."""
     return {
@@ -328,7 +333,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         ns = settings.namespace
 
-        metadata_json = json.dumps(bd_metadata(settings), indent=2, sort_keys=True) + "\n"
+        metadata_json = bd_metadata_json(settings)
         runtime = runtime_config(settings)
         self.bd_config = ConfigMap(
             f"{name}-bd-config",

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.auto_dispatch import BD_CONFIG_NAME
-from tests.pulumi_harness import render_program
+from components.auto_dispatch import bd_metadata_json
+from components.config import settings_from_strings
 from tests.realbd import PRIME_LOCK_COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,17 +171,12 @@ def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
             capture_output=True,
             timeout=120,
         )
-        rendered = render_program(
-            {
-                "doltHost": "127.0.0.1",
-                "doltPort": str(port),
-                "doltPasswordSecretName": "dolt",
-                "doltPasswordSecretKey": "pw",
-            }
-        )
+        # What the component puts in its ConfigMap (tests/test_component.py checks the two
+        # agree); no Pulumi mocks here, so this also works off the main thread.
+        settings = settings_from_strings({"doltHost": "127.0.0.1", "doltPort": str(port)})
         mounted = root / "mounted" / "metadata.json"
         mounted.parent.mkdir()
-        mounted.write_text(rendered.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])
+        mounted.write_text(bd_metadata_json(settings))
         mounted.chmod(0o444)
         info = DoltServer(port, home, bd, mounted)
         client = info.client_dir(root / "setup-client")

@@ -21,9 +21,10 @@ from components.auto_dispatch import (
     RUNTIME_CONFIG_NAME,
     SERVICE_ACCOUNT_NAME,
     VENDOR_NAME,
+    bd_metadata_json,
 )
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
-from components.config import CONFIG_KEYS, defaults
+from components.config import CONFIG_KEYS, defaults, settings_from_strings
 from jobs import settings as job_env
 from tests.pulumi_harness import ROOT, Recorder, render_program
 
@@ -129,7 +130,10 @@ def test_pod_env_points_at_the_mounted_code_and_a_writable_home(default_render: 
 
 
 def test_bd_metadata_is_server_mode_with_production_values(default_render: Recorder) -> None:
-    data = json.loads(default_render.configmap(BD_CONFIG_NAME)["data"]["metadata.json"])
+    text = default_render.configmap(BD_CONFIG_NAME)["data"]["metadata.json"]
+    # The dolt harness writes the same file without rendering; the two must agree.
+    assert text == bd_metadata_json(settings_from_strings({}))
+    data = json.loads(text)
     assert data == {
         "backend": "dolt",
         "database": "dolt",
