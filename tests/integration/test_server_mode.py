@@ -53,22 +53,17 @@ def _show(server: DoltServer, tmp_path: Path, bead: str) -> dict[str, Any]:
     return rows[0]
 
 
+def _agent_bead(server: DoltServer, tmp_path: Path, title: str) -> str:
+    client = server.client_dir(tmp_path / "pod-beads")
+    return server.bd_run(
+        client, "create", title, "--assignee", "agent", "--acceptance", "works", "--silent"
+    ).strip()
+
+
 def test_dispatch_happy_path_in_server_mode(
     dolt_server: DoltServer, tmp_path: Path, beadboard: BeadBoardStub
 ) -> None:
-    client = dolt_server.client_dir(tmp_path / "pod-beads")
-    bead = dolt_server.bd_run(
-        client,
-        "create",
-        "server-mode task",
-        "--assignee",
-        "agent",
-        "--acceptance",
-        "works",
-        "--priority",
-        "0",
-        "--silent",
-    ).strip()
+    bead = _agent_bead(dolt_server, tmp_path, "server-mode task")
     result = _job(dolt_server, tmp_path, beadboard, "dispatch")
     assert result.code == 0, result.stdout + result.stderr
     assert [r.json for r in beadboard.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
@@ -81,18 +76,8 @@ def test_dispatch_happy_path_in_server_mode(
 def test_reap_happy_path_in_server_mode(
     dolt_server: DoltServer, tmp_path: Path, beadboard: BeadBoardStub
 ) -> None:
-    client = dolt_server.client_dir(tmp_path / "pod-beads")
-    bead = dolt_server.bd_run(
-        client,
-        "create",
-        "stuck in server mode",
-        "--assignee",
-        "agent",
-        "--acceptance",
-        "works",
-        "--silent",
-    ).strip()
-    dolt_server.bd_run(client, "update", bead, "--status", "in_progress")
+    bead = _agent_bead(dolt_server, tmp_path, "stuck in server mode")
+    dolt_server.bd_run(tmp_path / "pod-beads", "update", bead, "--status", "in_progress")
     updated = datetime.fromisoformat(_show(dolt_server, tmp_path, bead)["updated_at"])
     later = (updated + timedelta(minutes=45)).isoformat()
     result = _job(dolt_server, tmp_path, beadboard, "reap", AUTODISPATCH_NOW=later)
