@@ -17,25 +17,12 @@ from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from_strings
-from tests.realbd import PRIME_LOCK_COMMANDS
+from tests.realbd import PRIME_LOCK_COMMANDS, build_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOLT_USER = "beads"
 DOLT_PASSWORD = "dolt-test-password"  # a throw-away server on loopback
 DATABASE = "code"
-
-
-def build_dolt() -> Path:
-    built = subprocess.run(
-        [str(ROOT / "tools" / "build-dolt.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"cannot build dolt: {built.stderr.strip()}")
-    return Path(built.stdout.strip())
 
 
 @dataclass
@@ -94,7 +81,7 @@ def _wait_for_port(port: int, seconds: float) -> None:
 @contextmanager
 def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
     """Start the server, create the database, a password user and bd's schema; prime the lock."""
-    dolt = str(build_dolt())
+    dolt = str(build_tool("dolt"))
     home, data, project = root / "home", root / "data", root / "project"
     for directory in (home, data, project):
         directory.mkdir(parents=True)

@@ -31,6 +31,21 @@ PRIME_LOCK_COMMANDS: tuple[tuple[str, ...], ...] = (
 )
 
 
+class ToolBuildError(RuntimeError):
+    pass
+
+
+def build_tool(name: str) -> Path:
+    """bd or dolt from tools/build-go-tool.sh: built once into the tools cache, then reused."""
+    script = Path(__file__).resolve().parent.parent / "tools" / "build-go-tool.sh"
+    built = subprocess.run(
+        [str(script), name], capture_output=True, text=True, check=False, timeout=1800
+    )
+    if built.returncode != 0:
+        raise ToolBuildError(f"cannot build {name}: {built.stderr.strip()}")
+    return Path(built.stdout.strip())
+
+
 def real_bd_path() -> Path | None:
     value = os.environ.get(BD_REAL_ENV, "").strip()
     return Path(value) if value else None

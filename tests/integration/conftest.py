@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import JobRun, base_env, run_jobs
-from tests.realbd import RealBd, real_bd_path
+from tests.realbd import RealBd, ToolBuildError, build_tool, real_bd_path
 from tests.support.beadboard_stub import BeadBoardStub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,23 +23,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def bd_binary() -> Path:
-    """The real bd: from BD_REAL (make test), else built/reused via tools/build-bd.sh.
+    """The real bd: from BD_REAL (make test), else built/reused via tools/build-go-tool.sh.
 
     Never skipped: without the real binary these tests have nothing to say, so they fail.
     """
     given = real_bd_path()
     if given is not None:
         return given
-    built = subprocess.run(
-        [str(ROOT / "tools" / "build-bd.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if built.returncode != 0:
-        pytest.fail(f"cannot build the real bd: {built.stderr.strip()}")
-    return Path(built.stdout.strip())
+    try:
+        return build_tool("bd")
+    except ToolBuildError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import JobRun, base_env, run_jobs
 from tests.doltserver import DOLT_PASSWORD, DoltServer
 from tests.doltserver import dolt_server as start_dolt_server
+from tests.realbd import ToolBuildError
 from tests.support.beadboard_stub import BeadBoardStub
 
 
@@ -26,7 +27,7 @@ def dolt_server(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         with start_dolt_server(bd_binary, tmp_path_factory.mktemp("dolt")) as server:
             yield server
-    except RuntimeError as exc:
+    except ToolBuildError as exc:
         pytest.fail(str(exc))
 
 
