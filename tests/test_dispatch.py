@@ -299,7 +299,7 @@ def test_a_held_lock_ends_the_run_without_claiming(
         LOCK_BEAD_ID,
         assignee="autodispatch-run-other",
         status="in_progress",
-        updated_at=NOW - timedelta(seconds=30),
+        updated_at=datetime.now(UTC) - timedelta(seconds=30),  # fresh at test time, not import time
     )
     result = run_job("dispatch")
     assert result.code == 0
