@@ -16,10 +16,11 @@ from pathlib import Path, PurePosixPath
 JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 VENDOR_ZIP_NAME = "vendor.zip"
 
-# httpx and what it needs at run time that the agent image does not have. anyio is
+# httpx and what it needs at run time that the agent image does not have, and PyMySQL for
+# the dispatch lock on the Dolt server (pure Python; the image has no MySQL client). anyio is
 # left out: httpx only imports it for async clients, and the jobs are synchronous
 # (tests run the bundle in a venv holding nothing but pydantic to prove it).
-VENDORED_DISTRIBUTIONS = ("certifi", "h11", "httpcore", "httpx", "idna")
+VENDORED_DISTRIBUTIONS = ("certifi", "h11", "httpcore", "httpx", "idna", "PyMySQL")
 
 # Kubernetes rejects a ConfigMap over 1 MiB (data + binaryData + metadata).
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024

@@ -14,8 +14,10 @@ from typing import IO
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, resolve_bd_bin
 from jobs.dispatch import Dispatcher, RuntimeSwitch, StopSignal
+from jobs.lock import LockError, lock_for
 from jobs.log import Clock, EventLog, new_run_id, utc_now
-from jobs.reap import run_reap
+from jobs.protocol import ExitCode
+from jobs.reap import Reaper
 from jobs.settings import (
     BD_BIN,
     BEADS_METADATA_FILE,
@@ -24,8 +26,6 @@ from jobs.settings import (
     load_settings,
     require_beadboard_url,
 )
-
-EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +92,11 @@ def main(
         if resolve_bd_bin(settings.bd_bin) is None:
             raise ConfigError(f"{BD_BIN} {settings.bd_bin!r}: not found or not executable")
         prepare_beads_dir(settings)
+        lock = lock_for(settings.beads_db, env)
     except ConfigError as exc:
         return _config_error(log, exc)
+    except LockError as exc:
+        return _config_error(log, ConfigError(str(exc)))
     bd = BdClient(
         settings.bd_bin,
         settings.beads_db,
@@ -101,7 +104,7 @@ def main(
         timeout_seconds=settings.bd_timeout_seconds,
     )
     if board_url is None:
-        return run_reap(settings, bd, clock, log, dry_run=args.dry_run)
+        return Reaper(settings, bd, lock, clock, log, dry_run=args.dry_run).run()
     stop = StopSignal()
     # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.request())
@@ -116,9 +119,9 @@ def main(
                 settings,
                 bd,
                 board,
+                lock,
                 clock,
                 log,
-                run_id,
                 load=health,
                 stop=stop,
                 switch=RuntimeSwitch(settings.enabled, settings.runtime_dir, log),
@@ -132,7 +135,7 @@ def main(
 def _config_error(log: EventLog, exc: ConfigError) -> int:
     log.error("config.invalid", error=str(exc))
     print(f"configuration error: {exc}", file=sys.stderr)
-    return EXIT_CONFIG
+    return int(ExitCode.CONFIG)
 
 
 if __name__ == "__main__":

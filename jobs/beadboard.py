@@ -16,7 +16,10 @@ class BeadBoardError(Exception):
 
 @dataclass(frozen=True)
 class Dispatched:
-    job_id: str
+    """Any 2xx: BeadBoard took the bead. Never send it again, with or without a job id."""
+
+    job_id: str | None
+    http_status: int = 200
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,6 @@ class BeadBoard:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.requests_sent = 0
         self._client = httpx.Client(
             base_url=self.base_url,
             timeout=timeout_seconds,
@@ -72,7 +74,6 @@ class BeadBoard:
 
     def agent_busy(self) -> bool:
         """BeadBoard's own view; it fails open (busy=false) when the agent is unreachable."""
-        self.requests_sent += 1
         try:
             response = self._client.get(STATUS_PATH)
         except httpx.HTTPError as exc:
@@ -86,7 +87,6 @@ class BeadBoard:
         return busy
 
     def dispatch(self, bead_id: str) -> DispatchOutcome:
-        self.requests_sent += 1
         try:
             response = self._client.post(DISPATCH_PATH, json={"taskId": bead_id})
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -96,15 +96,21 @@ class BeadBoard:
             return DispatchUnknown(_describe_transport_error(exc))
         body = _json_object(response)
         error = _short(str(body.get("error"))) if body and body.get("error") else ""
-        if response.status_code == 200:
-            job_id = body.get("job_id") if body is not None else None
-            if isinstance(job_id, str) and job_id.strip():
-                return Dispatched(job_id.strip())
-            return DispatchFailed("HTTP 200 without job_id")
+        if 200 <= response.status_code < 300:
+            return Dispatched(_job_id(body), response.status_code)
         if response.status_code == 409:
             return AgentBusy(error or "Agent is busy")
         suffix = f" {error}" if error else ""
         return DispatchFailed(f"HTTP {response.status_code}{suffix}")
+
+
+def _job_id(body: dict[str, object] | None) -> str | None:
+    value = body.get("job_id") if body is not None else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | str) and str(value).strip():
+        return _short(str(value), 80)
+    return None
 
 
 def _json_object(response: httpx.Response) -> dict[str, object] | None:
@@ -147,14 +153,12 @@ class AgentHealth:
         self, url: str, timeout_seconds: float, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.url = url
-        self.requests_sent = 0
         self._client = httpx.Client(timeout=timeout_seconds, transport=transport)
 
     def close(self) -> None:
         self._client.close()
 
     def load(self) -> AgentLoad:
-        self.requests_sent += 1
         try:
             response = self._client.get(self.url)
         except httpx.HTTPError as exc:

@@ -24,6 +24,21 @@ _ADVISORY = re.compile(r"^(warning|fix:|or:|to |remove |the port file)", re.IGNO
 _ERROR_EXCERPT = 300
 
 
+class Comment(BaseModel):
+    """One entry of `bd comments` (bd show --json lists them); dated by the bd that wrote it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    text: str = ""
+    author: str = ""
+    created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class Bead(BaseModel):
     """One issue as `bd --json` prints it; fields we do not use are ignored."""
 
@@ -39,6 +54,8 @@ class Bead(BaseModel):
     created_at: datetime
     updated_at: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Only `bd show` prints them; `bd comments add` leaves updated_at alone.
+    comments: list[Comment] = Field(default_factory=list)
 
     @field_validator("created_at", "updated_at")
     @classmethod
@@ -52,9 +69,30 @@ class Bead(BaseModel):
         # bd omits empty metadata and some versions print null; both mean "none".
         return {} if value is None else value
 
+    @field_validator("comments", mode="before")
+    @classmethod
+    def _comment_list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
     @property
     def has_acceptance_criteria(self) -> bool:
         return bool(self.acceptance_criteria.strip())
+
+    @property
+    def last_activity(self) -> datetime:
+        """The latest sign of life: any field change, note, or comment."""
+        return max([self.updated_at, *(comment.created_at for comment in self.comments)])
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The beads bd printed, and the ids of those it printed in a shape we cannot use.
+
+    One bad row (say, metadata that is not an object) must not hide the rest of the queue.
+    """
+
+    beads: list[Bead]
+    unreadable: dict[str, str]
 
 
 class BdError(Exception):
@@ -102,19 +140,23 @@ class BdClient:
 
     # -- reads ---------------------------------------------------------------
 
-    def query(self, expression: str) -> list[Bead]:
+    def query(self, expression: str) -> QueryResult:
         """All matching beads: `--limit 0`, because bd's default cap of 50 starves the rest."""
         payload = self._json(["query", expression, "--limit", "0"])
         return _beads_from(payload, f"bd query {expression!r}")
 
-    def show(self, bead_id: str) -> Bead | None:
-        """The bead, or None when bd says it does not exist."""
-        try:
-            payload = self._json(["show", bead_id])
-        except BdRejected:
-            return None
-        beads = _beads_from(payload, f"bd show {bead_id}")
-        return beads[0] if beads else None
+    def show(self, bead_id: str) -> Bead:
+        """The bead as it is now, comments included.
+
+        bd 1.0.2 says "no issues found" for *any* failed lookup (a dropped Dolt connection
+        too), so a failure here never proves the bead is gone: it raises, callers skip.
+        """
+        result = _beads_from(self._json(["show", bead_id]), f"bd show {bead_id}")
+        for bead in result.beads:
+            if bead.id == bead_id:
+                return bead
+        reason = result.unreadable.get(bead_id, "not in its output")
+        raise BdError(f"bd show {bead_id}: {reason}")
 
     # -- writes --------------------------------------------------------------
 
@@ -149,26 +191,12 @@ class BdClient:
             args += ["--unset-metadata", key]
         self._json(args, actor=actor)
 
-    def create(
-        self,
-        title: str,
-        *,
-        bead_id: str | None = None,
-        issue_type: str = "task",
-        priority: int = 2,
-        description: str = "",
-    ) -> str:
-        args = ["create", title, "--type", issue_type, "--priority", str(priority)]
-        if bead_id is not None:
-            # --force: an explicit id need not carry the database's prefix.
-            args += ["--id", bead_id, "--force"]
-        if description:
-            args += ["--description", description]
-        payload = self._json(args)
-        created = payload[0] if isinstance(payload, list) and payload else payload
-        if not isinstance(created, dict) or not isinstance(created.get("id"), str):
-            raise BdError(f"bd create printed no issue id: {_excerpt(json.dumps(payload))}")
-        return str(created["id"])
+    def comment(self, bead_id: str, text: str) -> None:
+        """`bd comments add`: a row of its own, so it can never overwrite anyone's note.
+
+        (`--append-notes` rewrites the whole notes field from a read taken before its write.)
+        """
+        self._json(["comments", "add", bead_id, "--", text])
 
     # -- plumbing ------------------------------------------------------------
 
@@ -218,22 +246,21 @@ def resolve_bd_bin(bd_bin: str) -> str | None:
     return shutil.which(bd_bin)
 
 
-def _beads_from(payload: Any, what: str) -> list[Bead]:
+def _beads_from(payload: Any, what: str) -> QueryResult:
     if not isinstance(payload, list):
         raise BdError(f"{what} printed {type(payload).__name__}, expected a JSON array")
     beads: list[Bead] = []
-    for item in payload:
+    unreadable: dict[str, str] = {}
+    for index, item in enumerate(payload):
         try:
             beads.append(Bead.model_validate(item))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "bead"
             bead_id = item.get("id") if isinstance(item, dict) else None
-            raise BdError(
-                f"{what} printed a bead bd-contract does not allow "
-                f"(id={bead_id!r}, {where}: {first['msg']})"
-            ) from None
-    return beads
+            key = bead_id if isinstance(bead_id, str) and bead_id else f"#{index}"
+            unreadable[key] = _excerpt(f"{where}: {first['msg']}")
+    return QueryResult(beads, unreadable)
 
 
 def _error_message(stdout: str, stderr: str) -> str:

@@ -1,18 +1,24 @@
 """The dispatcher run: one poll, or polls for a watch window.
 
-A poll reads like the runbook: query -> (nothing? done) -> free slots? -> lock -> claim ->
-mark sending -> POST -> note. Idle polls cost one bd call and no HTTP request.
+A poll reads like the runbook: query -> (nothing? done) -> free slots? -> lock -> re-query
+-> for each bead: claim -> mark sending -> POST -> record. Idle polls cost one bd call and
+no HTTP request, and never touch the lock.
+
+The lock is held from the re-query until the last bead of the poll is recorded, so a reaper
+that holds it knows no live dispatcher is between claiming a bead and sending it. Only one
+bead is in hand at a time: a failure or a 409 never leaves a pile of claimed beads behind.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from jobs import lock, notes
+from jobs import notes
 from jobs.beadboard import (
     AgentBusy,
     AgentLoad,
@@ -31,36 +37,36 @@ from jobs.beads import (
     BdRejected,
     Bead,
 )
+from jobs.lock import DispatchLock, LockError, LockLost, ensure_held
 from jobs.log import Clock, EventLog, peak_memory
+from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, ExitCode, Stage, queue_expression
 from jobs.settings import AUTODISPATCH_ENABLED, Settings, parse_bool
 
-# Failed attempts are counted on the bead itself, so the count survives pods.
-ATTEMPTS_KEY = "auto_dispatch_attempts"
-# Where a claimed bead is in its hand-off; lets the reaper tell "never sent" (safe to
-# requeue) from "sent, outcome unknown" (must not be sent twice). Cleared once recorded.
-STAGE_KEY = "auto_dispatch_stage"
-STAGE_CLAIMED = "claimed"
-STAGE_SENDING = "sending"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
+class Outcome(StrEnum):
+    """What a poll came to; declared worst first, so a run reports the worst of its polls."""
 
-# Worst first: the run's summary outcome is the worst any poll reached.
-OUTCOME_RANK = (
-    "error",
-    "blocked_after_failures",
-    "dispatch_failed",
-    "dispatch_unknown",
-    "dispatched",
-    "agent_busy_on_dispatch",
-    "stopped",
-    "lock_busy",
-    "agent_busy",
-    "dry_run",
-    "nothing_claimable",
-    "queue_empty",
-    "paused",
-)
+    ERROR = "error"
+    LOCK_LOST = "lock_lost"
+    BLOCKED_AFTER_FAILURES = "blocked_after_failures"
+    DISPATCH_FAILED = "dispatch_failed"
+    DISPATCH_UNKNOWN = "dispatch_unknown"
+    DISPATCHED = "dispatched"
+    AGENT_BUSY_ON_DISPATCH = "agent_busy_on_dispatch"
+    STOPPED = "stopped"
+    LOCK_BUSY = "lock_busy"
+    AGENT_BUSY = "agent_busy"
+    DRY_RUN = "dry_run"
+    NOTHING_CLAIMABLE = "nothing_claimable"
+    QUEUE_EMPTY = "queue_empty"
+    PAUSED = "paused"
+
+
+_RANK = {outcome: index for index, outcome in enumerate(Outcome)}
+
+
+def worst(*outcomes: Outcome) -> Outcome:
+    return min(outcomes, key=_RANK.__getitem__)
 
 
 class Board(Protocol):
@@ -119,29 +125,23 @@ class RunTally:
     failed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
-    outcomes: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)
+    outcomes: set[Outcome] = field(default_factory=set)
     errors: int = 0
 
     @property
-    def outcome(self) -> str:
-        for name in OUTCOME_RANK:
-            if name in self.outcomes:
-                return name
-        return "queue_empty"
-
-
-def queue_expression(assignee: str, status: str) -> str:
-    return f"assignee={assignee} AND status={status}"
+    def outcome(self) -> Outcome:
+        return worst(*self.outcomes) if self.outcomes else Outcome.QUEUE_EMPTY
 
 
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
     """Open agent beads with acceptance criteria, best first: priority 0 first, then oldest."""
-    keep = [
-        bead
-        for bead in beads
-        if bead.status == STATUS_OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
-    ]
+    keep = [bead for bead in beads if _is_eligible(bead, assignee)]
     return sorted(keep, key=lambda bead: (bead.priority, bead.created_at, bead.id))
+
+
+def _is_eligible(bead: Bead, assignee: str) -> bool:
+    return bead.status == STATUS_OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
 
 
 def attempts_so_far(bead: Bead) -> int:
@@ -153,20 +153,15 @@ def attempts_so_far(bead: Bead) -> int:
         return 0
 
 
-def lock_stale_after(settings: Settings) -> timedelta:
-    # A holder needs a few bd calls per bead; many bd timeouts without progress means it died.
-    return timedelta(seconds=max(300.0, 4 * settings.bd_timeout_seconds))
-
-
 class Dispatcher:
     def __init__(
         self,
         settings: Settings,
         bd: BdClient,
         board: Board,
+        lock: DispatchLock,
         clock: Clock,
         log: EventLog,
-        run_id: str,
         *,
         load: LoadSource | None = None,
         stop: StopSignal | None = None,
@@ -176,16 +171,17 @@ class Dispatcher:
         self.settings = settings
         self.bd = bd
         self.board = board
+        self.lock = lock
         self.load = load
         self.clock = clock
         self.log = log
-        self.run_id = run_id
         self.stop = stop or StopSignal()
         self.switch = switch or RuntimeSwitch(settings.enabled, None, log)
         self.dry_run = dry_run
         self.tally = RunTally()
-        # A bead that failed in this run waits for the next run: no hammering within a window.
-        self._failed_this_run: set[str] = set()
+        # Beads this run will not touch again, with why: a failed or refused (409) dispatch
+        # waits for the next run, and a bead bd cannot read or write is logged once.
+        self._held_back: dict[str, str] = {}
 
     # -- the run -----------------------------------------------------------------------
 
@@ -196,13 +192,15 @@ class Dispatcher:
         while True:
             if not self.switch.enabled():
                 self.log.event("run.paused", detail=f"{AUTODISPATCH_ENABLED} is false")
-                self.tally.outcomes.add("paused")
+                self.tally.outcomes.add(Outcome.PAUSED)
                 break
             poll_started = self.clock()
             self._poll_safely()
+            if Outcome.LOCK_LOST in self.tally.outcomes:
+                break  # whoever holds the lock now owns the queue; this run must not go on
             if self.stop.requested:
                 self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
-                self.tally.outcomes.add("stopped")
+                self.tally.outcomes.add(Outcome.STOPPED)
                 break
             # Polls start every `interval` seconds: time spent dispatching is not added on top.
             pause = interval - (self.clock() - poll_started).total_seconds()
@@ -211,9 +209,10 @@ class Dispatcher:
                 break
             if pause > 0 and self.stop.wait(pause):
                 self.log.event("run.stopping", detail="SIGTERM while idle")
-                self.tally.outcomes.add("stopped")
+                self.tally.outcomes.add(Outcome.STOPPED)
                 break
-        code = EXIT_FAILED if self.tally.failed or self.tally.errors else EXIT_OK
+        failed = self.tally.failed or self.tally.errors
+        code = ExitCode.FAILED if failed else ExitCode.OK
         self.log.event(
             "tick.done",
             outcome=self.tally.outcome,
@@ -223,67 +222,71 @@ class Dispatcher:
             failed=self.tally.failed,
             blocked=self.tally.blocked,
             returned_to_queue=self.tally.returned,
+            skipped=self.tally.skipped,
             errors=self.tally.errors,
             bd_calls=self.bd.counter.calls,
             dry_run=self.dry_run,
-            exit_code=code,
+            exit_code=int(code),
             **peak_memory(),
         )
-        return code
+        return int(code)
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
         try:
             outcome = self.poll()
-        except (BdError, BeadBoardError) as exc:
+        except LockLost as exc:
+            self.log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
+            self.tally.errors += 1
+            outcome = Outcome.LOCK_LOST
+        except (BdError, BeadBoardError, LockError) as exc:
             # A fault of the world: one log line; bead states stay consistent (see runbook).
             self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
             self.tally.errors += 1
-            outcome = "error"
-        if outcome == "queue_empty":
+            outcome = Outcome.ERROR
+        if outcome == Outcome.QUEUE_EMPTY:
             self.tally.idle_polls += 1
         self.tally.outcomes.add(outcome)
 
     # -- one poll ----------------------------------------------------------------------
 
-    def poll(self) -> str:
+    def poll(self) -> Outcome:
         assignee = self.settings.agent_assignee
         queue = self.bd.query(queue_expression(assignee, STATUS_OPEN))
+        self._hold_back_unreadable(queue.unreadable)
         candidates = [
-            b for b in eligible_in_order(queue, assignee) if b.id not in self._failed_this_run
+            b for b in eligible_in_order(queue.beads, assignee) if b.id not in self._held_back
         ]
         if candidates or self.tally.polls == 1:
             self.log.event(
                 "queue.read",
-                matched=len(queue),
+                matched=len(queue.beads),
                 eligible=len(candidates),
-                skipped_no_acceptance=[b.id for b in queue if not b.has_acceptance_criteria],
+                skipped_no_acceptance=[b.id for b in queue.beads if not b.has_acceptance_criteria],
             )
         if not candidates:
-            return "queue_empty"
+            return Outcome.QUEUE_EMPTY
 
         # Only now talk to BeadBoard / the agent: an empty queue leaves them free to scale to zero.
         slots = self._free_slots()
         if slots == 0:
             self.log.event("agent.busy", waiting=len(candidates))
-            return "agent_busy"
+            return Outcome.AGENT_BUSY
 
         if self.dry_run:
             chosen = [b.id for b in candidates[:slots]]
             self.log.event("dry_run.would_dispatch", beads=chosen, bead=chosen[0], slots=slots)
-            return "dry_run"
+            return Outcome.DRY_RUN
 
-        if not lock.acquire(
-            self.bd, self.run_id, self.clock(), lock_stale_after(self.settings), self.log
-        ):
-            return "lock_busy"
+        if not self.lock.try_acquire():
+            self.log.event("lock.busy", lock=self.lock.description)
+            return Outcome.LOCK_BUSY
+        self.log.event("lock.acquired", lock=self.lock.description)
         try:
-            claimed = self._claim(candidates, slots)
+            return self._hand_off(candidates, slots)
         finally:
-            lock.release(self.bd, self.run_id, self.log)
-        if not claimed:
-            return "nothing_claimable"
-        return self._send_all(claimed)
+            self.lock.release()
+            self.log.event("lock.released", lock=self.lock.description)
 
     def _free_slots(self) -> int:
         if self.load is None:
@@ -295,77 +298,135 @@ class Dispatcher:
         )
         return free
 
-    def _claim(self, candidates: list[Bead], slots: int) -> list[Bead]:
-        """Under the lock: re-read the queue once, move still-open candidates to in_progress."""
+    def _hand_off(self, candidates: list[Bead], slots: int) -> Outcome:
+        """Under the lock: one fresh read, then each bead claimed, sent and recorded in turn."""
         assignee = self.settings.agent_assignee
         # One fresh query instead of a `bd show` per candidate: the lock makes it current.
-        fresh = {b.id: b for b in self.bd.query(queue_expression(assignee, STATUS_OPEN))}
-        claimed: list[Bead] = []
+        fresh = {b.id: b for b in self.bd.query(queue_expression(assignee, STATUS_OPEN)).beads}
+        outcomes: list[Outcome] = []
+        sent = 0
         for candidate in candidates:
-            if len(claimed) == slots or self.stop.requested:
+            if sent == slots:
+                break
+            if self.stop.requested:
+                outcomes.append(Outcome.STOPPED)
                 break
             current = fresh.get(candidate.id)
-            if current is None or current.status != STATUS_OPEN or current.assignee != assignee:
+            if current is None or not _is_eligible(current, assignee):
                 self.log.event("claim.skipped", bead=candidate.id, detail="changed since the query")
                 continue
-            try:
-                # --claim re-checks the assignee inside bd's own transaction.
-                self.bd.update(
-                    current.id,
-                    claim=True,
-                    status=STATUS_IN_PROGRESS,
-                    note=notes.claimed(self.clock()),
-                    set_metadata={STAGE_KEY: STAGE_CLAIMED},
-                    actor=assignee,
-                )
-            except BdRejected as exc:
-                self.log.event("claim.lost", bead=current.id, reason=str(exc))
+            if not self._claim(current):
                 continue
-            self.log.event("claim.done", bead=current.id, priority=current.priority)
-            claimed.append(current)
-        return claimed
+            outcome = self._send(current)
+            outcomes.append(outcome)
+            if outcome in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN):
+                sent += 1
+            if outcome == Outcome.AGENT_BUSY_ON_DISPATCH:
+                break  # the agent is full: the next bead would only be refused too
+        return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
 
-    def _send_all(self, claimed: list[Bead]) -> str:
-        worst = "dispatched"
-        for index, bead in enumerate(claimed):
-            if self.stop.requested:
-                self._return_unsent(claimed[index:], "the dispatcher was asked to stop (SIGTERM)")
-                return "stopped"
-            outcome = self._send(bead)
-            if outcome == "agent_busy_on_dispatch":
-                self._return_unsent(claimed[index + 1 :], "the agent answered busy (409)")
-                return outcome
-            if OUTCOME_RANK.index(outcome) < OUTCOME_RANK.index(worst):
-                worst = outcome
-        return worst
+    def _claim(self, bead: Bead) -> bool:
+        ensure_held(self.lock)
+        try:
+            # --claim refuses a bead someone re-assigned since the read (bd's one real CAS).
+            self.bd.update(
+                bead.id,
+                claim=True,
+                status=STATUS_IN_PROGRESS,
+                note=notes.claimed(self.clock()),
+                set_metadata={STAGE_KEY: Stage.CLAIMED},
+                actor=self.settings.agent_assignee,
+            )
+        except BdRejected as exc:
+            self.log.event("claim.lost", bead=bead.id, reason=str(exc))
+            return False
+        except BdError as exc:
+            # The write may have landed before bd failed: hand the bead back either way.
+            self._hold_back(bead.id, f"bd failed while claiming it: {exc}")
+            self._hand_back(bead, f"bd failed while claiming it ({exc})")
+            return False
+        self.log.event("claim.done", bead=bead.id, priority=bead.priority)
+        return True
 
-    def _return_unsent(self, beads: list[Bead], reason: str) -> None:
-        for bead in beads:
+    def _hand_back(self, bead: Bead, reason: str) -> None:
+        """A claimed bead that was never POSTed goes back to the queue, in this run."""
+        try:
+            ensure_held(self.lock)
             self.bd.update(
                 bead.id,
                 status=STATUS_OPEN,
                 note=notes.not_sent(reason, self.clock()),
                 unset_metadata=[STAGE_KEY],
             )
-            self.tally.returned.append(bead.id)
-            self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
+        except BdError as exc:
+            # Left at stage `claimed`: the reaper requeues it once it holds the lock.
+            self.log.error("dispatch.not_returned", bead=bead.id, error=str(exc))
+            self.tally.errors += 1
+            return
+        self.tally.returned.append(bead.id)
+        self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
 
-    def _send(self, bead: Bead) -> str:
-        # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
-        self.bd.update(bead.id, set_metadata={STAGE_KEY: STAGE_SENDING})
+    def _send(self, bead: Bead) -> Outcome:
+        ensure_held(self.lock)
+        try:
+            # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
+            self.bd.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
+        except BdError as exc:
+            self._hold_back(bead.id, f"bd failed before the send: {exc}")
+            self._hand_back(bead, f"bd failed before the send ({exc})")
+            return Outcome.ERROR
+        try:
+            # A reaper that took the lock meanwhile may have requeued this bead: never POST it.
+            ensure_held(self.lock)
+        except LockLost as exc:
+            self._comment_best_effort(bead.id, notes.lost_lock(str(exc), self.clock()))
+            raise
         outcome = self.board.dispatch(bead.id)
-        return self._record(bead, outcome)
+        try:
+            return self._record(bead, outcome)
+        except BdError as exc:
+            # Sent (or maybe sent) but not recorded: stage stays `sending`, never resent.
+            self.log.error("dispatch.unrecorded", bead=bead.id, error=str(exc))
+            self._hold_back(bead.id, f"bd failed recording the dispatch: {exc}")
+            self.tally.errors += 1
+            return Outcome.ERROR
 
-    def _record(self, bead: Bead, outcome: DispatchOutcome) -> str:
+    def _comment_best_effort(self, bead_id: str, text: str) -> None:
+        try:
+            self.bd.comment(bead_id, text)
+        except BdError as exc:
+            self.log.error("comment.failed", bead=bead_id, error=str(exc))
+
+    def _record(self, bead: Bead, outcome: DispatchOutcome) -> Outcome:
         now = self.clock()
         if isinstance(outcome, Dispatched):
-            clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
-            self.bd.update(
-                bead.id, note=notes.dispatched(outcome.job_id, now), unset_metadata=clear
-            )
             self.tally.dispatched.append(bead.id)
-            self.log.event("dispatch.done", bead=bead.id, job_id=outcome.job_id)
-            return "dispatched"
+            self.log.event(
+                "dispatch.done", bead=bead.id, job_id=outcome.job_id, http=outcome.http_status
+            )
+            # A comment, not a note: the agent's first `bd note` may land at this very moment,
+            # and --append-notes would rewrite the notes field from a read taken before it.
+            self.bd.comment(bead.id, notes.dispatched(outcome.job_id, outcome.http_status, now))
+            ensure_held(self.lock)
+            clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
+            self.bd.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
+            return Outcome.DISPATCHED
+        if isinstance(outcome, DispatchUnknown):
+            # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
+            self.bd.comment(
+                bead.id,
+                notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
+            )
+            self.tally.failed.append(bead.id)
+            self._hold_back(bead.id, "dispatch outcome unknown")
+            self.log.error(
+                "dispatch.unknown",
+                bead=bead.id,
+                reason=outcome.reason,
+                bead_status=STATUS_IN_PROGRESS,
+            )
+            return Outcome.DISPATCH_UNKNOWN
+        ensure_held(self.lock)
         if isinstance(outcome, AgentBusy):
             self.bd.update(
                 bead.id,
@@ -373,37 +434,26 @@ class Dispatcher:
                 note=notes.agent_busy(outcome.detail, now),
                 unset_metadata=[STAGE_KEY],
             )
+            # Backed off for the rest of the run: one "agent busy" note per bead per run.
+            self._hold_back(bead.id, "agent busy (409)", quiet=True)
             self.tally.returned.append(bead.id)
             self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
-            return "agent_busy_on_dispatch"
-        if isinstance(outcome, DispatchUnknown):
-            # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
-            self.bd.update(
-                bead.id,
-                note=notes.dispatch_unknown(
-                    outcome.reason, self.settings.reaper_threshold_minutes, now
-                ),
-            )
-            self.tally.failed.append(bead.id)
-            self.log.error(
-                "dispatch.unknown",
-                bead=bead.id,
-                reason=outcome.reason,
-                bead_status=STATUS_IN_PROGRESS,
-            )
-            return "dispatch_unknown"
+            return Outcome.AGENT_BUSY_ON_DISPATCH
         assert isinstance(outcome, DispatchFailed)
+        return self._record_failure(bead, outcome, now)
+
+    def _record_failure(self, bead: Bead, outcome: DispatchFailed, now: datetime) -> Outcome:
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.dispatch_max_attempts
         note = notes.dispatch_failed(attempt, limit, outcome.reason, now)
-        self._failed_this_run.add(bead.id)
+        self._hold_back(bead.id, "dispatch failed", quiet=True)
         self.tally.failed.append(bead.id)
         if attempt >= limit:
             # The count is cleared so a human who reopens the bead gets a fresh set of attempts.
             self.bd.update(
                 bead.id, status=STATUS_BLOCKED, note=note, unset_metadata=[ATTEMPTS_KEY, STAGE_KEY]
             )
-            status, result = STATUS_BLOCKED, "blocked_after_failures"
+            status, result = STATUS_BLOCKED, Outcome.BLOCKED_AFTER_FAILURES
             self.tally.blocked.append(bead.id)
         else:
             self.bd.update(
@@ -413,7 +463,7 @@ class Dispatcher:
                 set_metadata={ATTEMPTS_KEY: str(attempt)},
                 unset_metadata=[STAGE_KEY],
             )
-            status, result = STATUS_OPEN, "dispatch_failed"
+            status, result = STATUS_OPEN, Outcome.DISPATCH_FAILED
         self.log.error(
             "dispatch.failed",
             bead=bead.id,
@@ -423,3 +473,17 @@ class Dispatcher:
             bead_status=status,
         )
         return result
+
+    # -- beads this run leaves alone --------------------------------------------------
+
+    def _hold_back(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
+        if bead_id in self._held_back:
+            return
+        self._held_back[bead_id] = reason
+        if not quiet:
+            self.tally.skipped.append(bead_id)
+            self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")
+
+    def _hold_back_unreadable(self, unreadable: dict[str, str]) -> None:
+        for bead_id, reason in unreadable.items():
+            self._hold_back(bead_id, f"bd printed it in a shape we cannot read: {reason}")

@@ -1,102 +1,238 @@
-"""A dispatch lock kept in bd itself, so two dispatchers never claim the same bead.
+"""The dispatch lock: held by one run at a time, and gone the moment its holder is.
 
-Why a lock bead: bd 1.0.2's `update --claim` only compares the *assignee*
-(`WHERE assignee = ''`), and is a no-op success when the assignee already is
-the actor. Beads handed to the agent are already assigned to the sentinel
-`agent`, so claiming them proves nothing. The one real compare-and-swap bd
-offers is "claim an unassigned bead", so the lock is an unassigned, closed
-bead that each dispatcher claims under its own run-unique actor name. Closed
-keeps it out of `bd ready` and `bd list`; claiming does not look at status.
+bd 1.0.2 has no conditional write, so no lock kept *in* bd can be made safe: a time-based
+"stale" rule either waits forever for a dead holder or takes over from a slow live one.
+This lock lives where the holder's death is noticed by the system itself:
+
+- server mode (production): a named lock on the Dolt sql-server (`GET_LOCK`). The server
+  drops every named lock of a session when its connection closes, so a killed pod frees
+  it without any timer;
+- embedded mode (local stack, demo, tests): `flock` on a file beside the database, which
+  the kernel drops when the holding process exits.
+
+Dispatchers take it around claim + send, the reaper around every change it makes, so a
+reaper holding it knows no live dispatcher is between claiming a bead and sending it.
+Holders call `ensure_held()` before every bead write and stop at once when it fails.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import fcntl
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
-from jobs import notes
-from jobs.beads import STATUS_CLOSED, BdClient, BdError, BdRejected
-from jobs.log import EventLog
+LOCK_FILE_NAME = "autodispatch.lock"
+# MySQL/Dolt caps lock names at 64 characters.
+_LOCK_NAME_PREFIX = "beads-autodispatch:"
+_MAX_LOCK_NAME = 64
+# How often a waiting holder asks again; GET_LOCK with a timeout would block a Dolt worker.
+_RETRY_SECONDS = 0.25
+PASSWORD_ENV = "BEADS_DOLT_PASSWORD"  # noqa: S105 (the variable name, not a password)
+DEFAULT_DOLT_PORT = 3307  # bd's own default when metadata.json names none
+DEFAULT_DOLT_USER = "root"
+# A Dolt server that stops answering must not hang a run past its deadline.
+_SQL_TIMEOUT_SECONDS = 10
 
-LOCK_BEAD_ID = "autodispatch-lock"
-LOCK_TITLE = "auto-dispatch lock (managed by the dispatcher; do not assign)"
+
+class LockError(Exception):
+    """The lock service could not be asked (Dolt unreachable, bad metadata.json)."""
 
 
-def holder_name(run_id: str) -> str:
-    return f"autodispatch-run-{run_id}"
+class LockLost(LockError):
+    """This run no longer holds the lock it took: it must not write another bead."""
 
 
-def acquire(
-    bd: BdClient,
-    run_id: str,
-    now: datetime,
-    stale_after: timedelta,
-    log: EventLog,
-) -> bool:
-    """True when this run holds the lock. Never waits: a busy lock ends the tick."""
-    holder = holder_name(run_id)
+class DispatchLock(Protocol):
+    @property
+    def description(self) -> str: ...
+
+    def try_acquire(self, wait_seconds: float = 0.0) -> bool:
+        """True once held; False if another run still holds it after `wait_seconds`."""
+        ...
+
+    def held(self) -> bool:
+        """True while this run still holds the lock (asks the lock service, not a flag)."""
+        ...
+
+    def release(self) -> None: ...
+
+
+def ensure_held(lock: DispatchLock) -> None:
     try:
-        _claim(bd, holder)
-        log.event("lock.acquired", lock=LOCK_BEAD_ID, holder=holder)
-        return True
-    except BdRejected:
-        pass
-    lock = bd.show(LOCK_BEAD_ID)
-    if lock is None:
-        # Whoever creates the lock does not use it in the same run: two first
-        # runs racing to create it then cannot both believe they hold it.
-        bd.create(
-            LOCK_TITLE,
-            bead_id=LOCK_BEAD_ID,
-            issue_type="chore",
-            priority=4,
-            description="Serialises auto-dispatch claims. See docs/runbook.md.",
-        )
-        bd.update(LOCK_BEAD_ID, status=STATUS_CLOSED)
-        log.event("lock.created", lock=LOCK_BEAD_ID, detail="dispatch starts next run")
-        return False
-    held_for = now - lock.updated_at
-    if lock.assignee and held_for <= stale_after:
-        log.event(
-            "lock.busy",
-            lock=LOCK_BEAD_ID,
-            holder=lock.assignee,
-            held_seconds=int(held_for.total_seconds()),
-        )
-        return False
-    # The holder died mid-claim (or someone cleared the assignee by hand).
-    bd.update(
-        LOCK_BEAD_ID,
-        assignee="",
-        status=STATUS_CLOSED,
-        note=notes.stale_lock_released(lock.assignee, lock.updated_at, now),
-    )
-    log.warning("lock.stale_released", lock=LOCK_BEAD_ID, holder=lock.assignee)
-    try:
-        _claim(bd, holder)
-    except BdRejected:
-        log.event("lock.busy", lock=LOCK_BEAD_ID, detail="taken right after the stale release")
-        return False
-    log.event("lock.acquired", lock=LOCK_BEAD_ID, holder=holder)
-    return True
+        still = lock.held()
+    except LockError as exc:
+        raise LockLost(f"cannot confirm the dispatch lock ({exc})") from None
+    if not still:
+        raise LockLost(f"the dispatch lock ({lock.description}) is no longer held by this run")
 
 
-def _claim(bd: BdClient, holder: str) -> None:
-    try:
-        bd.update(LOCK_BEAD_ID, claim=True, actor=holder)
-    except BdRejected:
-        raise
-    except BdError:
-        # bd may have taken the lock and then failed (timeout, garbled output): if it is
-        # ours, free it now rather than leave every dispatcher waiting for it to go stale.
+class FileLock:
+    """`flock` on `<beads dir>/autodispatch.lock`: one holder per open file description."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def description(self) -> str:
+        return f"flock {self.path}"
+
+    def try_acquire(self, wait_seconds: float = 0.0) -> bool:
+        if self._fd is not None:
+            return True
         try:
-            lock = bd.show(LOCK_BEAD_ID)
-            if lock is not None and lock.assignee == holder:
-                bd.update(LOCK_BEAD_ID, assignee="", status=STATUS_CLOSED)
-        except BdError:
-            pass  # the original error is the one worth reporting
-        raise
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LockError(f"cannot open {self.path}: {exc.strerror}") from None
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(_RETRY_SECONDS)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise LockError(f"cannot lock {self.path}: {exc.strerror}") from None
+            self._fd = fd
+            return True
+
+    def held(self) -> bool:
+        if self._fd is None:
+            return False
+        # Someone deleting or replacing the file would let a second run lock a new inode.
+        try:
+            return os.fstat(self._fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor drops the flock
 
 
-def release(bd: BdClient, run_id: str, log: EventLog) -> None:
-    bd.update(LOCK_BEAD_ID, assignee="", status=STATUS_CLOSED)
-    log.event("lock.released", lock=LOCK_BEAD_ID, holder=holder_name(run_id))
+class DoltNamedLock:
+    """`GET_LOCK(name, 0)` on one dedicated connection to the Dolt sql-server."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        tls: bool = False,
+    ) -> None:
+        self.host, self.port, self.user, self.database = host, port, user, database
+        self._password = password
+        self._tls = tls
+        self.name = (_LOCK_NAME_PREFIX + database)[:_MAX_LOCK_NAME]
+        self._conn: Any = None
+
+    @property
+    def description(self) -> str:
+        return f"GET_LOCK('{self.name}') on {self.host}:{self.port}"
+
+    def _connect(self) -> Any:
+        # Imported here: embedded mode, the reaper's idle runs and the tests that never touch
+        # a server must not need the library (jobs/ imports with stdlib + pydantic + httpx).
+        import pymysql  # noqa: PLC0415
+
+        try:
+            return pymysql.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self._password,
+                database=self.database,
+                connect_timeout=_SQL_TIMEOUT_SECONDS,
+                read_timeout=_SQL_TIMEOUT_SECONDS,
+                write_timeout=_SQL_TIMEOUT_SECONDS,
+                ssl={"check_hostname": False} if self._tls else None,
+                autocommit=True,
+            )
+        except pymysql.MySQLError as exc:
+            raise LockError(f"cannot connect to Dolt at {self.host}:{self.port}: {exc}") from None
+
+    def _scalar(self, conn: Any, sql: str) -> Any:
+        import pymysql  # noqa: PLC0415 (see _connect)
+
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, (self.name,))
+                row = cursor.fetchone()
+        except pymysql.MySQLError as exc:
+            what = sql.removeprefix("SELECT ").split("(", maxsplit=1)[0]
+            raise LockError(f"{what} on {self.host}:{self.port}: {exc}") from None
+        return row[0] if row else None
+
+    def try_acquire(self, wait_seconds: float = 0.0) -> bool:
+        if self._conn is not None:
+            return True
+        conn = self._connect()
+        deadline = time.monotonic() + wait_seconds
+        try:
+            while True:
+                if self._scalar(conn, "SELECT GET_LOCK(%s, 0)") == 1:
+                    self._conn, conn = conn, None
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(_RETRY_SECONDS)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def held(self) -> bool:
+        if self._conn is None:
+            return False
+        # The server's view, on our own session: a dropped connection cannot answer yes.
+        return bool(self._scalar(self._conn, "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()"))
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            self._scalar(conn, "SELECT RELEASE_LOCK(%s)")
+        except LockError:
+            pass  # closing the session below releases it anyway
+        finally:
+            conn.close()
+
+
+def lock_for(beads_dir: Path, environ: Mapping[str, str]) -> DispatchLock:
+    """The lock matching how bd reaches the database: its metadata.json says which mode."""
+    metadata_path = beads_dir / "metadata.json"
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        metadata = {}
+    except (OSError, ValueError) as exc:
+        raise LockError(f"{metadata_path}: cannot read it ({exc})") from None
+    if not isinstance(metadata, dict) or metadata.get("dolt_mode") != "server":
+        return FileLock(beads_dir / LOCK_FILE_NAME)
+    try:
+        port = int(metadata.get("dolt_server_port") or DEFAULT_DOLT_PORT)
+    except (TypeError, ValueError):
+        raise LockError(f"{metadata_path}: dolt_server_port is not a number") from None
+    database = str(metadata.get("dolt_database") or "")
+    host = str(metadata.get("dolt_server_host") or "")
+    if not host or not database:
+        raise LockError(f"{metadata_path}: server mode needs dolt_server_host and dolt_database")
+    return DoltNamedLock(
+        host=host,
+        port=port,
+        user=str(metadata.get("dolt_server_user") or DEFAULT_DOLT_USER),
+        password=environ.get(PASSWORD_ENV, ""),
+        database=database,
+        tls=bool(metadata.get("dolt_server_tls")),
+    )

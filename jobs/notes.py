@@ -14,8 +14,14 @@ def claimed(now: datetime) -> str:
     return f"{DISPATCHER} claimed at {iso_utc(now)}"
 
 
-def dispatched(job_id: str, now: datetime) -> str:
-    return f"dispatched: job={job_id} ({DISPATCHER}, {iso_utc(now)})"
+def dispatched(job_id: str | None, http_status: int, now: datetime) -> str:
+    if job_id is not None:
+        return f"dispatched: job={job_id} ({DISPATCHER}, {iso_utc(now)})"
+    # A 2xx is BeadBoard saying it took the bead; without an id we cannot say which job.
+    return (
+        f"dispatched: BeadBoard answered HTTP {http_status} without a job id, so the job "
+        f"cannot be named; not sent again ({DISPATCHER}, {iso_utc(now)})"
+    )
 
 
 def agent_busy(detail: str, now: datetime) -> str:
@@ -42,17 +48,17 @@ def dispatch_unknown(reason: str, threshold_minutes: int, now: datetime) -> str:
     )
 
 
+def lost_lock(reason: str, now: datetime) -> str:
+    return (
+        f"auto-dispatcher lost its dispatch lock ({reason}) before sending; not sent, "
+        f"the reaper hands this bead back ({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
 def reaped(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
     return (
         f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking "
         f"({REAPER}, {iso_utc(now)})"
-    )
-
-
-def stale_lock_released(holder: str, since: datetime, now: datetime) -> str:
-    return (
-        f"released a stale dispatch lock held by {holder or '(nobody)'} since {iso_utc(since)} "
-        f"({DISPATCHER}, {iso_utc(now)})"
     )
 
 
@@ -66,8 +72,8 @@ def not_sent(reason: str, now: datetime) -> str:
 def requeued_unsent(claimed_at: datetime, now: datetime) -> str:
     return (
         f"reaper: claimed at {iso_utc(claimed_at)} but never sent to BeadBoard (the dispatcher "
-        f"stopped in between); back to open, not counted as a failed attempt "
-        f"({REAPER}, {iso_utc(now)})"
+        f"that claimed it no longer holds the dispatch lock); back to open, not counted as a "
+        f"failed attempt ({REAPER}, {iso_utc(now)})"
     )
 
 

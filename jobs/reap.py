@@ -1,9 +1,15 @@
-"""One reaper tick: block agent beads stuck in_progress with no update past the threshold."""
+"""One reaper run: agent beads stuck in_progress are blocked, abandoned claims requeued.
+
+Nothing changes without the dispatch lock. Holding it, the reaper knows no live dispatcher
+is between claiming a bead and sending it, so a bead still at stage `claimed` belongs to a
+dispatcher that is gone: it goes back to the queue at once, whatever the clocks say.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from jobs import notes
 from jobs.beads import (
@@ -15,147 +21,198 @@ from jobs.beads import (
     BdRejected,
     Bead,
 )
-from jobs.dispatch import (
-    EXIT_FAILED,
-    EXIT_OK,
-    STAGE_CLAIMED,
-    STAGE_KEY,
-    STAGE_SENDING,
-    queue_expression,
-)
+from jobs.lock import DispatchLock, LockError, LockLost, ensure_held
 from jobs.log import Clock, EventLog, peak_memory
+from jobs.protocol import STAGE_KEY, ExitCode, Stage, queue_expression
 from jobs.settings import Settings
 
-# A live dispatcher moves a claimed bead on to "sending" within seconds (even with ten
-# beads in hand); a bead still "claimed" this long after belongs to a dispatcher that died.
-UNSENT_GRACE = timedelta(minutes=10)
+# A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
+# timeouts); waiting this long for it costs the reaper nothing and saves a run.
+LOCK_WAIT_SECONDS = 30.0
+
+
+class Action(StrEnum):
+    REQUEUE = "requeue"  # claimed by a dispatcher that no longer holds the lock, never sent
+    BLOCK = "block"  # no sign of life for longer than the threshold
 
 
 @dataclass
 class ReapTally:
     in_progress: int = 0
-    stale: int = 0
+    due: int = 0
     blocked: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    lock_busy: bool = False
     errors: int = 0
 
 
-def is_stale(bead: Bead, now: datetime, threshold: timedelta) -> bool:
-    return now - bead.updated_at > threshold
-
-
 def idle_minutes(bead: Bead, now: datetime) -> int:
-    return int((now - bead.updated_at).total_seconds() // 60)
+    return int((now - bead.last_activity).total_seconds() // 60)
 
 
-def run_reap(
-    settings: Settings,
-    bd: BdClient,
-    clock: Clock,
-    log: EventLog,
-    dry_run: bool = False,
-) -> int:
-    tally = ReapTally()
-    try:
-        _tick(settings, bd, clock, log, dry_run, tally)
-    except BdError as exc:
-        log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
-        tally.errors += 1
-    code = EXIT_FAILED if tally.errors else EXIT_OK
-    log.event(
-        "tick.done",
-        in_progress=tally.in_progress,
-        stale=tally.stale,
-        blocked=tally.blocked,
-        requeued=tally.requeued,
-        errors=tally.errors,
-        bd_calls=bd.counter.calls,
-        dry_run=dry_run,
-        exit_code=code,
-        **peak_memory(),
-    )
-    return code
+class Reaper:
+    def __init__(
+        self,
+        settings: Settings,
+        bd: BdClient,
+        lock: DispatchLock,
+        clock: Clock,
+        log: EventLog,
+        *,
+        dry_run: bool = False,
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.bd = bd
+        self.lock = lock
+        self.clock = clock
+        self.log = log
+        self.dry_run = dry_run
+        self.lock_wait_seconds = lock_wait_seconds
+        self.threshold = timedelta(minutes=settings.reaper_threshold_minutes)
+        self.tally = ReapTally()
 
-
-def _tick(
-    settings: Settings,
-    bd: BdClient,
-    clock: Clock,
-    log: EventLog,
-    dry_run: bool,
-    tally: ReapTally,
-) -> None:
-    threshold = timedelta(minutes=settings.reaper_threshold_minutes)
-    working = bd.query(queue_expression(settings.agent_assignee, STATUS_IN_PROGRESS))
-    now = clock()
-    due = [bead for bead in working if _action(bead, now, threshold) is not None]
-    tally.in_progress, tally.stale = len(working), len(due)
-    log.event("queue.read", in_progress=len(working), stale=[bead.id for bead in due])
-    for bead in due:
-        # Re-read first: the agent may have noted progress since the query.
-        current = bd.show(bead.id)
-        now = clock()
-        action = None
-        if (
-            current is not None
-            and current.status == STATUS_IN_PROGRESS
-            and current.assignee == settings.agent_assignee
-        ):
-            action = _action(current, now, threshold)
-        if current is None or action is None:
-            log.event("reap.skipped", bead=bead.id, detail="changed since the query")
-            continue
-        minutes = idle_minutes(current, now)
-        if dry_run:
-            log.event(f"dry_run.would_{action}", bead=bead.id, idle_minutes=minutes)
-            continue
+    def run(self) -> int:
         try:
-            if action == "requeue":
-                bd.update(
-                    bead.id,
+            self._tick()
+        except LockLost as exc:
+            self.log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
+            self.tally.errors += 1
+        except (BdError, LockError) as exc:
+            self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
+            self.tally.errors += 1
+        code = ExitCode.FAILED if self.tally.errors else ExitCode.OK
+        self.log.event(
+            "tick.done",
+            in_progress=self.tally.in_progress,
+            stale=self.tally.due,
+            blocked=self.tally.blocked,
+            requeued=self.tally.requeued,
+            skipped=self.tally.skipped,
+            lock_busy=self.tally.lock_busy,
+            errors=self.tally.errors,
+            bd_calls=self.bd.counter.calls,
+            dry_run=self.dry_run,
+            exit_code=int(code),
+            **peak_memory(),
+        )
+        return int(code)
+
+    def _tick(self) -> None:
+        working = self.bd.query(queue_expression(self.settings.agent_assignee, STATUS_IN_PROGRESS))
+        for bead_id, reason in working.unreadable.items():
+            self._skip(bead_id, f"bd printed it in a shape we cannot read: {reason}")
+        now = self.clock()
+        # updated_at alone may only *over*state idleness (comments do not bump it): a bead
+        # that looks fresh here is fresh; one that looks stale is re-read with its comments.
+        due = [bead for bead in working.beads if self._worth_a_look(bead, now)]
+        self.tally.in_progress, self.tally.due = len(working.beads), len(due)
+        self.log.event("queue.read", in_progress=len(working.beads), due=[b.id for b in due])
+        if not due:
+            return
+        if self.dry_run:
+            for bead in due:
+                action = self._action(bead, now)
+                if action is not None:
+                    self.log.event(f"dry_run.would_{action}", bead=bead.id)
+            return
+        if not self.lock.try_acquire() and not self._wait_for_lock():
+            self.tally.lock_busy = True
+            self.log.event(
+                "lock.busy",
+                lock=self.lock.description,
+                waited_seconds=self.lock_wait_seconds,
+                detail="a dispatcher is mid-hand-off; the next reaper run looks again",
+            )
+            return
+        self.log.event("lock.acquired", lock=self.lock.description)
+        try:
+            for bead in due:
+                self._reap_one(bead.id)
+        finally:
+            self.lock.release()
+            self.log.event("lock.released", lock=self.lock.description)
+
+    def _wait_for_lock(self) -> bool:
+        self.log.event(
+            "lock.waiting", lock=self.lock.description, up_to_seconds=self.lock_wait_seconds
+        )
+        return self.lock.try_acquire(self.lock_wait_seconds)
+
+    def _worth_a_look(self, bead: Bead, now: datetime) -> bool:
+        claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED
+        return claimed or now - bead.updated_at > self.threshold
+
+    def _action(self, bead: Bead, now: datetime) -> Action | None:
+        if bead.status != STATUS_IN_PROGRESS or bead.assignee != self.settings.agent_assignee:
+            return None
+        if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED:
+            return Action.REQUEUE
+        if now - bead.last_activity > self.threshold:
+            return Action.BLOCK
+        return None
+
+    def _reap_one(self, bead_id: str) -> None:
+        ensure_held(self.lock)
+        try:
+            # Fresh, with comments: the agent may have shown progress since the query.
+            current = self.bd.show(bead_id)
+        except BdError as exc:
+            self._skip(bead_id, f"cannot re-read it: {exc}")
+            return
+        now = self.clock()
+        action = self._action(current, now)
+        if action is None:
+            self.log.event("reap.skipped", bead=bead_id, detail="changed since the query")
+            return
+        ensure_held(self.lock)
+        try:
+            if action == Action.REQUEUE:
+                self.bd.update(
+                    bead_id,
                     status=STATUS_OPEN,
                     note=notes.requeued_unsent(current.updated_at, now),
                     unset_metadata=[STAGE_KEY],
                 )
             else:
-                unknown = current.metadata.get(STAGE_KEY) == STAGE_SENDING
-                note = (notes.reaped_unknown_outcome if unknown else notes.reaped)(
-                    minutes, settings.reaper_threshold_minutes, now
-                )
-                bd.update(
-                    bead.id,
-                    status=STATUS_BLOCKED,
-                    note=note,
-                    unset_metadata=[STAGE_KEY] if STAGE_KEY in current.metadata else [],
-                )
+                self._block(current, now)
         except BdRejected as exc:
-            log.event("reap.skipped", bead=bead.id, detail=str(exc))
-            continue
+            self.log.event("reap.skipped", bead=bead_id, detail=str(exc))
+            return
         except BdError as exc:
-            # One bead's failure must not keep the others stuck.
-            log.error("reap.failed", bead=bead.id, error=str(exc))
-            tally.errors += 1
-            continue
-        if action == "requeue":
-            tally.requeued.append(bead.id)
-            log.event(
-                "reap.requeued", bead=bead.id, idle_minutes=minutes, detail="claimed, never sent"
-            )
+            self._skip(bead_id, f"cannot update it: {exc}")
+            self.tally.errors += 1
+            return
+        minutes = idle_minutes(current, now)
+        if action == Action.REQUEUE:
+            self.tally.requeued.append(bead_id)
+            self.log.event("reap.requeued", bead=bead_id, detail="claimed, never sent")
         else:
-            tally.blocked.append(bead.id)
-            log.event(
+            self.tally.blocked.append(bead_id)
+            self.log.event(
                 "reap.blocked",
-                bead=bead.id,
+                bead=bead_id,
                 idle_minutes=minutes,
-                threshold_minutes=settings.reaper_threshold_minutes,
+                threshold_minutes=self.settings.reaper_threshold_minutes,
                 stage=current.metadata.get(STAGE_KEY),
             )
 
+    def _block(self, bead: Bead, now: datetime) -> None:
+        minutes = idle_minutes(bead, now)
+        unknown = bead.metadata.get(STAGE_KEY) == Stage.SENDING
+        note = (notes.reaped_unknown_outcome if unknown else notes.reaped)(
+            minutes, self.settings.reaper_threshold_minutes, now
+        )
+        self.bd.update(
+            bead.id,
+            status=STATUS_BLOCKED,
+            note=note,
+            unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
+        )
 
-def _action(bead: Bead, now: datetime, threshold: timedelta) -> str | None:
-    """requeue: claimed by a dispatcher that died before sending; block: no progress."""
-    if bead.metadata.get(STAGE_KEY) == STAGE_CLAIMED and now - bead.updated_at > UNSENT_GRACE:
-        return "requeue"
-    if is_stale(bead, now, threshold):
-        return "block"
-    return None
+    def _skip(self, bead_id: str, reason: str) -> None:
+        if bead_id in self.tally.skipped:
+            return
+        self.tally.skipped.append(bead_id)
+        self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")

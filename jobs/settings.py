@@ -51,7 +51,8 @@ DEFAULT_DISPATCH_WINDOW_SECONDS = 0
 DEFAULT_POLL_INTERVAL_SECONDS = 10
 DEFAULT_MAX_IN_FLIGHT = 10
 
-# An assignee is spliced into a bd query expression, so it must be one bare token.
+# Quoted in bd queries (jobs/protocol.py), so `@` and `.` are safe; kept to one plain token
+# so a typo with spaces or quotes is caught at deploy time.
 ASSIGNEE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -86,7 +87,13 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"must be true or false, got {value!r}")
 
 
+# bd's query language reads these assignee values as "unassigned".
+_UNASSIGNED_WORDS = frozenset({"none", "null"})
+
+
 def assignee_name(value: str) -> str:
+    if value.lower() in _UNASSIGNED_WORDS:
+        raise ValueError(f"must name a user; bd reads {value!r} as 'unassigned'")
     if not ASSIGNEE_PATTERN.fullmatch(value):
         raise ValueError(
             f"must be one word of letters, digits and . _ @ - (a bd assignee), got {value!r}"

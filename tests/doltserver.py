@@ -17,7 +17,7 @@ from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from_strings
-from tests.realbd import PRIME_LOCK_COMMANDS, build_tool
+from tests.realbd import build_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOLT_USER = "beads"
@@ -80,7 +80,7 @@ def _wait_for_port(port: int, seconds: float) -> None:
 
 @contextmanager
 def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
-    """Start the server, create the database, a password user and bd's schema; prime the lock."""
+    """Start the server, create the database, a password user and bd's schema."""
     dolt = str(build_tool("dolt"))
     home, data, project = root / "home", root / "data", root / "project"
     for directory in (home, data, project):
@@ -166,9 +166,6 @@ def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
         mounted.write_text(bd_metadata_json(settings))
         mounted.chmod(0o444)
         info = DoltServer(port, home, bd, mounted)
-        client = info.client_dir(root / "setup-client")
-        for command in PRIME_LOCK_COMMANDS:
-            info.bd_run(client, *command)
         yield info
     finally:
         server.terminate()

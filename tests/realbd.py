@@ -9,27 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
-
 BD_REAL_ENV = "BD_REAL"
-
-# What the first dispatcher run on a database leaves behind: the lock bead, closed and free.
-PRIME_LOCK_COMMANDS: tuple[tuple[str, ...], ...] = (
-    (
-        "create",
-        LOCK_TITLE,
-        "--id",
-        LOCK_BEAD_ID,
-        "--force",
-        "--type",
-        "chore",
-        "--priority",
-        "4",
-        "--silent",
-    ),
-    ("update", LOCK_BEAD_ID, "--status", "closed"),
-)
-
 
 class ToolBuildError(RuntimeError):
     pass
@@ -154,8 +134,3 @@ class RealBd:
             self.run("query", expression, "--limit", "0", "--all", "--json")
         )
         return rows
-
-
-def prime_lock(bd: RealBd) -> None:
-    for command in PRIME_LOCK_COMMANDS:
-        bd.run(*command)

@@ -1,0 +1,81 @@
+"""The exactly-once promise under every interleaving we can inject at a bd call boundary.
+
+For each bd call k of a dispatcher run that hands off three eligible beads, and for each
+injection (a reaper with its clock 11 minutes ahead, a second dispatcher with its clock an
+hour ahead, a transient bd failure of call k before or after it ran, a SIGKILL of the
+dispatcher), run the injected dispatcher, then the jobs to quiescence, and check every bead:
+POSTed at most once, and ending dispatched once, `open` with no record of a dispatch, or
+`blocked` with a note saying why. `pytest -s` prints the matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.interleave import (
+    INJECTIONS,
+    Companion,
+    Scenario,
+    Template,
+    make_template,
+    settle,
+    verdict,
+)
+from tests.support.beadboard_stub import BeadBoardStub
+
+# What each injection starts: (job, minutes its clock runs ahead).
+COMPANIONS = {"reaper": [Companion("reap", 11)], "dispatcher": [Companion("dispatch", 60)]}
+# The clean run's bd calls: query, re-query under the lock, then per bead claim, sending
+# marker, dispatched comment, stage cleared. Checked below so the matrix cannot shrink.
+CALLS_PER_RUN = 2 + 4 * 3
+
+
+@pytest.fixture(scope="module")
+def template(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Template:
+    return make_template(bd_binary, tmp_path_factory.mktemp("interleave") / "template")
+
+
+@pytest.fixture
+def scenario(template: Template, tmp_path: Path) -> Iterator[Scenario]:
+    with BeadBoardStub() as board:
+        board.health.capacity = 3
+        yield Scenario(template.copy(tmp_path), board, tmp_path, list(template.beads))
+
+
+def test_a_clean_run_hands_off_every_bead_once(scenario: Scenario) -> None:
+    run, calls, _ = scenario.run_injected(None, "none")
+    assert run.code == 0, run.stdout + run.stderr
+    assert len(calls) == CALLS_PER_RUN, calls
+    assert scenario.posts() == dict.fromkeys(scenario.beads, 1)
+    assert not verdict(scenario)
+
+
+MATRIX: dict[tuple[str, int], str] = {}
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+@pytest.mark.parametrize("boundary", range(1, CALLS_PER_RUN + 1))
+def test_every_bead_ends_dispatched_once_requeued_or_blocked(
+    scenario: Scenario, injection: str, boundary: int
+) -> None:
+    run, calls, fired = scenario.run_injected(
+        boundary, injection, jobs=COMPANIONS.get(injection, [])
+    )
+    assert fired is not None, f"call {boundary} never happened: {calls}"
+    settle(scenario)
+    broken = verdict(scenario)
+    posts = scenario.posts()
+    MATRIX[(injection, boundary)] = (
+        f"{fired[:60]:60} {injection:10} "
+        f"posts={sorted(posts.values())} "
+        f"end={sorted(scenario.state(b)['status'] for b in scenario.beads)}"
+    )
+    assert not broken, (broken, run.stdout, scenario.injected_output)
+
+
+def test_print_matrix() -> None:
+    for key in sorted(MATRIX, key=lambda k: (k[1], k[0])):
+        print(f"k={key[1]:2} {MATRIX[key]}")
