@@ -60,7 +60,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "reaperThresholdMinutes",
         "integer",
         job_env.DEFAULT_REAPER_THRESHOLD_MINUTES,
-        "An agent bead in_progress with no update for longer than this is blocked.",
+        "An agent bead in_progress with no activity (field change, note or comment) "
+        "for longer than this is blocked.",
     ),
     ConfigKey(
         "maxDispatchAttempts",

@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -108,11 +108,9 @@ class CallCounter:
     """How many bd processes a run started; the benchmark reads it."""
 
     calls: int = 0
-    by_command: dict[str, int] = field(default_factory=dict)
 
-    def record(self, command: str) -> None:
+    def record(self) -> None:
         self.calls += 1
-        self.by_command[command] = self.by_command.get(command, 0) + 1
 
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -210,7 +208,7 @@ class BdClient:
             "--json",
             *args,
         ]
-        self.counter.record(args[0])
+        self.counter.record()
         try:
             completed = self._run(
                 command,

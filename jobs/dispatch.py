@@ -342,29 +342,31 @@ class Dispatcher:
             return False
         except BdError as exc:
             # The write may have landed before bd failed: hand the bead back either way.
-            self._hold_back(bead.id, f"bd failed while claiming it: {exc}")
-            self._hand_back(bead, f"bd failed while claiming it ({exc})")
+            returned = self._hand_back(bead, f"bd failed while claiming it ({exc})")
+            self._bd_failed(bead.id, "claim", exc, handed_back=returned)
             return False
         self.log.event("claim.done", bead=bead.id, priority=bead.priority)
         return True
 
-    def _hand_back(self, bead: Bead, reason: str) -> None:
-        """A claimed bead that was never POSTed goes back to the queue, in this run."""
+    def _hand_back(self, bead: Bead, reason: str) -> bool:
+        """A claimed bead that was never POSTed goes back to the queue, in this run.
+
+        False when bd refused that too: the bead stays at stage `claimed`, and the reaper
+        requeues it once it holds the lock. The caller reports the failure in one line.
+        """
+        ensure_held(self.lock)
         try:
-            ensure_held(self.lock)
             self.bd.update(
                 bead.id,
                 status=STATUS_OPEN,
                 note=notes.not_sent(reason, self.clock()),
                 unset_metadata=[STAGE_KEY],
             )
-        except BdError as exc:
-            # Left at stage `claimed`: the reaper requeues it once it holds the lock.
-            self.log.error("dispatch.not_returned", bead=bead.id, error=str(exc))
-            self.tally.errors += 1
-            return
+        except BdError:
+            return False
         self.tally.returned.append(bead.id)
         self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
+        return True
 
     def _send(self, bead: Bead) -> Outcome:
         ensure_held(self.lock)
@@ -372,8 +374,8 @@ class Dispatcher:
             # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
             self.bd.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
         except BdError as exc:
-            self._hold_back(bead.id, f"bd failed before the send: {exc}")
-            self._hand_back(bead, f"bd failed before the send ({exc})")
+            returned = self._hand_back(bead, f"bd failed before the send ({exc})")
+            self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
             return Outcome.ERROR
         try:
             # A reaper that took the lock meanwhile may have requeued this bead: never POST it.
@@ -386,9 +388,7 @@ class Dispatcher:
             return self._record(bead, outcome)
         except BdError as exc:
             # Sent (or maybe sent) but not recorded: stage stays `sending`, never resent.
-            self.log.error("dispatch.unrecorded", bead=bead.id, error=str(exc))
-            self._hold_back(bead.id, f"bd failed recording the dispatch: {exc}")
-            self.tally.errors += 1
+            self._bd_failed(bead.id, "record", exc)
             return Outcome.ERROR
 
     def _comment_best_effort(self, bead_id: str, text: str) -> None:
@@ -475,6 +475,15 @@ class Dispatcher:
         return result
 
     # -- beads this run leaves alone --------------------------------------------------
+
+    def _bd_failed(
+        self, bead_id: str, step: str, exc: BdError, *, handed_back: bool | None = None
+    ) -> None:
+        """A fault of bd on one bead: one error line, and the bead waits for the next run."""
+        fields = {} if handed_back is None else {"handed_back": handed_back}
+        self.log.error("bead.failed", bead=bead_id, step=step, error=str(exc), **fields)
+        self.tally.errors += 1
+        self._hold_back(bead_id, f"bd failed at {step}: {exc}", quiet=True)
 
     def _hold_back(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
         if bead_id in self._held_back:

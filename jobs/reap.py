@@ -113,9 +113,7 @@ class Reaper:
             return
         if self.dry_run:
             for bead in due:
-                action = self._action(bead, now)
-                if action is not None:
-                    self.log.event(f"dry_run.would_{action}", bead=bead.id)
+                self._reap_one(bead.id, dry_run=True)
             return
         if not self.lock.try_acquire() and not self._wait_for_lock():
             self.tally.lock_busy = True
@@ -153,8 +151,10 @@ class Reaper:
             return Action.BLOCK
         return None
 
-    def _reap_one(self, bead_id: str) -> None:
-        ensure_held(self.lock)
+    def _reap_one(self, bead_id: str, *, dry_run: bool = False) -> None:
+        """Re-read one bead and act on it; a dry run decides the same way and writes nothing."""
+        if not dry_run:
+            ensure_held(self.lock)
         try:
             # Fresh, with comments: the agent may have shown progress since the query.
             current = self.bd.show(bead_id)
@@ -165,6 +165,9 @@ class Reaper:
         action = self._action(current, now)
         if action is None:
             self.log.event("reap.skipped", bead=bead_id, detail="changed since the query")
+            return
+        if dry_run:
+            self.log.event(f"dry_run.would_{action}", bead=bead_id)
             return
         ensure_held(self.lock)
         try:
@@ -181,8 +184,10 @@ class Reaper:
             self.log.event("reap.skipped", bead=bead_id, detail=str(exc))
             return
         except BdError as exc:
-            self._skip(bead_id, f"cannot update it: {exc}")
+            # A fault of bd on this bead: an error line, then the rest of the run goes on.
+            self.log.error("reap.failed", bead=bead_id, action=str(action), error=str(exc))
             self.tally.errors += 1
+            self._skip(bead_id, f"cannot update it: {exc}", quiet=True)
             return
         minutes = idle_minutes(current, now)
         if action == Action.REQUEUE:
@@ -211,8 +216,9 @@ class Reaper:
             unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
         )
 
-    def _skip(self, bead_id: str, reason: str) -> None:
+    def _skip(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
         if bead_id in self.tally.skipped:
             return
         self.tally.skipped.append(bead_id)
-        self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")
+        if not quiet:
+            self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")

@@ -35,7 +35,16 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
     ("transport", "expected"),
     [
         (answering(200, json={"job_id": "j-1"}), Dispatched("j-1")),
-        (answering(200, json={"job_id": "  "}), DispatchFailed("HTTP 200 without job_id")),
+        # Any 2xx is BeadBoard taking the bead: a missing or odd job id never makes it a failure.
+        (answering(201, json={"job_id": 42}), Dispatched("42", 201)),
+        (answering(202), Dispatched(None, 202)),
+        (answering(200, json={"job_id": "  "}), Dispatched(None)),
+        (answering(200, json={"job_id": True}), Dispatched(None)),
+        (answering(200, json={"status": "queued"}), Dispatched(None)),
+        (answering(200, text="<html>ok</html>"), Dispatched(None)),
+        (answering(204), Dispatched(None, 204)),
+        (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 79 + "…")),
+        (answering(302, headers={"location": "/login"}), DispatchFailed("HTTP 302")),
         (answering(409, json={"error": "Agent is busy"}), AgentBusy("Agent is busy")),
         (answering(409, text="busy"), AgentBusy("Agent is busy")),
         (

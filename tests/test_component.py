@@ -212,11 +212,14 @@ def test_code_configmap_embeds_exactly_the_jobs_package(default_render: Recorder
     }
 
 
-def test_vendor_zip_holds_httpx_and_its_sync_dependencies(default_render: Recorder) -> None:
+def test_vendor_zip_holds_httpx_its_sync_dependencies_and_pymysql(
+    default_render: Recorder,
+) -> None:
     encoded = default_render.configmap(VENDOR_NAME)["binaryData"][VENDOR_ZIP_NAME]
     names = zipfile.ZipFile(io.BytesIO(base64.b64decode(encoded))).namelist()
     tops = {name.split("/")[0] for name in names} - {"_licenses"}
-    assert tops == {"httpx", "httpcore", "h11", "certifi", "idna"}
+    # PyMySQL asks the Dolt server for the dispatch lock in server mode.
+    assert tops == {"httpx", "httpcore", "h11", "certifi", "idna", "pymysql"}
     assert "certifi/cacert.pem" in names
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
 

@@ -6,6 +6,8 @@ no httpx), with the pod's env and PYTHONPATH, against the fake bd and the BeadBo
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,6 @@ from typing import Any
 import pytest
 
 from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
-from jobs.lock import LOCK_BEAD_ID
 from tests.podrunner import Pod, make_image_like_venv, materialise
 from tests.pulumi_harness import Recorder, render_program
 from tests.support.beadboard_stub import BeadBoardStub
@@ -55,26 +56,101 @@ def test_image_like_venv_has_no_httpx(image_python: Path) -> None:
     assert probe.returncode != 0 and "No module named 'httpx'" in probe.stderr
 
 
+MOUNTED_METADATA = "/etc/beads-autodispatch/bd/metadata.json"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def metadata_like_the_mount(pod: Pod, directory: Path, **changes: object) -> Path:
+    """The mounted metadata.json with some keys changed, as a file outside the pod."""
+    metadata = json.loads(pod.host_path(MOUNTED_METADATA).read_text())
+    path = directory / "metadata.json"
+    path.write_text(json.dumps({**metadata, **changes}))
+    return path
+
+
+@pytest.mark.parametrize("cronjob", [DISPATCHER_NAME, REAPER_NAME])
+def test_shipped_bundle_asks_dolt_for_the_dispatch_lock(
+    rendered: Recorder, image_python: Path, tmp_path: Path, fake_bd: Any, cronjob: str
+) -> None:
+    pod = pod_for(rendered, cronjob, tmp_path / "pod")
+    mounted = pod.host_path(MOUNTED_METADATA)
+    assert pod.env["BEADS_METADATA_FILE"] == str(mounted)
+    assert json.loads(mounted.read_text())["dolt_mode"] == "server"
+    # No Dolt here: only its address is swapped, for a local port nobody answers on.
+    port = closed_port()
+    swapped = metadata_like_the_mount(
+        pod, tmp_path, dolt_server_host="127.0.0.1", dolt_server_port=port
+    )
+    api = FakeBd(Path(pod.env["BEADS_DB"]))
+    api.init()
+    # A bead each job would act on, so each asks for the lock.
+    api.create("ship it", assignee="agent", acceptance="done", priority=1)
+    api.create(
+        "stuck",
+        assignee="agent",
+        status="in_progress",
+        acceptance="x",
+        updated_at=datetime.now(UTC) - timedelta(hours=2),
+    )
+    before = api.all()
+    with BeadBoardStub() as board:
+        completed = pod.run(
+            image_python,
+            {
+                "BEADBOARD_URL": board.url,
+                "BD_BIN": str(fake_bd.bin),
+                "BEADS_METADATA_FILE": str(swapped),
+            },
+        )
+        assert board.requests_to("/api/agent-dispatch") == []
+    # PyMySQL came from vendor.zip (the image has none) and tried the server: a clean failure.
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert completed.stderr == ""
+    [failed] = [e for e in events(completed.stdout) if e["level"] == "error"]
+    assert failed["kind"] == "LockError"
+    assert f"cannot connect to Dolt at 127.0.0.1:{port}" in failed["error"]
+    assert api.all() == before
+    assert pod.env["BEADS_DOLT_PASSWORD"] == "s3cret"
+    assert "s3cret" not in completed.stdout + completed.stderr
+
+
 def test_shipped_bundle_runs_the_dispatcher(
     rendered: Recorder, image_python: Path, tmp_path: Path, fake_bd: Any
 ) -> None:
     pod = pod_for(rendered, DISPATCHER_NAME, tmp_path / "pod")
     beads_dir = Path(pod.env["BEADS_DB"])
+    # Embedded mode (as the local stack runs): the lock is a flock beside the database.
+    embedded = metadata_like_the_mount(pod, tmp_path, dolt_mode="embedded")
     api = FakeBd(beads_dir)
     api.init()
-    api.create("lock", issue_id=LOCK_BEAD_ID, status="closed", priority=4, issue_type="chore")
     bead = api.create("ship it", assignee="agent", acceptance="done", priority=1)
     with BeadBoardStub() as board:
         # The cluster URL does not resolve here: only the BeadBoard address is swapped.
-        completed = pod.run(image_python, {"BEADBOARD_URL": board.url, "BD_BIN": str(fake_bd.bin)})
+        completed = pod.run(
+            image_python,
+            {
+                "BEADBOARD_URL": board.url,
+                "BD_BIN": str(fake_bd.bin),
+                "BEADS_METADATA_FILE": str(embedded),
+            },
+        )
         assert completed.returncode == 0, completed.stdout + completed.stderr
         assert [r.json for r in board.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
     assert api.get(bead)["status"] == "in_progress"
-    # The metadata.json the pod mounts was copied into the writable beads dir.
-    mounted = pod.host_path("/etc/beads-autodispatch/bd/metadata.json").read_text()
-    assert (beads_dir / "metadata.json").read_text() == mounted
-    assert pod.env["BEADS_DOLT_PASSWORD"] == "s3cret"
-    assert "s3cret" not in completed.stdout + completed.stderr
+    assert api.comments(bead)[0]["text"].startswith("dispatched: job=job-1 ")
+    # The metadata.json named by the env was copied into the writable beads dir.
+    assert (beads_dir / "metadata.json").read_text() == embedded.read_text()
+    assert (beads_dir / "autodispatch.lock").exists()
 
 
 def test_httpx_is_imported_from_the_shipped_zip(
@@ -102,6 +178,9 @@ def test_shipped_bundle_runs_the_reaper(
         acceptance="x",
         updated_at=datetime.now(UTC) - timedelta(hours=2),
     )
-    completed = pod.run(image_python, {"BD_BIN": str(fake_bd.bin)})
+    embedded = metadata_like_the_mount(pod, tmp_path, dolt_mode="embedded")
+    completed = pod.run(
+        image_python, {"BD_BIN": str(fake_bd.bin), "BEADS_METADATA_FILE": str(embedded)}
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert api.get(bead)["status"] == "blocked"

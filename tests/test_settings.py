@@ -50,6 +50,10 @@ def test_values_are_read_and_normalised() -> None:
         ),
         ({"DISPATCH_MAX_ATTEMPTS": "1.5"}, "DISPATCH_MAX_ATTEMPTS"),
         ({"AGENT_ASSIGNEE": "a=b"}, "AGENT_ASSIGNEE must be one word"),
+        ({"AGENT_ASSIGNEE": 'agent"'}, "AGENT_ASSIGNEE must be one word"),
+        # bd's query language reads these as "no assignee": every unassigned bead would match.
+        ({"AGENT_ASSIGNEE": "none"}, "AGENT_ASSIGNEE must name a user"),
+        ({"AGENT_ASSIGNEE": "Null"}, "AGENT_ASSIGNEE must name a user"),
         ({"AUTODISPATCH_ENABLED": "2"}, "AUTODISPATCH_ENABLED must be true or false"),
         ({"AUTODISPATCH_NOW": "yesterday"}, "AUTODISPATCH_NOW"),
         ({"AUTODISPATCH_NOW": "2026-01-01T00:00:00"}, "AUTODISPATCH_NOW"),
@@ -60,6 +64,12 @@ def test_bad_env_names_the_variable(env: dict[str, str], starts: str) -> None:
         load_settings(env)
     assert str(caught.value).startswith(starts)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["agent", "bot@corp.example", "claude.agent-2", "nonevent"])
+def test_an_assignee_may_be_any_plain_bd_user_name(name: str) -> None:
+    # Quoted in bd queries, so `@` and `.` are safe.
+    assert load_settings({"AGENT_ASSIGNEE": name}).agent_assignee == name
 
 
 def test_stack_config_strings_are_typed_and_validated() -> None:

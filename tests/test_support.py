@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from jobs.beads import BdClient, BdError, BdRejected
 from tests.support.beadboard_stub import (
     AGENT_DISPATCH,
     AGENT_STATUS,
@@ -206,6 +207,109 @@ def test_query_language_quirks_match_bd() -> None:
         run_query(rows, "priority!=2", now=now)
     with pytest.raises(QueryError, match="unknown field: acceptance"):
         run_query(rows, "acceptance=x", now=now)
+
+
+def test_query_values_may_be_quoted_with_backslash_escapes() -> None:
+    rows: list[dict[str, Any]] = [
+        {**_row("bd-1", "open", 1, "2026-01-01T00:00:00Z"), "assignee": "bot@corp.example"},
+        {**_row("bd-2", "open", 1, "2026-01-01T00:00:00Z"), "assignee": "agent"},
+        {**_row("bd-3", "open", 1, "2026-01-01T00:00:00Z"), "title": 'say "hi" \\o/'},
+    ]
+
+    def ids(expression: str) -> list[str]:
+        return [row["id"] for row in run_query(rows, expression)]
+
+    assert ids('assignee="bot@corp.example" AND status=open') == ["bd-1"]
+    assert ids('assignee="agent" AND status=open') == ["bd-2"]
+    assert ids("assignee='agent'") == ["bd-2"]
+    assert ids('title="say \\"hi\\" \\\\o/"') == ["bd-3"]
+    with pytest.raises(QueryError, match='unexpected character "@"'):
+        run_query(rows, "assignee=bot@corp.example AND status=open")
+    with pytest.raises(QueryError, match="unterminated string"):
+        run_query(rows, 'assignee="agent')
+
+
+def test_comments_add_keeps_the_issue_untouched_and_show_lists_them(fake_bd: FakeBdEnv) -> None:
+    bead = fake_bd.api.create("talk", notes="first", updated_at="2026-01-01T00:00:00Z")
+    now = {"FAKE_BD_NOW": "2026-02-02T10:00:00.700Z"}
+
+    added = bd(
+        fake_bd, "--json", "comments", "add", bead, "--", "-starts with a dash", extra_env=now
+    )
+    plain = bd(fake_bd, "comments", "add", bead, "second", "--author", "alice")
+
+    assert added.returncode == 0, added.stderr
+    printed = json.loads(added.stdout)
+    assert set(printed) == {"id", "issue_id", "author", "text", "created_at"}
+    assert (printed["issue_id"], printed["author"]) == (bead, "agent")
+    assert printed["text"] == "-starts with a dash"
+    assert printed["created_at"] == "2026-02-02T10:00:00.7Z"  # in memory: not yet rounded
+    assert plain.returncode == 0 and plain.stdout == f"Comment added to {bead}\n"
+    shown = json.loads(bd(fake_bd, "show", bead, "--json").stdout)[0]
+    # A comment is a row of its own: notes and updated_at are as they were.
+    assert (shown["notes"], shown["updated_at"]) == ("first", "2026-01-01T00:00:00Z")
+    first, second = shown["comments"]
+    assert first == {**printed, "created_at": "2026-02-02T10:00:01Z"}  # DATETIME rounds
+    assert (second["author"], second["text"]) == ("alice", "second")
+    assert first["id"] != second["id"]
+    listed = json.loads(bd(fake_bd, "comments", bead, "--json").stdout)
+    assert listed == shown["comments"] == fake_bd.api.comments(bead)
+    [row] = fake_bd.api.query("title=talk")
+    assert row["comment_count"] == 2 and "comments" not in row
+
+
+def test_comments_add_errors_like_bd(fake_bd: FakeBdEnv) -> None:
+    bead = fake_bd.api.create("quiet")
+
+    missing = bd(fake_bd, "--json", "comments", "add", "bd-nope", "hello")
+    blank = bd(fake_bd, "--json", "comments", "add", bead, "  ")
+    no_text = bd(fake_bd, "--json", "comments", "add", bead)
+    failed = bd(fake_bd, "comments", "add", bead, "x", extra_env={"FAKE_BD_FAIL": "comments"})
+    none = bd(fake_bd, "comments", bead, "--json")
+
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout) == {
+        "error": 'resolving bd-nope: no issue found matching "bd-nope"'
+    }
+    assert json.loads(blank.stdout) == {"error": "comment text cannot be empty"}
+    assert json.loads(no_text.stdout) == {
+        "error": "comment text required (use -f to read from file)"
+    }
+    assert failed.returncode == 1 and "injected failure for 'comments'" in failed.stderr
+    assert json.loads(none.stdout) == []
+    assert "comments" not in fake_bd.api.get(bead)
+    assert {call["subcommand"] for call in fake_bd.calls()} == {"comments"}
+
+
+def test_bd_client_reads_and_writes_comments_through_the_fake(fake_bd: FakeBdEnv) -> None:
+    bead = fake_bd.api.create("via the client", updated_at="2026-01-01T00:00:00Z")
+    client = BdClient(
+        str(fake_bd.bin), fake_bd.db_dir, actor="agent", timeout_seconds=20, env=fake_bd.env()
+    )
+
+    client.comment(bead, "dispatched: job=1")
+    shown = client.show(bead)
+
+    [comment] = shown.comments
+    assert (comment.author, comment.text) == ("agent", "dispatched: job=1")
+    assert shown.updated_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert shown.last_activity == comment.created_at > shown.updated_at
+    with pytest.raises(BdRejected):
+        client.comment("bd-nope", "x")
+    with pytest.raises(BdError):
+        client.show("bd-nope")
+
+
+def test_metadata_may_be_any_json_and_then_cannot_be_edited(fake_bd: FakeBdEnv) -> None:
+    bead = fake_bd.api.create("odd metadata")
+    fake_bd.api.set_fields(bead, metadata=["x"])
+
+    edit = bd(fake_bd, "update", bead, "--set-metadata", "k=v", "--json")
+
+    assert fake_bd.api.get(bead)["metadata"] == ["x"]
+    assert json.loads(bd(fake_bd, "query", "has_metadata_key=x", "--json").stdout) == []
+    assert edit.returncode == 1
+    assert "existing metadata is not a JSON object" in json.loads(edit.stdout)["error"]
 
 
 def _row(issue_id: str, status: str, priority: int, stamp: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import JobRunner, start_jobs
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 from tests.support.fixtures import FakeBdEnv
-from tests.test_dispatch import agent_bead, notes_of, seed_lock
+from tests.test_dispatch import agent_bead, comments_of
 
 DISPATCH = "/api/agent-dispatch"
 FAST = {"DISPATCH_WINDOW_SECONDS": "3", "POLL_INTERVAL_SECONDS": "0.2"}
@@ -19,7 +19,6 @@ FAST = {"DISPATCH_WINDOW_SECONDS": "3", "POLL_INTERVAL_SECONDS": "0.2"}
 def test_idle_window_polls_with_one_bd_call_and_no_http(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
 ) -> None:
-    seed_lock(fake_bd.api)
     fake_bd.api.create("a human's", assignee="alice", acceptance="x")
     result = run_job("dispatch", **FAST)
     assert result.code == 0
@@ -41,7 +40,6 @@ def test_single_slot_drains_the_queue_within_one_run(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     beads = [agent_bead(api, f"b{i}", priority=i) for i in range(3)]
     # One agent slot that frees 0.5 s after each dispatch.
     busy_until = [0.0]
@@ -65,7 +63,6 @@ def test_health_url_fills_every_free_slot_in_one_poll(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     beads = [agent_bead(api, f"b{i}", priority=i % 5) for i in range(5)]
     beads.sort(key=lambda b: api.get(b)["priority"])
     beadboard.health.capacity = 10
@@ -82,7 +79,6 @@ def test_max_in_flight_caps_the_slots(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     for i in range(5):
         agent_bead(api, f"b{i}")
     beadboard.health.capacity = 10
@@ -95,7 +91,6 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     bead = agent_bead(api)
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=500, json={"error": "x"}))
     result = run_job("dispatch", **FAST)
@@ -112,7 +107,6 @@ def test_pause_reaches_a_running_window(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, jobs_env: dict[str, str], tmp_path: Path
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     (runtime / "AUTODISPATCH_ENABLED").write_text("true")
@@ -152,12 +146,12 @@ def test_sigterm_while_idle_exits_promptly(
     assert _events(stdout)[-1]["outcome"] == "stopped"
 
 
-def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_returns_the_rest(
+def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_claims_no_more(
     fake_bd: FakeBdEnv, beadboard: BeadBoardStub, jobs_env: dict[str, str]
 ) -> None:
     api = fake_bd.api
-    seed_lock(api)
     first, second = agent_bead(api, "first", priority=0), agent_bead(api, "second", priority=1)
+    second_before = api.get(second)
     beadboard.health.capacity = 2
     beadboard.set_handler(DISPATCH, lambda request: Reply(json={"job_id": "slow"}, delay=1))
     process = start_jobs(["dispatch"], {**jobs_env, "AGENT_HEALTH_URL": f"{beadboard.url}/health"})
@@ -167,9 +161,9 @@ def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_returns_the_rest(
     assert process.returncode == 0, stdout + stderr
     assert len(beadboard.requests_to(DISPATCH)) == 1
     assert api.get(first)["status"] == "in_progress"
-    assert notes_of(api, first)[-1].startswith("dispatched: job=slow")
-    assert api.get(second)["status"] == "open"
-    assert notes_of(api, second)[-1].startswith(
-        "not dispatched: the dispatcher was asked to stop (SIGTERM)"
-    )
-    assert "auto_dispatch_stage" not in api.get(second).get("metadata", {})
+    assert "auto_dispatch_stage" not in api.get(first).get("metadata", {})
+    assert comments_of(api, first)[-1].startswith("dispatched: job=slow")
+    # One bead in hand at a time: the second was never claimed, so there is nothing to undo.
+    assert api.get(second) == second_before
+    assert any(e["event"] == "run.stopping" for e in _events(stdout))
+    assert _events(stdout)[-1]["dispatched"] == [first]

@@ -165,8 +165,8 @@ def test_a_bead_bd_cannot_update_does_not_block_the_beads_behind_it(
     second = scenario.run("dispatch", 3)
     assert scenario.posts() == dict.fromkeys(scenario.beads, 1), (first.stdout, second.stdout)
     assert scenario.bd.show(huge)["status"] == "open"
-    skipped = [e for e in first.events if e["event"] == "bead.skipped" and e["bead"] == huge]
-    assert len(skipped) == 1, first.stdout
+    failed = [e for e in first.events if e["event"] == "bead.failed" and e["bead"] == huge]
+    assert len(failed) == 1 and "too large" in failed[0]["error"], first.stdout
 
 
 # -- 7. an assignee bd's query parser cannot take bare -------------------------------------

@@ -2,8 +2,9 @@
 """A fake of the bd 1.0.2 CLI for tests: same flags, JSON shapes, error texts and exit codes.
 
 Only the subset the dispatcher and reaper use is implemented (init, create, query, show,
-update, note, assign, close, version). Behaviour was read from the bd v1.0.2 Go source and
-checked against a real bd 1.0.2 binary; where the fake knowingly differs, a comment says so.
+update, note, comments [add], assign, close, version). Behaviour was read from the bd v1.0.2
+Go source and checked against a real bd 1.0.2 binary; where the fake knowingly differs, a
+comment says so.
 
 State: one JSON file, ``DIR/fake-bd.json``, where DIR comes from ``--db DIR`` (or the
 ``BEADS_DIR`` / ``BEADS_DB`` environment variables, in that order, as real bd does). Every
@@ -135,7 +136,8 @@ def _blank_issue() -> dict[str, Any]:
         "labels": [],
         "dependency_count": 0,
         "dependent_count": 0,
-        "comment_count": 0,
+        "comment_count": 0,  # comments bd has that the fake does not model (seeded counts)
+        "comments": [],  # rows of bd's comments table, oldest first, as stored
         "extra": {},
     }
 
@@ -225,6 +227,26 @@ def _generate_id(
     raise RuntimeError("failed to generate unique ID")
 
 
+def _uuid7(moment: datetime) -> str:
+    """A UUID v7 (48-bit Unix milliseconds, then random bits), as bd gives each comment."""
+    millis = int(moment.timestamp() * 1000) & ((1 << 48) - 1)
+    rand_a = int.from_bytes(os.urandom(2), "big") & 0x0FFF
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def _new_comment(issue_id: str, author: str, text: str, moment: datetime) -> dict[str, Any]:
+    """A row of bd's comments table; created_at is a DATETIME (whole seconds)."""
+    return {
+        "id": _uuid7(moment),
+        "issue_id": issue_id,
+        "author": author,
+        "text": text,
+        "created_at": _db_time(moment),
+    }
+
+
 def _go_quote(text: str) -> str:
     """Close enough to Go's %q for the ids and words that appear in bd's messages."""
     return json.dumps(text, ensure_ascii=False)
@@ -285,7 +307,9 @@ def render_issue(issue: Mapping[str, Any], *, labels: bool = True) -> dict[str, 
     out: dict[str, Any] = {}
     for key, omit_empty in _ISSUE_FIELDS:
         value = issue.get(key)
-        if omit_empty and _empty(value):
+        # bd omits metadata that is absent or `{}`; any other JSON (`[]` too) is printed.
+        empty = value in (None, {}) if key == "metadata" else _empty(value)
+        if omit_empty and empty:
             continue
         if key == "metadata" and isinstance(value, dict):
             value = dict(sorted(value.items()))  # Go marshals map keys sorted
@@ -301,16 +325,32 @@ def render_query_row(issue: Mapping[str, Any]) -> dict[str, Any]:
     out = render_issue(issue)
     for key in _COUNT_FIELDS:
         out[key] = int(issue.get(key) or 0)
+    out["comment_count"] += len(issue.get("comments") or [])
     return out
 
 
-def render_show(issue: Mapping[str, Any]) -> dict[str, Any]:
-    """bd show --json elements are types.IssueDetails; labels come after the issue fields.
+def render_comment(comment: Mapping[str, Any]) -> dict[str, Any]:
+    """types.Comment: id (a UUID v7 string since bd 1.0), issue_id, author, text, created_at."""
+    return {key: comment[key] for key in ("id", "issue_id", "author", "text", "created_at")}
 
-    The fake models no dependencies or comments, so `dependencies`, `dependents`,
-    `comments` and `parent` (all omitempty) never appear.
+
+def _comments_in_order(issue: Mapping[str, Any]) -> list[dict[str, Any]]:
+    # bd: ORDER BY created_at ASC, id ASC; ids are time-ordered, so ties keep insertion order.
+    stored = list(issue.get("comments") or [])
+    return sorted(stored, key=lambda comment: _parse_time(comment["created_at"]))
+
+
+def render_show(issue: Mapping[str, Any]) -> dict[str, Any]:
+    """bd show --json elements are types.IssueDetails; labels, then comments, follow the issue.
+
+    The fake models no dependencies, so `dependencies`, `dependents` and `parent` (all
+    omitempty) never appear; `comments` (omitempty) appears once the issue has one.
     """
-    return render_issue(issue)
+    out = render_issue(issue)
+    comments = _comments_in_order(issue)
+    if comments:
+        out["comments"] = [render_comment(comment) for comment in comments]
+    return out
 
 
 def _go_json(value: Any) -> str:
@@ -669,8 +709,14 @@ def _is_none_word(value: str) -> bool:
     return value == "" or value.lower() in ("none", "null")
 
 
+def _metadata_object(issue: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metadata's keys; JSON_EXTRACT(metadata, '$.k') finds none in a non-object."""
+    metadata = issue.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
 def _metadata_scalar_matches(issue: Mapping[str, Any], key: str, wanted: str) -> bool:
-    metadata = issue.get("metadata") or {}
+    metadata = _metadata_object(issue)
     if key not in metadata:
         return False
     value = metadata[key]
@@ -764,7 +810,7 @@ class IssueFilter:
         for key, wanted in self.metadata_fields.items():
             if not _metadata_scalar_matches(issue, key, wanted):
                 return False
-        if self.has_metadata_key and self.has_metadata_key not in (issue.get("metadata") or {}):
+        if self.has_metadata_key and self.has_metadata_key not in _metadata_object(issue):
             return False
         # The fake has no pinned/ephemeral/template issues: every flag reads false.
         return all(not wanted for wanted in self.booleans.values())
@@ -1072,7 +1118,7 @@ class _Evaluator:
             if op != "=":
                 raise QueryError("has_metadata_key only supports = operator")
             _check_metadata_key(value)
-            return lambda issue: value in (issue.get("metadata") or {})
+            return lambda issue: value in _metadata_object(issue)
         if name.startswith("metadata."):
             if op != "=":
                 raise QueryError("metadata fields only support = operator")
@@ -1228,9 +1274,17 @@ def _metadata_value(raw: str) -> Any:
 
 
 def apply_metadata_edits(
-    existing: Mapping[str, Any], set_pairs: Sequence[str], unset_keys: Sequence[str]
+    existing: Any, set_pairs: Sequence[str], unset_keys: Sequence[str]
 ) -> dict[str, Any]:
     """--set-metadata k=v / --unset-metadata k, with bd's validation messages."""
+    if not isinstance(existing, Mapping):
+        # bd unmarshals the stored JSON into a map first: an array, string... cannot be edited.
+        kind = {list: "array", str: "string", bool: "bool", int: "number", float: "number"}
+        raise ValueError(
+            "existing metadata is not a JSON object: json: cannot unmarshal "
+            f"{kind.get(type(existing), 'value')} into Go value of type "
+            "map[string]json.RawMessage"
+        )
     data = dict(existing)
     for pair in set_pairs:
         key, sep, value = pair.partition("=")
@@ -1357,6 +1411,11 @@ _COMMAND_FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("stdin", "bool", default=False),
         Flag("file", "str", default=""),
     ),
+    "comments": (Flag("local-time", "bool", default=False),),
+    "comments add": (
+        Flag("file", "str", "f", ""),
+        Flag("author", "str", "a", ""),
+    ),
     "assign": (),
     "close": (
         Flag("reason", "str", "r", ""),
@@ -1376,6 +1435,8 @@ _USAGE = {
     "show": "bd show [id...] [--id=<id>...] [--current] [flags]",
     "update": "bd update [id...] [flags]",
     "note": "bd note <id> [text...] [flags]",
+    "comments": "bd comments [issue-id] [flags]",
+    "comments add": "bd comments add [issue-id] [text] [flags]",
     "assign": "bd assign <id> <name> [flags]",
     "close": "bd close [id...] [flags]",
     "version": "bd version [flags]",
@@ -2079,7 +2140,8 @@ def cmd_update(session: Session) -> None:
                     continue
             fields = dict(updates)
             if merge_metadata is not None:
-                fields["metadata"] = {**issue["metadata"], **merge_metadata}
+                current = issue["metadata"] if isinstance(issue["metadata"], Mapping) else {}
+                fields["metadata"] = {**current, **merge_metadata}
             if set_pairs or unset_keys:
                 try:
                     fields["metadata"] = apply_metadata_edits(
@@ -2150,6 +2212,79 @@ def cmd_note(session: Session) -> None:
         session.emit_json(render_issue(issue))  # one object, not an array
     else:
         session.out(f"✓ Note added to {issue_id} — {issue['title']}")
+
+
+def cmd_comments(session: Session) -> None:
+    """`bd comments ID`: the issue's comments, oldest first (`[]` under --json when none)."""
+    args = session.parsed.args
+    if not args:
+        session.err("Error: requires at least 1 arg(s), only received 0")
+        session.err(f"Usage:\n  {_USAGE['comments']}")
+        raise SystemExit(1)
+    raw_id = args[0]
+    with session.transaction(write=False) as state:
+        try:
+            issue_id = _resolve_id(state.issues, state.prefix, raw_id)
+        except IdNotFound as exc:
+            session.role_warning()
+            session.fatal_respect_json(f"resolving {raw_id}: {exc}")
+        comments = _comments_in_order(state.issues[issue_id])
+    if session.json:
+        session.emit_json([render_comment(comment) for comment in comments])
+        return
+    if not comments:
+        session.out(f"No comments on {issue_id}")
+        return
+    session.out(f"\nComments on {issue_id}:\n")
+    for comment in comments:
+        stamp = _parse_time(comment["created_at"]).strftime("%Y-%m-%d %H:%M")
+        session.out(f"[{comment['author']}] at {stamp}")
+        for line in str(comment["text"]).splitlines() or [""]:
+            session.out(f"  {line}")
+        session.out()
+
+
+def cmd_comments_add(session: Session) -> None:
+    """`bd comments add ID TEXT`: a row in the comments table; the issue itself is untouched.
+
+    Real bd neither bumps the issue's updated_at nor touches its notes, so a comment can
+    never overwrite a note written at the same moment (unlike --append-notes).
+    """
+    session.check_readonly("comment add")
+    parsed = session.parsed
+    args = parsed.args
+    if not args:
+        session.err("Error: requires at least 1 arg(s), only received 0")
+        session.err(f"Usage:\n  {_USAGE['comments add']}")
+        raise SystemExit(1)
+    raw_id = args[0]
+    source = str(parsed.values.get("file") or "")
+    if source:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            session.fatal_respect_json(f"reading file: {exc.strerror}")
+    elif len(args) < 2:
+        session.fatal_respect_json("comment text required (use -f to read from file)")
+    else:
+        text = args[1]  # cobra: words after the text are ignored (MinimumNArgs(1))
+    if not text.strip():
+        session.fatal_respect_json("comment text cannot be empty")
+    author = str(parsed.values.get("author") or "") or session.actor
+    moment = session.now()
+    with session.transaction(write=True) as state:
+        try:
+            issue_id = _resolve_id(state.issues, state.prefix, raw_id)
+        except IdNotFound as exc:
+            session.role_warning()
+            session.fatal_respect_json(f"resolving {raw_id}: {exc}")
+        comment = _new_comment(issue_id, author, text, moment)
+        state.issues[issue_id]["comments"].append(comment)
+    if session.json:
+        # bd prints the in-memory struct: a nanosecond stamp, before any database round trip.
+        session.emit_json({**render_comment(comment), "created_at": _nano_time(moment)})
+    else:
+        session.out(f"Comment added to {issue_id}")
 
 
 def cmd_assign(session: Session) -> None:
@@ -2236,6 +2371,8 @@ _COMMANDS: dict[str, Callable[[Session], None]] = {
     "show": cmd_show,
     "update": cmd_update,
     "note": cmd_note,
+    "comments": cmd_comments,
+    "comments add": cmd_comments_add,
     "assign": cmd_assign,
     "close": cmd_close,
     "version": cmd_version,
@@ -2285,6 +2422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("Run 'bd --help' for usage.\n")
         return 1
     rest = args[:index] + args[index + 1 :]
+    knob_name = command  # the fault knobs and the call log name the top-level command
+    if command == "comments":
+        sub, sub_index = find_command(rest)
+        if sub == "add":
+            command = "comments add"
+            rest = rest[:sub_index] + rest[sub_index + 1 :]
     try:
         parsed = parse_flags(rest, (*_GLOBAL_FLAGS, *_COMMAND_FLAGS[command]))
     except UsageError as exc:
@@ -2295,15 +2438,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed.values.get("help"):
         sys.stdout.write(f"Usage:\n  {_USAGE[command]}\n")
         return 0
-    session = Session(command, parsed, invoked_as=name)
+    session = Session(knob_name, parsed, invoked_as=name)
     hang = os.environ.get("FAKE_BD_HANG_SECONDS", "").strip()
     if hang and (
         not os.environ.get("FAKE_BD_HANG_ON", "").strip()
-        or _env_list_matches("FAKE_BD_HANG_ON", command)
+        or _env_list_matches("FAKE_BD_HANG_ON", knob_name)
     ):
         time.sleep(float(hang))
-    if _env_list_matches("FAKE_BD_FAIL", command):
-        session.fatal(f"fake-bd: injected failure for '{command}' (FAKE_BD_FAIL)")
+    if _env_list_matches("FAKE_BD_FAIL", knob_name):
+        session.fatal(f"fake-bd: injected failure for '{knob_name}' (FAKE_BD_FAIL)")
     _COMMANDS[command](session)
     return 0
 
@@ -2419,8 +2562,9 @@ class FakeBd:
     def set_fields(self, issue_id: str, **fields: Any) -> None:
         """Overwrite stored fields verbatim (no side effects), e.g. to backdate updated_at.
 
-        Field names are bd's JSON names plus `labels`, `extra` and the three query counts;
-        `acceptance` is accepted for `acceptance_criteria`. Times may be datetimes.
+        Field names are bd's JSON names plus `labels`, `extra`, `comments` (stored rows) and
+        the three query counts; `acceptance` is accepted for `acceptance_criteria`. Times may
+        be datetimes.
         """
         with self._store.transaction() as state:
             issue = state.issues[issue_id]
@@ -2432,13 +2576,32 @@ class FakeBd:
                     value = _db_time(value)
                 elif name == "labels":
                     value = sorted(set(value))
-                elif name in ("metadata", "extra"):
+                elif name == "extra" or (name == "metadata" and isinstance(value, Mapping)):
+                    # Metadata may be any JSON value, as bd stores it (`["x"]` included).
                     value = dict(value)
                 issue[name] = value
 
     def delete(self, issue_id: str) -> None:
         with self._store.transaction() as state:
             del state.issues[issue_id]
+
+    def comment(
+        self,
+        issue_id: str,
+        text: str,
+        *,
+        author: str = "fake-setup",
+        created_at: str | datetime | None = None,
+    ) -> str:
+        """Add a comment directly (as `bd comments add` would, dated `created_at`); its id.
+
+        Like real bd, the issue's updated_at is left alone.
+        """
+        moment = _parse_time(created_at) if created_at is not None else _now()
+        with self._store.transaction() as state:
+            comment = _new_comment(issue_id, author, text, moment)
+            state.issues[issue_id]["comments"].append(comment)
+        return str(comment["id"])
 
     # -- inspection -------------------------------------------------------------
 
@@ -2456,6 +2619,11 @@ class FakeBd:
         """The stored record, including empty fields, counts and extras."""
         with self._store.transaction(write=False) as state:
             return dict(state.issues[issue_id])
+
+    def comments(self, issue_id: str) -> list[dict[str, Any]]:
+        """What `bd comments ID --json` would print: the comments, oldest first."""
+        with self._store.transaction(write=False) as state:
+            return [render_comment(c) for c in _comments_in_order(state.issues[issue_id])]
 
     def ids(self) -> list[str]:
         with self._store.transaction(write=False) as state:
