@@ -87,6 +87,8 @@ def show_beads(bd: RealBd, beads: Mapping[str, str]) -> None:
         print(f"- {bead_id} [{label}]: status={bead['status']} assignee={bead.get('assignee', '')}")
         for line in str(bead.get("notes", "")).splitlines():
             print(f"    note: {line}")
+        for comment in bead.get("comments") or []:
+            print(f"    comment ({comment['author']}): {comment['text']}")
 
 
 def suspend_flags(manifests: Manifests) -> str:
@@ -151,8 +153,8 @@ def main() -> int:
         print("env overrides on top of the rendered pod spec:")
         for name, value in overrides.items():
             print(f"  {name}={value}")
-        # First run on a new database creates the dispatch lock and dispatches nothing;
-        # the next two dispatch one bead each.
+        # One agent slot: each run dispatches one of the two eligible beads, the third finds
+        # none left (one bd call, no HTTP request).
         for _ in range(3):
             run_container(manifests, DISPATCHER_NAME, scratch, python, overrides)
         # Every bead was updated seconds ago; run the reaper as if 31 minutes had passed.

@@ -11,6 +11,7 @@ from typing import Any
 
 BD_REAL_ENV = "BD_REAL"
 
+
 class ToolBuildError(RuntimeError):
     pass
 

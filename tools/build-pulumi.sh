@@ -23,14 +23,14 @@
 # A binary is rebuilt only when missing or when its stamp (hash of go.mod, go.sum, local
 # sources, build flags and Go version) changed; a run with both cached takes seconds.
 #
-# Knobs: TOOLS_CACHE, TOOLS_BUILD_JOBS (go build -p, default 1), TOOLS_NICE (default 19),
+# Knobs: TOOLS_CACHE, TOOLS_BUILD_JOBS (go build -p, default: every core), TOOLS_NICE (default 0),
 #        PULUMI_HOME (pulumi's own variable: where plugins are installed).
 set -euo pipefail
 
 TOOLS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${TOOLS_CACHE:-$HOME/.cache/beads-autodispatch/bin}
-JOBS=${TOOLS_BUILD_JOBS:-1}
-NICE=(nice -n "${TOOLS_NICE:-19}")
+JOBS=${TOOLS_BUILD_JOBS:-$(nproc)}
+NICE=(nice -n "${TOOLS_NICE:-0}")
 PRINT_ENV=false
 [[ ${1:-} == --env ]] && PRINT_ENV=true
 

@@ -78,5 +78,24 @@ class AgentSimulator:
     def dispatched_at(self) -> dict[str, float]:
         return {job.bead: job.started for job in self.jobs}
 
+    def refill_gaps(self) -> list[float]:
+        """Seconds from each slot freeing to the dispatch that fills it again.
+
+        Under a backlog every freed slot is refilled by the next dispatch not yet matched to
+        an earlier free; frees after the last dispatch (the window had ended) are not gaps.
+        """
+        starts = sorted(job.started for job in self.jobs)
+        frees = sorted(job.ends for job in self.jobs)
+        gaps: list[float] = []
+        next_start = 0
+        for free in frees:
+            while next_start < len(starts) and starts[next_start] < free:
+                next_start += 1
+            if next_start == len(starts):
+                break
+            gaps.append(starts[next_start] - free)
+            next_start += 1
+        return gaps
+
     def busy_slot_seconds(self, start: float, end: float) -> float:
         return sum(max(0.0, min(job.ends, end) - max(job.started, start)) for job in self.jobs)

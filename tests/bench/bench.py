@@ -30,7 +30,7 @@ from tests.bench.agent_sim import AgentSimulator
 from tests.conftest import JobRun, base_env, run_jobs, start_jobs
 from tests.doltserver import DOLT_PASSWORD, DoltServer, dolt_server
 from tests.pulumi_harness import render_program
-from tests.realbd import RealBd, prime_lock
+from tests.realbd import RealBd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,9 +51,11 @@ LOW_CHURN = settings_from_strings(PRESETS["low-churn"])
 LOW_CHURN_POLL = float(LOW_CHURN.poll_interval_seconds)
 LOW_CHURN_PERIOD = float(LOW_CHURN.dispatcher_interval_seconds)
 LOW_CHURN_WINDOW = float(LOW_CHURN.dispatcher_window_seconds)
-# Wall time of one original-style pass with real bd (the latency section measures it; this
-# is its typical value on the reference machine, for the utilisation model).
-ORIGINAL_PASS_SECONDS = 1.5
+UTILISATION_TARGET = 0.95
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗ MISSED"
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
@@ -80,9 +82,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def fresh_db(binary: Path, root: Path, name: str) -> RealBd:
-    bd = RealBd(binary, root / name).init(prefix=name[:6])
-    prime_lock(bd)
-    return bd
+    """A new embedded-mode database: the first dispatcher run on it dispatches at once."""
+    return RealBd(binary, root / name).init(prefix=name[:6])
 
 
 def job_env(bd: RealBd, url: str, **extra: str) -> dict[str, str]:
@@ -117,7 +118,7 @@ def pods_per_day() -> tuple[str, dict[str, int]]:
                 str(d),
                 str(r),
                 str(d + r),
-                "≤ 100" if name != "original" else "(864)",
+                "—" if name == "original" else f"≤ 100 {mark(d + r <= 100)}",
             ]
         )
     return table(
@@ -225,7 +226,7 @@ def measure_utilisation(
     window: float,
     poll: float,
     use_health: bool,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """A backlog bigger than the window can drain; bd in server mode, as in production."""
     with dolt_server(binary, root / f"{name}-dolt") as server:
         client = server.client_dir(root / f"{name}-client")
@@ -255,11 +256,13 @@ def measure_utilisation(
             end = time.monotonic()
             busy = agent.busy_slot_seconds(start, end)
             refused = agent.refused
+            gaps = agent.refill_gaps()
     return {
         "utilisation": busy / (slots * (end - start)),
         "seconds": end - start,
         "dispatched": float(len(summary(stdout).get("dispatched", []))),
         "refused": float(refused),
+        "gaps": gaps,
     }
 
 
@@ -391,7 +394,7 @@ def main() -> int:
         "--scale",
         type=float,
         default=10.0,
-        help="time scale for agent runs and the utilisation poll (10 = 1:10)",
+        help="time scale for agent runs in the utilisation section (10 = 1:10)",
     )
     parser.add_argument(
         "--agent-minutes",
@@ -430,10 +433,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="beads-bench-") as tmp:
         root = Path(tmp)
         emit(pods_per_day()[0])
+        original_pass = statistics.median(measure_original_tick(binary, root))
         if "latency" not in args.skip:
-            emit(latency_section(binary, root, args.beads))
+            emit(latency_section(binary, root, args.beads, original_pass))
         if "utilisation" not in args.skip:
-            emit(utilisation_section(binary, root, args))
+            emit(utilisation_section(binary, root, args, original_pass))
         if "idle" not in args.skip:
             emit(idle_section(binary, root))
         if "load" not in args.skip:
@@ -445,27 +449,29 @@ def main() -> int:
     return 0
 
 
-def latency_section(binary: Path, root: Path, beads: int) -> str:
-    ticks = measure_original_tick(binary, root)
-    tick = statistics.median(ticks)
+def latency_section(binary: Path, root: Path, beads: int, tick: float) -> str:
     latencies = measure_window_latency(binary, root, beads, LOW_CHURN_POLL)
     e2e = end_to_end(latencies, LOW_CHURN_PERIOD, LOW_CHURN_WINDOW, LOW_CHURN_POLL / 2 + tick)
     rng = random.Random(3)
     original = [rng.uniform(0, 120) + tick for _ in range(20000)]
-    target = f"≤ {2 * LOW_CHURN_POLL:g}"
+    limit = 2 * LOW_CHURN_POLL
+
+    def target(values: list[float]) -> str:
+        return f"≤ {limit:g} {mark(percentile(values, 0.95) <= limit)}"
+
     rows = [
         ["original (`*/2`, one pass)", "schedule + measured pass", *_p50_p95(original), "—"],
         [
             f"low-churn, inside a window (poll {LOW_CHURN_POLL:g} s)",
             f"measured, {len(latencies)} beads",
             *_p50_p95(latencies),
-            target,
+            target(latencies),
         ],
         [
             "low-churn, incl. the 60 s gap between windows",
             "measured + schedule",
             *_p50_p95(e2e),
-            target,
+            target(e2e),
         ],
     ]
     block = table(
@@ -473,23 +479,30 @@ def latency_section(binary: Path, root: Path, beads: int) -> str:
         ["configuration", "how", "p50", "p95", "target p95"],
         rows,
     )
-    return (
-        block + f"\n\n(one original pass with real bd: median {tick:.2f} s over {len(ticks)} runs)"
-    )
+    return block + f"\n\n(one original pass with real bd: median {tick:.2f} s)"
 
 
 def _p50_p95(values: list[float]) -> list[str]:
     return [f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.95):.1f}"]
 
 
-def utilisation_section(binary: Path, root: Path, args: argparse.Namespace) -> str:
+def utilisation_section(
+    binary: Path, root: Path, args: argparse.Namespace, original_pass: float
+) -> str:
+    """Utilisation from the measured time a freed slot waits, for real-length agent runs.
+
+    Agent runs are scaled down (1:scale) so a window holds several of them; the poll keeps
+    its real interval, so each refill gap is what production sees. A slot then cycles
+    run + gap, and utilisation = run / (run + gap) for the real run length. Judged on the
+    slowest refill measured, so a lucky median cannot carry the target.
+    """
     run_s = args.agent_minutes * 60 / args.scale
-    poll_s = LOW_CHURN_POLL / args.scale
-    results: dict[str, dict[str, float]] = {}
+    real_run = args.agent_minutes * 60
+    results: dict[str, dict[str, Any]] = {}
 
     def run(name: str, slots: int, health: bool) -> None:
         results[name] = measure_utilisation(
-            binary, root, name, slots, run_s, args.window, poll_s, health
+            binary, root, name, slots, run_s, args.window, LOW_CHURN_POLL, health
         )
 
     threads = [
@@ -502,46 +515,53 @@ def utilisation_section(binary: Path, root: Path, args: argparse.Namespace) -> s
         thread.join()
     rows = []
     for slots in (1, 10):
-        computed = 100 * original_utilisation(slots, args.agent_minutes * 60, ORIGINAL_PASS_SECONDS)
+        computed = original_utilisation(slots, real_run, original_pass)
         rows.append(
             [
                 f"original, {slots} slot{'s' if slots > 1 else ''}",
-                "computed: 1 dispatch / 120 s tick",
-                f"{computed:.1f} %",
+                f"computed: ≤ 1 dispatch per 120 s tick, measured pass {original_pass:.2f} s",
                 "—",
+                f"{100 * computed:.1f} %",
                 "—",
             ]
         )
     for name, label in (
         ("single", "ours, 1 slot (BeadBoard busy flag)"),
-        ("ten", "ours, 10 slots (agentHealthUrl)"),
+        ("ten", "ours, 10 slots (`agentHealthUrl`)"),
     ):
-        result = results[name]
+        gaps = results[name]["gaps"]
+        if not gaps:
+            rows.append([label, "no slot freed in the window", "—", "—", mark(False)])
+            continue
+        median, worst_gap = statistics.median(gaps), max(gaps)
+        worst = real_run / (real_run + worst_gap)
         rows.append(
             [
                 label,
-                f"measured, {result['seconds']:.0f} s",
-                f"{100 * result['utilisation']:.1f} %",
-                f"{result['dispatched']:.0f}",
-                "≥ 95 %",
+                f"measured: {len(gaps)} refills, {results[name]['dispatched']:.0f} dispatched",
+                f"{median:.1f} / {worst_gap:.1f}",
+                f"{100 * real_run / (real_run + median):.1f} % (slowest refill: "
+                f"{100 * worst:.1f} %)",
+                f"≥ {100 * UTILISATION_TARGET:.0f} % {mark(worst >= UTILISATION_TARGET)}",
             ]
         )
     return table(
-        f"Agent utilisation under a backlog (busy slot-time / available slot-time; agent run "
-        f"{args.agent_minutes:g} min and poll {LOW_CHURN_POLL:g} s scaled 1:{args.scale:g} "
-        f"→ {run_s:g} s and {poll_s:g} s; bd (server mode) and HTTP not scaled)",
-        ["configuration", "how", "utilisation", "dispatched", "target"],
+        f"Agent utilisation under a backlog, for {args.agent_minutes:g}-minute agent runs: "
+        f"run / (run + refill gap). Gaps measured with bd in server mode, the real "
+        f"{LOW_CHURN_POLL:g} s poll and agent runs scaled 1:{args.scale:g} ({run_s:g} s)",
+        ["configuration", "how", "refill gap s (median / max)", "utilisation", "target"],
         rows,
     )
 
 
 def idle_section(binary: Path, root: Path) -> str:
     idle = measure_idle(binary, root, background_beads=200)
+    ok = idle["bd_per_poll"] == 1.0 and idle["http_per_poll"] == 0.0
     rows = [
         [
             "idle poll (200 other beads in the db)",
             f"{idle['bd_per_poll']:.2f}",
-            f"{idle['http_per_poll']:.2f}",
+            f"{idle['http_per_poll']:.2f} {mark(ok)}",
             f"{idle['ms_per_poll']:.0f}",
             f"{idle['peak_rss']:.0f} / {idle['bd_peak_rss']:.0f}",
         ]
@@ -563,15 +583,18 @@ def idle_section(binary: Path, root: Path) -> str:
 def load_section(binary: Path, root: Path, total: int, agent: int) -> str:
     figures = measure_load(binary, root, total, agent)
     rows = []
-    for job, deadline in (("dispatch", "100 s (1780 s low-churn)"), ("reap", "300 s")):
+    for job, deadline, seconds in (
+        ("dispatch", "100 s (1780 s low-churn)", 100.0),
+        ("reap", "300 s", 300.0),
+    ):
         f = figures[job]
         rows.append(
             [
                 f"{job} tick",
-                f"{f['seconds']:.1f} s",
+                f"{f['seconds']:.1f} s {mark(f['seconds'] < seconds)}",
                 deadline,
                 f"{f['python_mib']:.0f} + {f['bd_mib']:.0f} MiB",
-                "256 MiB",
+                f"256 MiB {mark(f['python_mib'] + f['bd_mib'] < 256)}",
                 str(f["bd_calls"]),
                 str(f["acted"]),
                 str(f["exit"]),

@@ -108,6 +108,34 @@ sys.exit(code)
 # The four the exactly-once issue names; `fail_after` and `agent_note` serve single tests.
 INJECTIONS = ("reaper", "dispatcher", "fail", "kill")
 
+# One file per matrix cell, so the cells can run in parallel workers; the session's summary
+# (tests/conftest.py) puts them together. The directory is the session's own: the controller
+# names it in the environment its xdist workers inherit.
+MATRIX_DIR_ENV = "INTERLEAVE_MATRIX_DIR"
+MATRIX_HEADER = (
+    "| bd call k (before it) | injection | POSTs per bead | end states | promise |\n"
+    "| --- | --- | --- | --- | --- |"
+)
+
+
+def matrix_dir() -> Path:
+    return Path(os.environ.get(MATRIX_DIR_ENV) or ROOT / "build" / f"interleavings-{os.getpid()}")
+
+
+def record_matrix_cell(boundary: int, injection: str, row: str) -> None:
+    directory = matrix_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    index = INJECTIONS.index(injection)
+    (directory / f"{boundary:02d}-{index}.row").write_text(row + "\n", encoding="utf-8")
+
+
+def matrix_table() -> str | None:
+    directory = matrix_dir()
+    rows = sorted(directory.glob("*.row")) if directory.exists() else []
+    if not rows:
+        return None
+    return MATRIX_HEADER + "\n" + "".join(path.read_text(encoding="utf-8") for path in rows)
+
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -199,7 +227,7 @@ class Scenario:
             encoding="utf-8",
         )
         wrapper.chmod(0o755)
-        run = run_jobs([job], self.env(BD_BIN=str(wrapper), **env), timeout=600)
+        run = run_jobs([job], self.env(None, **{**env, "BD_BIN": str(wrapper)}), timeout=600)
         _join(plan_dir / "spawned")
         calls_file = plan_dir / "calls"
         calls = [
@@ -211,7 +239,7 @@ class Scenario:
         hit = None
         if fired.exists():
             number = int(fired.read_text().split(" ", 1)[0])
-            hit = f"{number}: bd {' '.join(calls[number - 1])}"
+            hit = f"{number}: {short_call(calls[number - 1])}"
         return run, calls, hit
 
     def posts(self) -> dict[str, int]:
@@ -224,6 +252,24 @@ class Scenario:
 
     def state(self, bead_id: str) -> dict[str, Any]:
         return self.bd.show(bead_id)
+
+
+def short_call(argv: list[str]) -> str:
+    """A bd call as the matrix shows it: flags kept, free text elided."""
+    shown: list[str] = []
+    elide_next = False
+    for arg in argv:
+        if elide_next:
+            shown.append("…")
+            elide_next = False
+        elif arg == "--json":
+            continue
+        elif arg in ("--append-notes", "--"):
+            shown.append(arg)
+            elide_next = True
+        else:
+            shown.append(arg)
+    return "bd " + " ".join(shown)
 
 
 def _join(spawned: Path, timeout: float = 180) -> None:

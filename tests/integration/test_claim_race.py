@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tests.conftest import start_jobs
 from tests.integration.conftest import real_env
-from tests.realbd import RealBd, prime_lock
+from tests.realbd import RealBd
 from tests.support.beadboard_stub import BeadBoardStub
 
 DISPATCHERS = 4
@@ -18,7 +18,6 @@ ROUNDS = 20
 def test_concurrent_dispatchers_never_dispatch_a_bead_twice(
     real_bd: RealBd, beadboard: BeadBoardStub
 ) -> None:
-    prime_lock(real_bd)
     env = real_env(real_bd, beadboard.url, BD_TIMEOUT_SECONDS="60")
     per_round: list[tuple[int, list[int]]] = []
     for round_number in range(ROUNDS):

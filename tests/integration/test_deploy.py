@@ -22,7 +22,7 @@ from pulumi.automation import OpType
 from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
 from jobs import notes
 from jobs import settings as job_env
-from jobs.lock import LOCK_BEAD_ID
+from jobs.lock import LOCK_FILE_NAME
 from tests.conftest import JobRun
 from tests.deploy import (
     PROJECT,
@@ -34,6 +34,7 @@ from tests.deploy import (
     local_run_overrides,
     pulumi_cli,
 )
+from tests.integration.interleave import LEGACY_LOCK_BEAD
 from tests.podrunner import make_image_like_venv, materialise
 from tests.realbd import RealBd
 from tests.support.beadboard_stub import AGENT_DISPATCH, BeadBoardStub
@@ -90,6 +91,12 @@ def run_container(
     pod = materialise(pod_spec, manifests.configmaps(), pod_root, secrets=fake_secrets(pod_spec))
     completed = pod.run(python, overrides)
     return JobRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def all_bead_ids(bd: RealBd) -> set[str]:
+    """Every bead in the database, closed ones included."""
+    rows = json.loads(bd.run("list", "--all", "--limit", "0", "--json"))
+    return {str(row["id"]) for row in rows}
 
 
 def test_manifests_validate_against_kubernetes_1_34_strict(deployed: Manifests) -> None:
@@ -199,24 +206,30 @@ def test_rendered_dispatcher_dispatches_an_agent_bead(
     own_metadata = (real_bd.beads_dir / "metadata.json").read_text()
     overrides = local_run_overrides(real_bd.binary, real_bd.beads_dir, beadboard.url)
 
-    # First run on a new database: it only creates the dispatch lock bead (runbook).
+    # The first run on a new database dispatches at once: the lock is a flock on a file
+    # beside the database, not a bead that has to be created first.
     first = run_container(deployed, DISPATCHER_NAME, tmp_path / "pod1", image_python, overrides)
     assert first.code == 0, first.stdout + first.stderr
-    assert first.event("lock.created")["lock"] == LOCK_BEAD_ID
-    assert first.summary["dispatched"] == []
-    assert [row["id"] for row in real_bd.query(f"id={LOCK_BEAD_ID}")] == [LOCK_BEAD_ID]
-    assert beadboard.requests_to(AGENT_DISPATCH) == []
-    assert real_bd.show(bead)["status"] == "open"
-
-    second = run_container(deployed, DISPATCHER_NAME, tmp_path / "pod2", image_python, overrides)
-    assert second.code == 0, second.stdout + second.stderr
-    assert second.summary["dispatched"] == [bead]
+    assert first.summary["dispatched"] == [bead]
+    assert first.event("lock.acquired")["lock"] == f"flock {real_bd.beads_dir / LOCK_FILE_NAME}"
     assert [r.json for r in beadboard.requests_to(AGENT_DISPATCH)] == [{"taskId": bead}]
     after = real_bd.show(bead)
     assert after["status"] == "in_progress"
-    lines = after["notes"].splitlines()
-    assert lines[0].startswith(f"{notes.DISPATCHER} claimed at ")
-    assert lines[1].startswith("dispatched: job=job-1 ")
+    assert "auto_dispatch_stage" not in after.get("metadata", {})
+    [claimed] = after["notes"].splitlines()
+    assert claimed.startswith(f"{notes.DISPATCHER} claimed at ")
+    [dispatched] = [comment["text"] for comment in after["comments"]]
+    assert dispatched.startswith("dispatched: job=job-1 ")
+    # No bead was created along the way.
+    assert all_bead_ids(real_bd) == {bead}
+
+    # A second run (a new pod) finds nothing left: one bd call, no request.
+    second = run_container(deployed, DISPATCHER_NAME, tmp_path / "pod2", image_python, overrides)
+    assert second.code == 0, second.stdout + second.stderr
+    done = second.summary
+    assert done["outcome"] == "queue_empty"
+    assert done["bd_calls"] == done["polls"] == done["idle_polls"] >= 1
+    assert len(beadboard.requests_to(AGENT_DISPATCH)) == 1
     # The embedded database kept its own metadata.json (BEADS_METADATA_FILE blank).
     assert (real_bd.beads_dir / "metadata.json").read_text() == own_metadata
     assert json.loads(own_metadata)["dolt_mode"] == "embedded"
@@ -283,7 +296,10 @@ def test_kill_switch_suspends_both_cronjobs_and_the_jobs_do_nothing(
             assert [e["event"] for e in run.events] == ["run.start", "run.paused"]
         assert beadboard.requests == []
         assert {bead: real_bd.show(bead) for bead in before} == before
-        assert real_bd.query(f"id={LOCK_BEAD_ID}") == []  # not even the lock was created
+        # Nothing was created either: no bead (not even an old-style lock bead), no lock file.
+        assert all_bead_ids(real_bd) == set(before)
+        assert real_bd.query(f"id={LEGACY_LOCK_BEAD}") == []
+        assert not (real_bd.beads_dir / LOCK_FILE_NAME).exists()
     finally:
         local_stack.set_config("dispatcherEnabled", "true")
         local_stack.up()

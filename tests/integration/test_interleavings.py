@@ -5,7 +5,8 @@ injection (a reaper with its clock 11 minutes ahead, a second dispatcher with it
 hour ahead, a transient bd failure of call k before or after it ran, a SIGKILL of the
 dispatcher), run the injected dispatcher, then the jobs to quiescence, and check every bead:
 POSTed at most once, and ending dispatched once, `open` with no record of a dispatch, or
-`blocked` with a note saying why. `pytest -s` prints the matrix.
+`blocked` with a note saying why. The session's summary prints the matrix (also written to
+build/interleavings.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.integration.interleave import (
     Scenario,
     Template,
     make_template,
+    record_matrix_cell,
     settle,
     verdict,
 )
@@ -53,9 +55,6 @@ def test_a_clean_run_hands_off_every_bead_once(scenario: Scenario) -> None:
     assert not verdict(scenario)
 
 
-MATRIX: dict[tuple[str, int], str] = {}
-
-
 @pytest.mark.parametrize("injection", INJECTIONS)
 @pytest.mark.parametrize("boundary", range(1, CALLS_PER_RUN + 1))
 def test_every_bead_ends_dispatched_once_requeued_or_blocked(
@@ -68,14 +67,11 @@ def test_every_bead_ends_dispatched_once_requeued_or_blocked(
     settle(scenario)
     broken = verdict(scenario)
     posts = scenario.posts()
-    MATRIX[(injection, boundary)] = (
-        f"{fired[:60]:60} {injection:10} "
-        f"posts={sorted(posts.values())} "
-        f"end={sorted(scenario.state(b)['status'] for b in scenario.beads)}"
+    ends = sorted(scenario.state(b)["status"] for b in scenario.beads)
+    record_matrix_cell(
+        boundary,
+        injection,
+        f"| {fired} | {injection} | {sorted(posts.values())} | {', '.join(ends)} | "
+        f"{broken or 'holds'} |",
     )
     assert not broken, (broken, run.stdout, scenario.injected_output)
-
-
-def test_print_matrix() -> None:
-    for key in sorted(MATRIX, key=lambda k: (k[1], k[0])):
-        print(f"k={key[1]:2} {MATRIX[key]}")

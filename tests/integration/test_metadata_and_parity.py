@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from components.auto_dispatch import BD_CONFIG_NAME
-from jobs.lock import LOCK_BEAD_ID, LOCK_TITLE
 from tests.conftest import base_env, run_jobs
 from tests.pulumi_harness import render_program
-from tests.realbd import RealBd, prime_lock
+from tests.realbd import RealBd
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 from tests.support.fake_bd import FakeBd
 
@@ -76,6 +75,10 @@ def _normalise(bead: dict[str, Any]) -> dict[str, Any]:
         "priority": bead["priority"],
         "metadata": bead.get("metadata", {}),
         "notes": [stamp.sub("<ts>", line) for line in str(bead.get("notes", "")).splitlines()],
+        "comments": [
+            (c.get("author"), stamp.sub("<ts>", str(c.get("text"))))
+            for c in bead.get("comments") or []
+        ],
         "has_started_at": "started_at" in bead,
         "has_closed_at": "closed_at" in bead,
     }
@@ -107,13 +110,11 @@ def _scenario(bd_bin: str, beads_dir: Path, home: Path, create: Any, show: Any) 
         title: _normalise(show(title))
         for title in ("dispatch me", "fail me", "no criteria", "human")
     }
-    beads["lock"] = _normalise(show(LOCK_BEAD_ID))
     return {"exit_codes": codes, "beads": beads, "ids": (ok, failing)}
 
 
 def test_fake_and_real_bd_end_in_the_same_states(bd_binary: Path, tmp_path: Path) -> None:
     real = RealBd(bd_binary, tmp_path / "real").init()
-    prime_lock(real)
     by_title_real: dict[str, str] = {}
 
     def real_create(title: str, priority: int, assignee: str, acceptance: str | None) -> str:
@@ -132,7 +133,6 @@ def test_fake_and_real_bd_end_in_the_same_states(bd_binary: Path, tmp_path: Path
     fake_dir = tmp_path / "fake-beads"
     fake = FakeBd(fake_dir)
     fake.init(prefix="tb")
-    fake.create(LOCK_TITLE, issue_id=LOCK_BEAD_ID, status="closed", priority=4, issue_type="chore")
     shim = FakeBd.write_wrapper(tmp_path / "fake-bin")
     by_title_fake: dict[str, str] = {}
 

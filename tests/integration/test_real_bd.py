@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from jobs.dispatch import ATTEMPTS_KEY
-from jobs.lock import LOCK_BEAD_ID
+from jobs.lock import LOCK_FILE_NAME
+from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
 from tests.integration.conftest import RealJobRunner
-from tests.realbd import RealBd, prime_lock
+from tests.integration.interleave import LEGACY_LOCK_BEAD
+from tests.realbd import RealBd
 from tests.support.beadboard_stub import BeadBoardStub, Reply
 
 DISPATCH = "/api/agent-dispatch"
@@ -26,26 +27,43 @@ def notes(bd: RealBd, bead_id: str) -> list[str]:
     return str(bd.show(bead_id).get("notes", "")).splitlines()
 
 
+def comments(bd: RealBd, bead_id: str) -> list[str]:
+    """The bead's comments' texts, oldest first (where the dispatch records go)."""
+    return [str(c["text"]) for c in bd.show(bead_id).get("comments") or []]
+
+
+def all_bead_ids(bd: RealBd) -> set[str]:
+    """Every bead in the database, closed ones included."""
+    rows = json.loads(bd.run("list", "--all", "--limit", "0", "--json"))
+    return {str(row["id"]) for row in rows}
+
+
 @pytest.fixture
 def bd(real_bd: RealBd) -> RealBd:
-    prime_lock(real_bd)
+    """A fresh database: the first dispatcher run needs nothing set up beforehand."""
     return real_bd
 
 
-def test_first_run_creates_the_lock_with_real_bd(
+def test_first_run_on_a_new_database_dispatches_at_once_and_creates_no_bead(
     real_bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
 ) -> None:
     bead = agent_bead(real_bd)
+    human = real_bd.create("human's", assignee="alice", acceptance="x")
     first = run_real("dispatch")
     assert first.code == 0, first.stdout + first.stderr
-    lock = real_bd.show(LOCK_BEAD_ID)
-    assert (lock["status"], lock.get("assignee", "")) == ("closed", "")
-    assert real_bd.show(bead)["status"] == "open"
-    second = run_real("dispatch")
-    assert second.summary["outcome"] == "dispatched", second.stdout
-    # The lock stays out of the everyday views.
-    listed = json.loads(real_bd.run("list", "--json"))
-    assert LOCK_BEAD_ID not in {row["id"] for row in listed}
+    assert first.summary["outcome"] == "dispatched", first.stdout
+    assert first.summary["dispatched"] == [bead]
+    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": bead}]
+    assert real_bd.show(bead)["status"] == "in_progress"
+    # The lock is a flock on a file beside the database, taken and let go around the hand-off.
+    lock_events = [e for e in first.events if e["event"].startswith("lock.")]
+    assert [e["event"] for e in lock_events] == ["lock.acquired", "lock.released"]
+    lock_file = real_bd.beads_dir / LOCK_FILE_NAME
+    assert lock_events[0]["lock"] == f"flock {lock_file}"
+    assert lock_file.is_file()
+    # ...and not a bead: the database holds the test's beads and nothing else.
+    assert all_bead_ids(real_bd) == {bead, human}
+    assert real_bd.query(f"id={LEGACY_LOCK_BEAD}") == []
 
 
 def test_dispatch_200(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner) -> None:
@@ -55,8 +73,11 @@ def test_dispatch_200(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRun
     state = bd.show(bead)
     assert (state["status"], state["assignee"]) == ("in_progress", "agent")
     assert state["started_at"]
-    claimed, dispatched = notes(bd, bead)
+    assert STAGE_KEY not in state.get("metadata", {})
+    [claimed] = notes(bd, bead)
     assert claimed.startswith("auto-dispatcher claimed at ")
+    # The record is a comment: it can never overwrite a note the agent writes meanwhile.
+    [dispatched] = comments(bd, bead)
     assert dispatched.startswith("dispatched: job=job-1 (auto-dispatcher, ")
     assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": bead}]
 
@@ -125,8 +146,8 @@ def test_timeout_after_sending_is_not_resent(
     assert run_real("dispatch").code == 1
     state = bd.show(bead)
     assert state["status"] == "in_progress"
-    assert state["metadata"] == {"auto_dispatch_stage": "sending"}
-    assert notes(bd, bead)[-1].startswith("dispatch outcome unknown: timeout (ReadTimeout)")
+    assert state["metadata"] == {STAGE_KEY: "sending"}
+    assert comments(bd, bead)[-1].startswith("dispatch outcome unknown: timeout (ReadTimeout)")
     assert run_real("dispatch").code == 0
     assert len(beadboard.requests_to(DISPATCH)) == 1
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from jobs.lock import LOCK_FILE_NAME
 from tests.conftest import JobRun, base_env, run_jobs
 from tests.doltserver import DOLT_PASSWORD, DoltServer
 from tests.doltserver import dolt_server as start_dolt_server
@@ -70,7 +71,12 @@ def test_dispatch_happy_path_in_server_mode(
     assert [r.json for r in beadboard.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
     state = _show(dolt_server, tmp_path, bead)
     assert state["status"] == "in_progress"
-    assert state["notes"].splitlines()[-1].startswith("dispatched: job=")
+    assert state["notes"].splitlines()[-1].startswith("auto-dispatcher claimed at ")
+    assert state["comments"][-1]["text"].startswith("dispatched: job=")
+    # Server mode: the dispatch lock is a named lock on the same Dolt server, not a file.
+    assert result.event("lock.acquired")["lock"].startswith("GET_LOCK('beads-autodispatch:")
+    assert result.event("lock.released")["lock"] == result.event("lock.acquired")["lock"]
+    assert not (tmp_path / "pod-beads" / LOCK_FILE_NAME).exists()
     assert DOLT_PASSWORD not in result.stdout + result.stderr
 
 
