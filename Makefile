@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOOLS_CACHE ?= $(HOME)/.cache/beads-autodispatch/bin
+# pytest-xdist workers: the slow tests are real bd and dolt processes, one core each.
+TEST_WORKERS ?= $(shell nproc)
 
 .PHONY: setup tools test lint scan demo bench clean
 
@@ -30,7 +32,7 @@ scan: setup
 	PYTHON=$(PY) tools/scan-manifests.sh
 
 test: setup tools lint scan
-	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest
+	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest -n $(TEST_WORKERS)
 
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools

@@ -14,7 +14,7 @@ import pytest
 
 from jobs.lock import LOCK_FILE_NAME, FileLock
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.conftest import JobRunner
+from tests.conftest import JobRun, JobRunner
 from tests.support.beadboard_stub import BeadBoardStub, RecordedRequest, Reply
 from tests.support.fake_bd import FakeBd
 from tests.support.fixtures import FakeBdEnv
@@ -533,12 +533,17 @@ def test_bad_configuration_exits_2_with_one_clear_line(
     agent_bead(api)
     before = api.all()
     result = run_job("dispatch", **overrides)
-    assert result.code == 2
+    assert_refused_config(result, message, beadboard)
+    assert api.all() == before
+
+
+def assert_refused_config(result: JobRun, message: str, beadboard: BeadBoardStub) -> None:
+    """Exit 2, one line on stderr naming the problem, nothing asked of BeadBoard."""
+    assert result.code == 2, result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("configuration error: "), result.stderr
     assert message in lines[0]
     assert beadboard.requests == []
-    assert api.all() == before
 
 
 @pytest.mark.parametrize(
@@ -571,10 +576,7 @@ def test_server_mode_metadata_the_lock_cannot_use_is_a_config_error(
     source.write_text(json.dumps(metadata))
     result = run_job("dispatch", BEADS_METADATA_FILE=str(source))
     assert result.code == 2, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("configuration error: "), result.stderr
-    assert message in lines[0]
-    assert beadboard.requests == []
+    assert_refused_config(result, message, beadboard)
     assert api.all() == before
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import JobRun, base_env, run_jobs
+from tests.doltserver import DoltServer
+from tests.doltserver import dolt_server as start_dolt_server
+from tests.integration.interleave import Scenario, Template, make_template
 from tests.realbd import RealBd, ToolBuildError, build_tool, real_bd_path
 from tests.support.beadboard_stub import BeadBoardStub
 
@@ -63,3 +66,27 @@ def run_real(real_bd: RealBd, beadboard: BeadBoardStub) -> RealJobRunner:
         return run_jobs(list(args), env, timeout=float(os.environ.get("JOB_TIMEOUT", "120")))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def dolt_server(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoltServer]:
+    """A `dolt sql-server` with bd's schema, one per test module."""
+    try:
+        with start_dolt_server(bd_binary, tmp_path_factory.mktemp("dolt")) as server:
+            yield server
+    except ToolBuildError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def template(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Template:
+    """Three eligible agent beads (and the old lock bead), made once per module."""
+    return make_template(bd_binary, tmp_path_factory.mktemp("template") / "template")
+
+
+@pytest.fixture
+def scenario(template: Template, tmp_path: Path) -> Iterator[Scenario]:
+    """A copy of the template and a stand-in BeadBoard with three agent slots."""
+    with BeadBoardStub() as board:
+        board.health.capacity = 3
+        yield Scenario(template.copy(tmp_path), board, tmp_path, list(template.beads))

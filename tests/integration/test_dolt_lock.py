@@ -10,31 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from jobs.lock import DoltNamedLock, lock_for
 from tests.conftest import ROOT, base_env, start_jobs
 from tests.doltserver import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
-from tests.doltserver import dolt_server as start_dolt_server
-from tests.realbd import ToolBuildError
 from tests.support.beadboard_stub import AGENT_DISPATCH, BeadBoardStub
 
 DISPATCHERS = 4
 ROUNDS = 20
 BEADS_PER_ROUND = 2
-
-
-@pytest.fixture(scope="module")
-def dolt_server(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoltServer]:
-    try:
-        with start_dolt_server(bd_binary, tmp_path_factory.mktemp("dolt-lock")) as server:
-            yield server
-    except ToolBuildError as exc:
-        pytest.fail(str(exc))
 
 
 def _lock(server: DoltServer) -> DoltNamedLock:

@@ -8,40 +8,23 @@ this file was written against (commit e5bde5a), and passes now.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from tests.integration.interleave import (
     LEGACY_LOCK_BEAD,
     Companion,
     Scenario,
-    Template,
     dispatch_records,
-    make_template,
     settle,
     verdict,
 )
 from tests.realbd import RealBd
-from tests.support.beadboard_stub import AGENT_DISPATCH, BeadBoardStub, Reply
+from tests.support.beadboard_stub import AGENT_DISPATCH, Reply
 
 # The first call that writes a bead's hand-off stage, in both the old and the new jobs.
 FIRST_SENDING_MARKER = r" update \S+ .*auto_dispatch_stage=sending"
 FIRST_BEAD_CLAIM = r" update (?!autodispatch-lock)\S+ --claim"
-
-
-@pytest.fixture(scope="module")
-def template(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return make_template(bd_binary, tmp_path_factory.mktemp("exactly-once") / "template")
-
-
-@pytest.fixture
-def scenario(template: Template, tmp_path: Path) -> Iterator[Scenario]:
-    with BeadBoardStub() as board:
-        board.health.capacity = 3
-        yield Scenario(template.copy(tmp_path), board, tmp_path, list(template.beads))
 
 
 def _agent_bead(

@@ -11,40 +11,22 @@ build/interleavings.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.integration.interleave import (
     INJECTIONS,
     Companion,
     Scenario,
-    Template,
-    make_template,
     record_matrix_cell,
     settle,
     verdict,
 )
-from tests.support.beadboard_stub import BeadBoardStub
 
 # What each injection starts: (job, minutes its clock runs ahead).
 COMPANIONS = {"reaper": [Companion("reap", 11)], "dispatcher": [Companion("dispatch", 60)]}
 # The clean run's bd calls: query, re-query under the lock, then per bead claim, sending
 # marker, dispatched comment, stage cleared. Checked below so the matrix cannot shrink.
 CALLS_PER_RUN = 2 + 4 * 3
-
-
-@pytest.fixture(scope="module")
-def template(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return make_template(bd_binary, tmp_path_factory.mktemp("interleave") / "template")
-
-
-@pytest.fixture
-def scenario(template: Template, tmp_path: Path) -> Iterator[Scenario]:
-    with BeadBoardStub() as board:
-        board.health.capacity = 3
-        yield Scenario(template.copy(tmp_path), board, tmp_path, list(template.beads))
 
 
 def test_a_clean_run_hands_off_every_bead_once(scenario: Scenario) -> None:

@@ -8,28 +8,14 @@ copied from a read-only path as in the pod, and the Dolt password through the en
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from jobs.lock import LOCK_FILE_NAME
 from tests.conftest import JobRun, base_env, run_jobs
 from tests.doltserver import DOLT_PASSWORD, DoltServer
-from tests.doltserver import dolt_server as start_dolt_server
-from tests.realbd import ToolBuildError
 from tests.support.beadboard_stub import BeadBoardStub
-
-
-@pytest.fixture(scope="module")
-def dolt_server(bd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoltServer]:
-    try:
-        with start_dolt_server(bd_binary, tmp_path_factory.mktemp("dolt")) as server:
-            yield server
-    except ToolBuildError as exc:
-        pytest.fail(str(exc))
 
 
 def _job(
