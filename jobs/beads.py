@@ -289,5 +289,9 @@ def _is_rejection(message: str) -> bool:
 
 
 def _excerpt(text: str) -> str:
+    """At most _ERROR_EXCERPT characters; bd often names the cause last, so keep both ends."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= _ERROR_EXCERPT else flat[: _ERROR_EXCERPT - 1] + "…"
+    if len(flat) <= _ERROR_EXCERPT:
+        return flat
+    half = (_ERROR_EXCERPT - 3) // 2
+    return f"{flat[:half]} … {flat[-half:]}"

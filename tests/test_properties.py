@@ -39,7 +39,7 @@ PROPERTY = settings(
 
 REQUIRED = ("id", "status", "priority", "created_at", "updated_at")
 OPTIONAL_TEXT = ("title", "assignee", "acceptance_criteria", "notes")
-KNOWN = {*REQUIRED, *OPTIONAL_TEXT, "metadata"}
+KNOWN = {*REQUIRED, *OPTIONAL_TEXT, "metadata", "comments"}
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
