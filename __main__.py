@@ -5,14 +5,15 @@ from __future__ import annotations
 import pulumi
 
 from components.auto_dispatch import BeadsAutoDispatch
-from components.config import CONFIG_KEYS, ConfigError, DeploySettings, settings_from_strings
+from components.config import CONFIG_KEYS, DeploySettings, settings_from
+from jobs.settings import ConfigError
 
 
 def read_settings() -> DeploySettings:
     config = pulumi.Config()
     raw = {key.name: value for key in CONFIG_KEYS if (value := config.get(key.name)) is not None}
     try:
-        return settings_from_strings(raw)
+        return settings_from(raw)
     except ConfigError as exc:
         # A RunError prints as one line in `pulumi preview`, without a Python traceback.
         raise pulumi.RunError(str(exc)) from None

@@ -1,167 +1,29 @@
 """Stack configuration -> one validated DeploySettings, before any resource exists.
 
-Each key's name, type, default and meaning is declared once in CONFIG_KEYS. Pulumi.yaml
-repeats them for the CLI (a test keeps the two equal), and the program applies the
+Each key is a field: the runtime knobs are the jobs' own fields (jobs/settings.py), the
+deploy-only keys are declared here. CONFIG_KEYS is derived from those fields; Pulumi.yaml
+and the README's table must equal it (tests/test_config.py). The program applies the
 defaults itself because Pulumi's unit-test mocks do not.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field
+from pydantic.fields import FieldInfo
 
 from components.cron import CronError, parse_schedule
-from jobs import settings as job_env
-
-
-class ConfigError(Exception):
-    """One line naming the stack config key to fix."""
-
-
-@dataclass(frozen=True)
-class ConfigKey:
-    name: str
-    type: str  # Pulumi.yaml type: string | integer | boolean
-    default: Any
-    description: str
-
-
-CONFIG_KEYS: tuple[ConfigKey, ...] = (
-    ConfigKey(
-        "dispatcherEnabled",
-        "boolean",
-        True,
-        "Kill switch. false suspends both CronJobs; a run that starts anyway does nothing.",
-    ),
-    ConfigKey(
-        "namespace", "string", "beads-server", "Namespace for every resource (must already exist)."
-    ),
-    ConfigKey(
-        "image",
-        "string",
-        "claude-agent-service:latest",
-        "The reused claude-agent-service image (python3, pydantic, bd 1.0.2).",
-    ),
-    ConfigKey(
-        "imagePullSecret",
-        "string",
-        "registry-credentials",
-        "Pull secret for the image; empty for none.",
-    ),
-    ConfigKey(
-        "dispatcherSchedule", "string", "*/2 * * * *", "Cron schedule of the dispatcher (UTC)."
-    ),
-    ConfigKey("reaperSchedule", "string", "*/10 * * * *", "Cron schedule of the reaper (UTC)."),
-    ConfigKey(
-        "reaperThresholdMinutes",
-        "integer",
-        job_env.DEFAULT_REAPER_THRESHOLD_MINUTES,
-        "An agent bead in_progress with no activity (field change, note or comment) "
-        "for longer than this is blocked.",
-    ),
-    ConfigKey(
-        "maxDispatchAttempts",
-        "integer",
-        job_env.DEFAULT_DISPATCH_MAX_ATTEMPTS,
-        "Failed dispatches of one bead before it is blocked.",
-    ),
-    ConfigKey(
-        "agentAssignee",
-        "string",
-        job_env.DEFAULT_AGENT_ASSIGNEE,
-        "The sentinel assignee that hands a bead to the agent.",
-    ),
-    ConfigKey(
-        "beadboardUrl",
-        "string",
-        "http://beadboard.beads-server.svc.cluster.local",
-        "BeadBoard base URL (its /api/agent-status and /api/agent-dispatch).",
-    ),
-    ConfigKey(
-        "doltHost",
-        "string",
-        "dolt.beads-server.svc.cluster.local",
-        "Dolt sql-server host bd connects to (server mode).",
-    ),
-    ConfigKey("doltPort", "integer", 3306, "Dolt sql-server port."),
-    ConfigKey("doltUser", "string", "beads", "Dolt user."),
-    ConfigKey("doltDatabase", "string", "code", "Dolt database holding the beads."),
-    ConfigKey(
-        "doltProjectId",
-        "string",
-        "",
-        "bd project_id of the database; empty leaves it out of metadata.json.",
-    ),
-    ConfigKey("doltTls", "boolean", False, "Connect to Dolt with TLS."),
-    ConfigKey(
-        "doltPasswordSecretName",
-        "string",
-        "",
-        "Secret holding the Dolt password; empty for no password.",
-    ),
-    ConfigKey(
-        "doltPasswordSecretKey",
-        "string",
-        "password",
-        "Key of the Dolt password inside that Secret.",
-    ),
-    ConfigKey(
-        "httpTimeoutSeconds",
-        "integer",
-        int(job_env.DEFAULT_HTTP_TIMEOUT_SECONDS),
-        "Timeout of each BeadBoard request.",
-    ),
-    ConfigKey(
-        "bdTimeoutSeconds",
-        "integer",
-        int(job_env.DEFAULT_BD_TIMEOUT_SECONDS),
-        "Timeout of each bd call.",
-    ),
-    ConfigKey(
-        "dispatcherDeadlineSeconds",
-        "integer",
-        100,
-        "activeDeadlineSeconds of a dispatcher run; keep it below the schedule interval.",
-    ),
-    ConfigKey("reaperDeadlineSeconds", "integer", 300, "activeDeadlineSeconds of a reaper run."),
-    ConfigKey(
-        "dispatcherWindowSeconds",
-        "integer",
-        job_env.DEFAULT_DISPATCH_WINDOW_SECONDS,
-        "How long one dispatcher run keeps polling; 0 = one pass (the original behaviour).",
-    ),
-    ConfigKey(
-        "pollIntervalSeconds",
-        "integer",
-        job_env.DEFAULT_POLL_INTERVAL_SECONDS,
-        "Seconds between polls inside a window (an idle poll = one bd call, no HTTP).",
-    ),
-    ConfigKey(
-        "agentHealthUrl",
-        "string",
-        "",
-        "claude-agent-service /health URL; set it to fill every free agent slot per poll.",
-    ),
-    ConfigKey(
-        "maxInFlight",
-        "integer",
-        job_env.DEFAULT_MAX_IN_FLIGHT,
-        "With agentHealthUrl: at most this many agent jobs running or queued at once.",
-    ),
-    ConfigKey(
-        "networkPolicyEnabled",
-        "boolean",
-        False,
-        "Add a NetworkPolicy for the jobs' pods: no ingress; egress only to DNS, Dolt, "
-        "BeadBoard and (with agentHealthUrl) the agent service.",
-    ),
+from jobs.settings import (
+    ConfigError,
+    RuntimeSettings,
+    config_key,
+    env_name,
+    validate_settings,
 )
-
-_KEY_LABELS = {key.name: f"config key {key.name!r}:" for key in CONFIG_KEYS}
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -193,10 +55,6 @@ def _optional_name(value: str) -> str:
     return value
 
 
-def _optional_url(value: str) -> str:
-    return job_env.http_url(value) if value.strip() else ""
-
-
 def _schedule(value: str) -> str:
     try:
         parse_schedule(value)
@@ -210,44 +68,69 @@ Schedule = Annotated[str, AfterValidator(_schedule)]
 OptionalName = Annotated[str, AfterValidator(_optional_name)]
 
 
-class DeploySettings(BaseModel):
-    """The validated stack config: every resource is derived from this alone."""
+class DeploySettings(RuntimeSettings):
+    """The validated stack config: every resource is derived from this alone.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    The runtime knobs are inherited from RuntimeSettings (the same fields the jobs validate
+    with); these are the keys only the deployment reads.
+    """
 
-    dispatcher_enabled: bool = Field(alias="dispatcherEnabled")
-    namespace: Namespace = Field(alias="namespace")
+    namespace: Namespace = Field(
+        default="beads-server", description="Namespace for every resource (must already exist)."
+    )
     image: Annotated[str, AfterValidator(_pattern(_IMAGE, "an image reference"))] = Field(
-        alias="image"
+        default="claude-agent-service:latest",
+        description="The reused claude-agent-service image (python3, pydantic, bd 1.0.2). "
+        "See README, Image tag.",
     )
-    image_pull_secret: OptionalName = Field(alias="imagePullSecret")
-    dispatcher_schedule: Schedule = Field(alias="dispatcherSchedule")
-    reaper_schedule: Schedule = Field(alias="reaperSchedule")
-    reaper_threshold_minutes: int = Field(alias="reaperThresholdMinutes", gt=0, le=7 * 24 * 60)
-    max_dispatch_attempts: int = Field(alias="maxDispatchAttempts", ge=1, le=100)
-    agent_assignee: job_env.Assignee = Field(alias="agentAssignee")
-    beadboard_url: job_env.HttpUrl = Field(alias="beadboardUrl")
+    image_pull_secret: OptionalName = Field(
+        default="registry-credentials", description="Pull secret for the image; empty for none."
+    )
+    dispatcher_schedule: Schedule = Field(
+        default="*/2 * * * *", description="Cron schedule of the dispatcher (UTC)."
+    )
+    reaper_schedule: Schedule = Field(
+        default="*/10 * * * *", description="Cron schedule of the reaper (UTC)."
+    )
     dolt_host: Annotated[str, AfterValidator(_pattern(_HOST, "a host name"))] = Field(
-        alias="doltHost"
+        default="dolt.beads-server.svc.cluster.local",
+        description="Dolt sql-server host bd connects to (server mode).",
     )
-    dolt_port: int = Field(alias="doltPort", ge=1, le=65535)
-    dolt_user: str = Field(alias="doltUser", min_length=1)
-    dolt_database: str = Field(alias="doltDatabase", min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    dolt_project_id: str = Field(alias="doltProjectId")
-    dolt_tls: bool = Field(alias="doltTls")
-    dolt_password_secret_name: OptionalName = Field(alias="doltPasswordSecretName")
+    dolt_port: int = Field(default=3306, ge=1, le=65535, description="Dolt sql-server port.")
+    dolt_user: str = Field(default="beads", min_length=1, description="Dolt user.")
+    dolt_database: str = Field(
+        default="code",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Dolt database holding the beads.",
+    )
+    dolt_project_id: str = Field(
+        default="",
+        description="bd project_id of the database; empty leaves it out of metadata.json.",
+    )
+    dolt_tls: bool = Field(default=False, description="Connect to Dolt with TLS.")
+    dolt_password_secret_name: OptionalName = Field(
+        default="", description="Secret holding the Dolt password; empty for no password."
+    )
     dolt_password_secret_key: Annotated[
         str, AfterValidator(_pattern(_SECRET_KEY, "a Secret data key"))
-    ] = Field(alias="doltPasswordSecretKey")
-    http_timeout_seconds: int = Field(alias="httpTimeoutSeconds", gt=0, le=600)
-    bd_timeout_seconds: int = Field(alias="bdTimeoutSeconds", gt=0, le=3600)
-    dispatcher_deadline_seconds: int = Field(alias="dispatcherDeadlineSeconds", ge=10)
-    reaper_deadline_seconds: int = Field(alias="reaperDeadlineSeconds", ge=10)
-    dispatcher_window_seconds: int = Field(alias="dispatcherWindowSeconds", ge=0, le=86400)
-    poll_interval_seconds: int = Field(alias="pollIntervalSeconds", ge=1, le=3600)
-    agent_health_url: Annotated[str, AfterValidator(_optional_url)] = Field(alias="agentHealthUrl")
-    max_in_flight: int = Field(alias="maxInFlight", ge=1, le=1000)
-    network_policy_enabled: bool = Field(alias="networkPolicyEnabled")
+    ] = Field(default="password", description="Key of the Dolt password inside that Secret.")
+    dispatcher_deadline_seconds: int = Field(
+        default=100,
+        ge=10,
+        description="activeDeadlineSeconds of a dispatcher run; keep it below the schedule "
+        "interval.",
+    )
+    reaper_deadline_seconds: int = Field(
+        default=300, ge=10, description="activeDeadlineSeconds of a reaper run."
+    )
+    network_policy_enabled: bool = Field(
+        default=False,
+        description="Add a NetworkPolicy for the jobs' pods: no ingress; egress only to DNS "
+        "(any pod in kube-system, UDP/TCP 53), Dolt (doltPort), BeadBoard (pod port 3000: a "
+        "policy sees the pod behind the Service's port 80) and, with agentHealthUrl, the agent "
+        "service (its URL's port, assumed equal to its pod's). See README, NetworkPolicy.",
+    )
 
     @property
     def dispatcher_interval_seconds(self) -> int:
@@ -274,47 +157,54 @@ def check_timing(settings: DeploySettings) -> None:
         )
 
 
-def defaults() -> dict[str, Any]:
-    return {key.name: key.default for key in CONFIG_KEYS}
+# Pulumi.yaml's type for each Python type a setting may have.
+_PULUMI_TYPES = {bool: "boolean", int: "integer", str: "string"}
 
 
-def settings_from(values: dict[str, Any]) -> DeploySettings:
-    """Validate raw config values (missing keys take defaults) into DeploySettings."""
-    unknown = sorted(set(values) - {key.name for key in CONFIG_KEYS})
+@dataclass(frozen=True)
+class ConfigKey:
+    """One stack config key as Pulumi.yaml and the README declare it, derived from a field."""
+
+    name: str
+    field: str
+    type: str  # Pulumi.yaml type: string | integer | boolean
+    default: Any
+    description: str
+    env: str | None  # the env var the jobs read it as, for runtime settings
+
+
+def _config_key(field: str, info: FieldInfo) -> ConfigKey:
+    annotation = info.annotation
+    type_name = next((name for kind, name in _PULUMI_TYPES.items() if annotation is kind), None)
+    if type_name is None:
+        raise TypeError(f"setting {field!r}: no Pulumi config type for {annotation!r}")
+    return ConfigKey(
+        name=config_key(field),
+        field=field,
+        type=type_name,
+        default=info.default,
+        description=info.description or "",
+        env=env_name(field) if field in RuntimeSettings.model_fields else None,
+    )
+
+
+CONFIG_KEYS: tuple[ConfigKey, ...] = tuple(
+    _config_key(field, info) for field, info in DeploySettings.model_fields.items()
+)
+_BY_KEY = {key.name: key for key in CONFIG_KEYS}
+_LABELS = {key.field: f"config key {key.name!r}:" for key in CONFIG_KEYS}
+
+
+def settings_from(values: Mapping[str, Any]) -> DeploySettings:
+    """Validate config values keyed by config key (text or typed; missing keys take defaults).
+
+    Pulumi hands every value over as text; the fields' own types parse it, exactly as the
+    jobs parse the same text from their env.
+    """
+    unknown = sorted(set(values) - set(_BY_KEY))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}")
-    merged = defaults() | values
-    try:
-        settings = DeploySettings.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(job_env.describe_validation_error(exc, _KEY_LABELS)) from None
+    raw = {_BY_KEY[name].field: value for name, value in values.items()}
+    settings = validate_settings(DeploySettings, raw, _LABELS)
     check_timing(settings)
     return settings
-
-
-def coerce(key: ConfigKey, raw: str) -> Any:
-    """A `pulumi config` string as the declared type, or ConfigError naming the key."""
-    if key.type == "boolean":
-        try:
-            return job_env.parse_bool(raw)
-        except ValueError as exc:
-            raise ConfigError(f"config key {key.name!r}: {exc}") from None
-    if key.type == "integer":
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise ConfigError(
-                f"config key {key.name!r}: must be a whole number, got {raw!r}"
-            ) from None
-    return raw
-
-
-def settings_from_strings(raw_values: dict[str, str]) -> DeploySettings:
-    """What `pulumi config get` returns is text; type it per CONFIG_KEYS, then validate."""
-    by_name = {key.name: key for key in CONFIG_KEYS}
-    typed: dict[str, Any] = {}
-    for name, raw in raw_values.items():
-        if name not in by_name:
-            raise ConfigError(f"unknown config key {name!r}")
-        typed[name] = coerce(by_name[name], raw)
-    return settings_from(typed)

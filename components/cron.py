@@ -43,14 +43,10 @@ class CronError(ValueError):
 
 @dataclass(frozen=True)
 class Schedule:
-    expression: str
+    """The times of day a valid schedule fires (the day fields are checked, not kept)."""
+
     minutes: frozenset[int]
     hours: frozenset[int]
-    days_of_month: frozenset[int]
-    months: frozenset[int]
-    days_of_week: frozenset[int]
-    dom_restricted: bool
-    dow_restricted: bool
 
     def runs_per_day(self) -> int:
         """Runs on a day the schedule is active at all (the busiest case for daily figures)."""
@@ -80,16 +76,7 @@ def parse_schedule(expression: str) -> Schedule:
             f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
         )
     sets = [_parse_field(part, spec) for part, spec in zip(parts, _FIELDS, strict=True)]
-    return Schedule(
-        expression=expression,
-        minutes=sets[0],
-        hours=sets[1],
-        days_of_month=sets[2],
-        months=sets[3],
-        days_of_week=sets[4],
-        dom_restricted=parts[2] not in ("*", "?"),
-        dow_restricted=parts[4] not in ("*", "?"),
-    )
+    return Schedule(minutes=sets[0], hours=sets[1])
 
 
 def _parse_field(text: str, spec: _Field) -> frozenset[int]:

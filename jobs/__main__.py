@@ -7,25 +7,41 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, resolve_bd_bin
-from jobs.dispatch import Dispatcher, RuntimeSwitch, StopSignal
+from jobs.dispatch import Dispatcher, RuntimeSwitch
 from jobs.lock import LockError, lock_for
 from jobs.log import Clock, EventLog, new_run_id, utc_now
 from jobs.protocol import ExitCode
 from jobs.reap import Reaper
-from jobs.settings import (
-    BD_BIN,
-    BEADS_METADATA_FILE,
-    ConfigError,
-    Settings,
-    load_settings,
-    require_beadboard_url,
-)
+from jobs.run import RunContext
+from jobs.settings import ConfigError, JobSettings, env_name, load_settings
+
+
+def run_dispatch(context: RunContext) -> int:
+    settings = context.settings
+    health = (
+        AgentHealth(settings.agent_health_url, settings.http_timeout_seconds)
+        if settings.agent_health_url
+        else None
+    )
+    switch = RuntimeSwitch(settings.dispatcher_enabled, settings.runtime_config_dir, context.log)
+    try:
+        with BeadBoard(settings.beadboard_url, settings.http_timeout_seconds) as board:
+            return Dispatcher(context, board, load=health, switch=switch).run()
+    finally:
+        if health is not None:
+            health.close()
+
+
+def run_reap(context: RunContext) -> int:
+    return Reaper(context).run()
+
+
+JOBS: dict[str, Callable[[RunContext], int]] = {"dispatch": run_dispatch, "reap": run_reap}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,36 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python3 -m jobs",
         description="Auto-dispatch beads assigned to the agent, or reap stuck ones.",
     )
-    parser.add_argument("job", choices=["dispatch", "reap"], help="which tick to run once")
+    parser.add_argument("job", choices=sorted(JOBS), help="which job to run once")
     parser.add_argument(
         "--dry-run", action="store_true", help="decide and log, change no bead, dispatch nothing"
     )
     return parser
 
 
-def prepare_beads_dir(settings: Settings) -> None:
+def prepare_beads_dir(settings: JobSettings) -> None:
     """bd writes lock/state files beside metadata.json; ConfigMap mounts are read-only."""
     try:
         settings.beads_db.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"BEADS_DB {settings.beads_db}: cannot create it ({exc.strerror})"
+            f"{env_name('beads_db')} {settings.beads_db}: cannot create it ({exc.strerror})"
         ) from None
     source = settings.beads_metadata_file
     if source is None:
         return
     if not source.is_file():
-        raise ConfigError(f"{BEADS_METADATA_FILE} {source}: no such file")
+        raise ConfigError(f"{env_name('beads_metadata_file')} {source}: no such file")
     try:
         shutil.copyfile(source, settings.beads_db / "metadata.json")
     except OSError as exc:
-        raise ConfigError(f"{BEADS_METADATA_FILE} {source}: cannot copy ({exc.strerror})") from None
-
-
-def shifted_clock(clock: Clock, pretend_now: datetime) -> Clock:
-    """A clock that starts at `pretend_now` and then runs at real speed."""
-    offset = pretend_now - clock()
-    return lambda: clock() + offset
+        raise ConfigError(
+            f"{env_name('beads_metadata_file')} {source}: cannot copy ({exc.strerror})"
+        ) from None
 
 
 def main(
@@ -77,59 +89,37 @@ def main(
     log = EventLog(args.job, run_id, clock, stream)
     try:
         settings = load_settings(env)
-        board_url = require_beadboard_url(settings) if args.job == "dispatch" else None
     except ConfigError as exc:
         return _config_error(log, exc)
-    if settings.now_override is not None:
-        clock = shifted_clock(clock, settings.now_override)
-        log = EventLog(args.job, run_id, clock, stream)
     log.event("run.start", dry_run=args.dry_run, assignee=settings.agent_assignee)
-    if not settings.enabled:
+    if not settings.dispatcher_enabled:
         # The kill switch: nothing read, nothing written, nothing sent.
-        log.event("run.paused", detail="AUTODISPATCH_ENABLED is false; nothing done")
+        log.event("run.paused", detail=f"{env_name('dispatcher_enabled')} is false; nothing done")
         return 0
     try:
         if resolve_bd_bin(settings.bd_bin) is None:
-            raise ConfigError(f"{BD_BIN} {settings.bd_bin!r}: not found or not executable")
+            raise ConfigError(
+                f"{env_name('bd_bin')} {settings.bd_bin!r}: not found or not executable"
+            )
         prepare_beads_dir(settings)
         lock = lock_for(settings.beads_db, env)
     except ConfigError as exc:
         return _config_error(log, exc)
     except LockError as exc:
         return _config_error(log, ConfigError(str(exc)))
-    bd = BdClient(
+    store = BdClient(
         settings.bd_bin,
         settings.beads_db,
         actor=settings.agent_assignee,
         timeout_seconds=settings.bd_timeout_seconds,
     )
-    if board_url is None:
-        return Reaper(settings, bd, lock, clock, log, dry_run=args.dry_run).run()
-    stop = StopSignal()
+    context = RunContext(settings, store, lock, clock, log, dry_run=args.dry_run)
     # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.request())
-    health = (
-        AgentHealth(settings.agent_health_url, settings.http_timeout_seconds)
-        if settings.agent_health_url
-        else None
-    )
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: context.stop.request())
     try:
-        with BeadBoard(board_url, settings.http_timeout_seconds) as board:
-            return Dispatcher(
-                settings,
-                bd,
-                board,
-                lock,
-                clock,
-                log,
-                load=health,
-                stop=stop,
-                switch=RuntimeSwitch(settings.enabled, settings.runtime_dir, log),
-                dry_run=args.dry_run,
-            ).run()
+        return JOBS[args.job](context)
     finally:
-        if health is not None:
-            health.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _config_error(log: EventLog, exc: ConfigError) -> int:

@@ -60,7 +60,7 @@ class BeadBoard:
             timeout=timeout_seconds,
             transport=transport,
             follow_redirects=False,
-            headers={"user-agent": "beads-auto-dispatch"},
+            headers={"user-agent": "beads-autodispatch"},
         )
 
     def close(self) -> None:

@@ -1,4 +1,9 @@
-"""The only place that runs `bd`: typed beads in, bd 1.0.2 CLI calls out."""
+"""The bead store the jobs depend on, and the only place that runs `bd` (bd 1.0.2's CLI).
+
+The dispatcher and the reaper see beads only through `BeadStore`; `BdClient` is the one
+implementation the product ships. Unit tests drive the jobs with an in-memory store; the
+real-bd suite holds the CLI to what `BdClient` assumes.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-STATUS_OPEN = "open"
-STATUS_IN_PROGRESS = "in_progress"
-STATUS_BLOCKED = "blocked"
-STATUS_CLOSED = "closed"
+from jobs.protocol import Status, queue_expression
 
 _ADVISORY = re.compile(r"^(warning|fix:|or:|to |remove |the port file)", re.IGNORECASE)
 # bd prints at most this much of an error worth quoting in a log line.
@@ -103,14 +105,43 @@ class BdRejected(BdError):
     """bd answered but refused: the bead is gone or is held by someone else."""
 
 
-@dataclass
-class CallCounter:
-    """How many bd processes a run started; the benchmark reads it."""
+class BeadStore(Protocol):
+    """What the jobs need of a beads database: two reads and two kinds of write."""
 
-    calls: int = 0
+    @property
+    def calls(self) -> int:
+        """How many store calls this run made (for bd: processes started)."""
+        ...
 
-    def record(self) -> None:
-        self.calls += 1
+    def queue(self, assignee: str, status: Status) -> QueryResult:
+        """Every bead of `assignee` in `status`, without a cap."""
+        ...
+
+    def show(self, bead_id: str) -> Bead:
+        """The bead as it is now, comments included; BdError when it cannot be read."""
+        ...
+
+    def update(
+        self,
+        bead_id: str,
+        *,
+        claim: bool = False,
+        status: Status | None = None,
+        note: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> None:
+        """One write: status, an appended note and metadata changes land together.
+
+        `claim` takes an unassigned bead for `actor`; BdRejected when the bead is gone or
+        someone else holds it.
+        """
+        ...
+
+    def comment(self, bead_id: str, text: str) -> None:
+        """A comment row of its own: it can never overwrite anyone's note."""
+        ...
 
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -134,12 +165,17 @@ class BdClient:
         self.timeout_seconds = timeout_seconds
         self._env = dict(env) if env is not None else None
         self._run = runner
-        self.counter = CallCounter()
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     # -- reads ---------------------------------------------------------------
 
-    def query(self, expression: str) -> QueryResult:
-        """All matching beads: `--limit 0`, because bd's default cap of 50 starves the rest."""
+    def queue(self, assignee: str, status: Status) -> QueryResult:
+        """`--limit 0`, because bd's default cap of 50 starves the rest."""
+        expression = queue_expression(assignee, status)
         payload = self._json(["query", expression, "--limit", "0"])
         return _beads_from(payload, f"bd query {expression!r}")
 
@@ -163,9 +199,8 @@ class BdClient:
         bead_id: str,
         *,
         claim: bool = False,
-        status: str | None = None,
+        status: Status | None = None,
         note: str | None = None,
-        assignee: str | None = None,
         set_metadata: Mapping[str, str] | None = None,
         unset_metadata: Sequence[str] = (),
         actor: str | None = None,
@@ -179,8 +214,6 @@ class BdClient:
             args.append("--claim")
         if status is not None:
             args += ["--status", status]
-        if assignee is not None:
-            args += ["--assignee", assignee]
         if note is not None:
             args += ["--append-notes", note]
         for key, value in sorted((set_metadata or {}).items()):
@@ -208,7 +241,7 @@ class BdClient:
             "--json",
             *args,
         ]
-        self.counter.record()
+        self._calls += 1
         try:
             completed = self._run(
                 command,

@@ -11,12 +11,12 @@ bead is in hand at a time: a failure or a 409 never leaves a pile of claimed bea
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
+
+from pydantic import TypeAdapter, ValidationError
 
 from jobs import notes
 from jobs.beadboard import (
@@ -28,45 +28,12 @@ from jobs.beadboard import (
     DispatchOutcome,
     DispatchUnknown,
 )
-from jobs.beads import (
-    STATUS_BLOCKED,
-    STATUS_IN_PROGRESS,
-    STATUS_OPEN,
-    BdClient,
-    BdError,
-    BdRejected,
-    Bead,
-)
-from jobs.lock import DispatchLock, LockError, LockLost, ensure_held
-from jobs.log import Clock, EventLog, peak_memory
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, ExitCode, Stage, queue_expression
-from jobs.settings import AUTODISPATCH_ENABLED, Settings, parse_bool
-
-
-class Outcome(StrEnum):
-    """What a poll came to; declared worst first, so a run reports the worst of its polls."""
-
-    ERROR = "error"
-    LOCK_LOST = "lock_lost"
-    BLOCKED_AFTER_FAILURES = "blocked_after_failures"
-    DISPATCH_FAILED = "dispatch_failed"
-    DISPATCH_UNKNOWN = "dispatch_unknown"
-    DISPATCHED = "dispatched"
-    AGENT_BUSY_ON_DISPATCH = "agent_busy_on_dispatch"
-    STOPPED = "stopped"
-    LOCK_BUSY = "lock_busy"
-    AGENT_BUSY = "agent_busy"
-    DRY_RUN = "dry_run"
-    NOTHING_CLAIMABLE = "nothing_claimable"
-    QUEUE_EMPTY = "queue_empty"
-    PAUSED = "paused"
-
-
-_RANK = {outcome: index for index, outcome in enumerate(Outcome)}
-
-
-def worst(*outcomes: Outcome) -> Outcome:
-    return min(outcomes, key=_RANK.__getitem__)
+from jobs.beads import BdError, BdRejected, Bead
+from jobs.lock import LockError, LockLost, ensure_held
+from jobs.log import EventLog, peak_memory
+from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, ExitCode, Outcome, Stage, Status, worst
+from jobs.run import RunContext
+from jobs.settings import env_name
 
 
 class Board(Protocol):
@@ -78,21 +45,8 @@ class LoadSource(Protocol):
     def load(self) -> AgentLoad: ...
 
 
-class StopSignal:
-    """Set by SIGTERM; sleeping between polls wakes at once when it is set."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def request(self) -> None:
-        self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, seconds: float) -> bool:
-        return self._event.wait(seconds)
+ENABLED_ENV = env_name("dispatcher_enabled")
+_BOOL = TypeAdapter(bool)
 
 
 class RuntimeSwitch:
@@ -109,10 +63,11 @@ class RuntimeSwitch:
     def enabled(self) -> bool:
         if self._directory is None:
             return self._value
-        path = self._directory / AUTODISPATCH_ENABLED
+        path = self._directory / ENABLED_ENV
         try:
-            self._value = parse_bool(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            # Parsed by the same rules as the env var the run started with.
+            self._value = _BOOL.validate_python(path.read_text(encoding="utf-8").strip())
+        except (OSError, ValidationError) as exc:
             self._log.warning("runtime.unreadable", path=str(path), error=str(exc))
         return self._value
 
@@ -141,7 +96,7 @@ def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
 
 
 def _is_eligible(bead: Bead, assignee: str) -> bool:
-    return bead.status == STATUS_OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
+    return bead.status == Status.OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
 
 
 def attempts_so_far(bead: Bead) -> int:
@@ -154,30 +109,26 @@ def attempts_so_far(bead: Bead) -> int:
 
 
 class Dispatcher:
+    """One dispatcher run: `Dispatcher(context, board, ...).run()` -> exit code."""
+
     def __init__(
         self,
-        settings: Settings,
-        bd: BdClient,
+        context: RunContext,
         board: Board,
-        lock: DispatchLock,
-        clock: Clock,
-        log: EventLog,
         *,
         load: LoadSource | None = None,
-        stop: StopSignal | None = None,
         switch: RuntimeSwitch | None = None,
-        dry_run: bool = False,
     ) -> None:
-        self.settings = settings
-        self.bd = bd
+        self.settings = settings = context.settings
+        self.store = context.store
+        self.lock = context.lock
+        self.clock = context.clock
+        self.log = context.log
+        self.stop = context.stop
+        self.dry_run = context.dry_run
         self.board = board
-        self.lock = lock
         self.load = load
-        self.clock = clock
-        self.log = log
-        self.stop = stop or StopSignal()
-        self.switch = switch or RuntimeSwitch(settings.enabled, None, log)
-        self.dry_run = dry_run
+        self.switch = switch or RuntimeSwitch(settings.dispatcher_enabled, None, self.log)
         self.tally = RunTally()
         # Beads this run will not touch again, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
@@ -187,11 +138,11 @@ class Dispatcher:
 
     def run(self) -> int:
         started = self.clock()
-        window = timedelta(seconds=self.settings.dispatch_window_seconds)
+        window = timedelta(seconds=self.settings.dispatcher_window_seconds)
         interval = self.settings.poll_interval_seconds
         while True:
             if not self.switch.enabled():
-                self.log.event("run.paused", detail=f"{AUTODISPATCH_ENABLED} is false")
+                self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
                 self.tally.outcomes.add(Outcome.PAUSED)
                 break
             poll_started = self.clock()
@@ -224,7 +175,7 @@ class Dispatcher:
             returned_to_queue=self.tally.returned,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
-            bd_calls=self.bd.counter.calls,
+            bd_calls=self.store.calls,
             dry_run=self.dry_run,
             exit_code=int(code),
             **peak_memory(),
@@ -252,7 +203,7 @@ class Dispatcher:
 
     def poll(self) -> Outcome:
         assignee = self.settings.agent_assignee
-        queue = self.bd.query(queue_expression(assignee, STATUS_OPEN))
+        queue = self.store.queue(assignee, Status.OPEN)
         self._hold_back_unreadable(queue.unreadable)
         candidates = [
             b for b in eligible_in_order(queue.beads, assignee) if b.id not in self._held_back
@@ -302,7 +253,7 @@ class Dispatcher:
         """Under the lock: one fresh read, then each bead claimed, sent and recorded in turn."""
         assignee = self.settings.agent_assignee
         # One fresh query instead of a `bd show` per candidate: the lock makes it current.
-        fresh = {b.id: b for b in self.bd.query(queue_expression(assignee, STATUS_OPEN)).beads}
+        fresh = {b.id: b for b in self.store.queue(assignee, Status.OPEN).beads}
         outcomes: list[Outcome] = []
         sent = 0
         for candidate in candidates:
@@ -329,10 +280,10 @@ class Dispatcher:
         ensure_held(self.lock)
         try:
             # --claim refuses a bead someone re-assigned since the read (bd's one real CAS).
-            self.bd.update(
+            self.store.update(
                 bead.id,
                 claim=True,
-                status=STATUS_IN_PROGRESS,
+                status=Status.IN_PROGRESS,
                 note=notes.claimed(self.clock()),
                 set_metadata={STAGE_KEY: Stage.CLAIMED},
                 actor=self.settings.agent_assignee,
@@ -356,9 +307,9 @@ class Dispatcher:
         """
         ensure_held(self.lock)
         try:
-            self.bd.update(
+            self.store.update(
                 bead.id,
-                status=STATUS_OPEN,
+                status=Status.OPEN,
                 note=notes.not_sent(reason, self.clock()),
                 unset_metadata=[STAGE_KEY],
             )
@@ -372,7 +323,7 @@ class Dispatcher:
         ensure_held(self.lock)
         try:
             # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
-            self.bd.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
+            self.store.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
         except BdError as exc:
             returned = self._hand_back(bead, f"bd failed before the send ({exc})")
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
@@ -393,7 +344,7 @@ class Dispatcher:
 
     def _comment_best_effort(self, bead_id: str, text: str) -> None:
         try:
-            self.bd.comment(bead_id, text)
+            self.store.comment(bead_id, text)
         except BdError as exc:
             self.log.error("comment.failed", bead=bead_id, error=str(exc))
 
@@ -406,14 +357,14 @@ class Dispatcher:
             )
             # A comment, not a note: the agent's first `bd note` may land at this very moment,
             # and --append-notes would rewrite the notes field from a read taken before it.
-            self.bd.comment(bead.id, notes.dispatched(outcome.job_id, outcome.http_status, now))
+            self.store.comment(bead.id, notes.dispatched(outcome.job_id, outcome.http_status, now))
             ensure_held(self.lock)
             clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
-            self.bd.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
+            self.store.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
             return Outcome.DISPATCHED
         if isinstance(outcome, DispatchUnknown):
             # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
-            self.bd.comment(
+            self.store.comment(
                 bead.id,
                 notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
             )
@@ -423,14 +374,14 @@ class Dispatcher:
                 "dispatch.unknown",
                 bead=bead.id,
                 reason=outcome.reason,
-                bead_status=STATUS_IN_PROGRESS,
+                bead_status=Status.IN_PROGRESS,
             )
             return Outcome.DISPATCH_UNKNOWN
         ensure_held(self.lock)
         if isinstance(outcome, AgentBusy):
-            self.bd.update(
+            self.store.update(
                 bead.id,
-                status=STATUS_OPEN,
+                status=Status.OPEN,
                 note=notes.agent_busy(outcome.detail, now),
                 unset_metadata=[STAGE_KEY],
             )
@@ -444,26 +395,26 @@ class Dispatcher:
 
     def _record_failure(self, bead: Bead, outcome: DispatchFailed, now: datetime) -> Outcome:
         attempt = attempts_so_far(bead) + 1
-        limit = self.settings.dispatch_max_attempts
+        limit = self.settings.max_dispatch_attempts
         note = notes.dispatch_failed(attempt, limit, outcome.reason, now)
         self._hold_back(bead.id, "dispatch failed", quiet=True)
         self.tally.failed.append(bead.id)
         if attempt >= limit:
             # The count is cleared so a human who reopens the bead gets a fresh set of attempts.
-            self.bd.update(
-                bead.id, status=STATUS_BLOCKED, note=note, unset_metadata=[ATTEMPTS_KEY, STAGE_KEY]
+            self.store.update(
+                bead.id, status=Status.BLOCKED, note=note, unset_metadata=[ATTEMPTS_KEY, STAGE_KEY]
             )
-            status, result = STATUS_BLOCKED, Outcome.BLOCKED_AFTER_FAILURES
+            status, result = Status.BLOCKED, Outcome.BLOCKED_AFTER_FAILURES
             self.tally.blocked.append(bead.id)
         else:
-            self.bd.update(
+            self.store.update(
                 bead.id,
-                status=STATUS_OPEN,
+                status=Status.OPEN,
                 note=note,
                 set_metadata={ATTEMPTS_KEY: str(attempt)},
                 unset_metadata=[STAGE_KEY],
             )
-            status, result = STATUS_OPEN, Outcome.DISPATCH_FAILED
+            status, result = Status.OPEN, Outcome.DISPATCH_FAILED
         self.log.error(
             "dispatch.failed",
             bead=bead.id,

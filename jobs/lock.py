@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-LOCK_FILE_NAME = "autodispatch.lock"
+LOCK_FILE_NAME = "beads-autodispatch.lock"
 # MySQL/Dolt caps lock names at 64 characters.
 _LOCK_NAME_PREFIX = "beads-autodispatch:"
 _MAX_LOCK_NAME = 64
@@ -71,7 +71,7 @@ def ensure_held(lock: DispatchLock) -> None:
 
 
 class FileLock:
-    """`flock` on `<beads dir>/autodispatch.lock`: one holder per open file description."""
+    """`flock` on `<beads dir>/beads-autodispatch.lock`: one holder per open file description."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -6,8 +6,9 @@ from datetime import datetime
 
 from jobs.log import iso_utc
 
-DISPATCHER = "auto-dispatcher"
-REAPER = "reaper"
+# The CronJobs' names: who wrote a note, spelled as `kubectl get cronjobs` shows it.
+DISPATCHER = "beads-dispatcher"
+REAPER = "beads-reaper"
 
 
 def claimed(now: datetime) -> str:
@@ -50,14 +51,14 @@ def dispatch_unknown(reason: str, threshold_minutes: int, now: datetime) -> str:
 
 def lost_lock(reason: str, now: datetime) -> str:
     return (
-        f"auto-dispatcher lost its dispatch lock ({reason}) before sending; not sent, "
+        f"{DISPATCHER} lost its dispatch lock ({reason}) before sending; not sent, "
         f"the reaper hands this bead back ({DISPATCHER}, {iso_utc(now)})"
     )
 
 
 def reaped(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
     return (
-        f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking "
+        f"{REAPER}: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking "
         f"({REAPER}, {iso_utc(now)})"
     )
 
@@ -71,7 +72,7 @@ def not_sent(reason: str, now: datetime) -> str:
 
 def requeued_unsent(claimed_at: datetime, now: datetime) -> str:
     return (
-        f"reaper: claimed at {iso_utc(claimed_at)} but never sent to BeadBoard (the dispatcher "
+        f"{REAPER}: claimed at {iso_utc(claimed_at)} but never sent to BeadBoard (the dispatcher "
         f"that claimed it no longer holds the dispatch lock); back to open, not counted as a "
         f"failed attempt ({REAPER}, {iso_utc(now)})"
     )
@@ -79,7 +80,7 @@ def requeued_unsent(claimed_at: datetime, now: datetime) -> str:
 
 def reaped_unknown_outcome(minutes_idle: int, threshold_minutes: int, now: datetime) -> str:
     return (
-        f"reaper: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking; "
+        f"{REAPER}: no progress for {minutes_idle}m (threshold {threshold_minutes}m) — blocking; "
         f"the dispatcher stopped while sending, so BeadBoard may or may not have started a job: "
         f"check the agent before reopening ({REAPER}, {iso_utc(now)})"
     )

@@ -1,14 +1,24 @@
-"""The bead protocol both jobs share: which beads are queued, how far a hand-off got, exit codes.
+"""The bead protocol both jobs share: a bead's life, what a run can come to, exit codes.
 
-Kept apart from either job so the dispatcher and the reaper read one definition of a bead's
-life: open (queued) -> in_progress with stage `claimed` (lock held, not yet sent) -> stage
-`sending` (about to POST, or sent with no answer) -> stage cleared (sent) -> the agent's own
-notes, close, or the reaper's `blocked`.
+One definition of a bead's life for the dispatcher and the reaper alike: open (queued) ->
+in_progress with stage `claimed` (lock held, not yet sent) -> stage `sending` (about to POST,
+or sent with no answer) -> stage cleared (sent) -> the agent's own notes, close, or the
+reaper's `blocked`.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+
+
+class Status(StrEnum):
+    """bd 1.0.2's statuses, as far as the jobs read or write them."""
+
+    OPEN = "open"
+    IN_PROGRESS = "in_progress"
+    BLOCKED = "blocked"
+    CLOSED = "closed"
+
 
 # Failed attempts are counted on the bead itself, so the count survives pods.
 ATTEMPTS_KEY = "auto_dispatch_attempts"
@@ -28,6 +38,41 @@ class ExitCode(IntEnum):
     CONFIG = 2  # bad configuration: one line on stderr
 
 
+class Outcome(StrEnum):
+    """What a poll of either job came to; declared worst first, so a run reports its worst."""
+
+    ERROR = "error"
+    LOCK_LOST = "lock_lost"
+    BLOCKED_AFTER_FAILURES = "blocked_after_failures"
+    DISPATCH_FAILED = "dispatch_failed"
+    DISPATCH_UNKNOWN = "dispatch_unknown"
+    DISPATCHED = "dispatched"
+    REAPED = "reaped"
+    AGENT_BUSY_ON_DISPATCH = "agent_busy_on_dispatch"
+    STOPPED = "stopped"
+    LOCK_BUSY = "lock_busy"
+    AGENT_BUSY = "agent_busy"
+    DRY_RUN = "dry_run"
+    NOTHING_CLAIMABLE = "nothing_claimable"
+    NOTHING_DUE = "nothing_due"
+    QUEUE_EMPTY = "queue_empty"
+    PAUSED = "paused"
+
+
+_RANK = {outcome: index for index, outcome in enumerate(Outcome)}
+
+
+def worst(*outcomes: Outcome) -> Outcome:
+    return min(outcomes, key=_RANK.__getitem__)
+
+
+class ReapAction(StrEnum):
+    """What the reaper does to a bead it holds the lock for."""
+
+    REQUEUE = "requeue"  # claimed by a dispatcher that no longer holds the lock, never sent
+    BLOCK = "block"  # no sign of life for longer than the threshold
+
+
 def quoted(value: str) -> str:
     """A bd query string literal: bd's lexer takes "..." with backslash escapes.
 
@@ -36,5 +81,6 @@ def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def queue_expression(assignee: str, status: str) -> str:
+def queue_expression(assignee: str, status: Status) -> str:
+    """The bd query for one assignee's beads in one status."""
     return f"assignee={quoted(assignee)} AND status={status}"

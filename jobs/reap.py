@@ -9,31 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from jobs import notes
-from jobs.beads import (
-    STATUS_BLOCKED,
-    STATUS_IN_PROGRESS,
-    STATUS_OPEN,
-    BdClient,
-    BdError,
-    BdRejected,
-    Bead,
-)
-from jobs.lock import DispatchLock, LockError, LockLost, ensure_held
-from jobs.log import Clock, EventLog, peak_memory
-from jobs.protocol import STAGE_KEY, ExitCode, Stage, queue_expression
-from jobs.settings import Settings
+from jobs.beads import BdError, BdRejected, Bead
+from jobs.lock import LockError, LockLost, ensure_held
+from jobs.log import peak_memory
+from jobs.protocol import STAGE_KEY, ExitCode, Outcome, ReapAction, Stage, Status, worst
+from jobs.run import RunContext
 
 # A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
 # timeouts); waiting this long for it costs the reaper nothing and saves a run.
 LOCK_WAIT_SECONDS = 30.0
-
-
-class Action(StrEnum):
-    REQUEUE = "requeue"  # claimed by a dispatcher that no longer holds the lock, never sent
-    BLOCK = "block"  # no sign of life for longer than the threshold
 
 
 @dataclass
@@ -43,8 +29,12 @@ class ReapTally:
     blocked: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    lock_busy: bool = False
+    outcomes: set[Outcome] = field(default_factory=set)
     errors: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        return worst(*self.outcomes) if self.outcomes else Outcome.QUEUE_EMPTY
 
 
 def idle_minutes(bead: Bead, now: datetime) -> int:
@@ -52,55 +42,54 @@ def idle_minutes(bead: Bead, now: datetime) -> int:
 
 
 class Reaper:
+    """One reaper run: `Reaper(context).run()` -> exit code."""
+
     def __init__(
-        self,
-        settings: Settings,
-        bd: BdClient,
-        lock: DispatchLock,
-        clock: Clock,
-        log: EventLog,
-        *,
-        dry_run: bool = False,
-        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+        self, context: RunContext, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS
     ) -> None:
-        self.settings = settings
-        self.bd = bd
-        self.lock = lock
-        self.clock = clock
-        self.log = log
-        self.dry_run = dry_run
+        self.settings = context.settings
+        self.store = context.store
+        self.lock = context.lock
+        self.clock = context.clock
+        self.log = context.log
+        self.stop = context.stop
+        self.dry_run = context.dry_run
         self.lock_wait_seconds = lock_wait_seconds
-        self.threshold = timedelta(minutes=settings.reaper_threshold_minutes)
+        self.threshold = timedelta(minutes=self.settings.reaper_threshold_minutes)
         self.tally = ReapTally()
 
     def run(self) -> int:
         try:
-            self._tick()
+            self.tally.outcomes.add(self._tick())
         except LockLost as exc:
             self.log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
             self.tally.errors += 1
+            self.tally.outcomes.add(Outcome.LOCK_LOST)
         except (BdError, LockError) as exc:
             self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
             self.tally.errors += 1
+            self.tally.outcomes.add(Outcome.ERROR)
+        if self.tally.errors:
+            self.tally.outcomes.add(Outcome.ERROR)
         code = ExitCode.FAILED if self.tally.errors else ExitCode.OK
         self.log.event(
             "tick.done",
+            outcome=self.tally.outcome,
             in_progress=self.tally.in_progress,
             stale=self.tally.due,
             blocked=self.tally.blocked,
             requeued=self.tally.requeued,
             skipped=self.tally.skipped,
-            lock_busy=self.tally.lock_busy,
             errors=self.tally.errors,
-            bd_calls=self.bd.counter.calls,
+            bd_calls=self.store.calls,
             dry_run=self.dry_run,
             exit_code=int(code),
             **peak_memory(),
         )
         return int(code)
 
-    def _tick(self) -> None:
-        working = self.bd.query(queue_expression(self.settings.agent_assignee, STATUS_IN_PROGRESS))
+    def _tick(self) -> Outcome:
+        working = self.store.queue(self.settings.agent_assignee, Status.IN_PROGRESS)
         for bead_id, reason in working.unreadable.items():
             self._skip(bead_id, f"bd printed it in a shape we cannot read: {reason}")
         now = self.clock()
@@ -110,27 +99,31 @@ class Reaper:
         self.tally.in_progress, self.tally.due = len(working.beads), len(due)
         self.log.event("queue.read", in_progress=len(working.beads), due=[b.id for b in due])
         if not due:
-            return
+            return Outcome.NOTHING_DUE if working.beads else Outcome.QUEUE_EMPTY
         if self.dry_run:
             for bead in due:
                 self._reap_one(bead.id, dry_run=True)
-            return
+            return Outcome.DRY_RUN
         if not self.lock.try_acquire() and not self._wait_for_lock():
-            self.tally.lock_busy = True
             self.log.event(
                 "lock.busy",
                 lock=self.lock.description,
                 waited_seconds=self.lock_wait_seconds,
                 detail="a dispatcher is mid-hand-off; the next reaper run looks again",
             )
-            return
+            return Outcome.LOCK_BUSY
         self.log.event("lock.acquired", lock=self.lock.description)
         try:
             for bead in due:
+                if self.stop.requested:
+                    self.log.event("run.stopping", detail="SIGTERM: left the rest for the next run")
+                    return Outcome.STOPPED
                 self._reap_one(bead.id)
         finally:
             self.lock.release()
             self.log.event("lock.released", lock=self.lock.description)
+        reaped = self.tally.blocked or self.tally.requeued
+        return Outcome.REAPED if reaped else Outcome.NOTHING_DUE
 
     def _wait_for_lock(self) -> bool:
         self.log.event(
@@ -142,13 +135,13 @@ class Reaper:
         claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED
         return claimed or now - bead.updated_at > self.threshold
 
-    def _action(self, bead: Bead, now: datetime) -> Action | None:
-        if bead.status != STATUS_IN_PROGRESS or bead.assignee != self.settings.agent_assignee:
+    def _action(self, bead: Bead, now: datetime) -> ReapAction | None:
+        if bead.status != Status.IN_PROGRESS or bead.assignee != self.settings.agent_assignee:
             return None
         if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED:
-            return Action.REQUEUE
+            return ReapAction.REQUEUE
         if now - bead.last_activity > self.threshold:
-            return Action.BLOCK
+            return ReapAction.BLOCK
         return None
 
     def _reap_one(self, bead_id: str, *, dry_run: bool = False) -> None:
@@ -157,7 +150,7 @@ class Reaper:
             ensure_held(self.lock)
         try:
             # Fresh, with comments: the agent may have shown progress since the query.
-            current = self.bd.show(bead_id)
+            current = self.store.show(bead_id)
         except BdError as exc:
             self._skip(bead_id, f"cannot re-read it: {exc}")
             return
@@ -167,14 +160,14 @@ class Reaper:
             self.log.event("reap.skipped", bead=bead_id, detail="changed since the query")
             return
         if dry_run:
-            self.log.event(f"dry_run.would_{action}", bead=bead_id)
+            self.log.event("dry_run.would_reap", bead=bead_id, action=action)
             return
         ensure_held(self.lock)
         try:
-            if action == Action.REQUEUE:
-                self.bd.update(
+            if action == ReapAction.REQUEUE:
+                self.store.update(
                     bead_id,
-                    status=STATUS_OPEN,
+                    status=Status.OPEN,
                     note=notes.requeued_unsent(current.updated_at, now),
                     unset_metadata=[STAGE_KEY],
                 )
@@ -185,12 +178,12 @@ class Reaper:
             return
         except BdError as exc:
             # A fault of bd on this bead: an error line, then the rest of the run goes on.
-            self.log.error("reap.failed", bead=bead_id, action=str(action), error=str(exc))
+            self.log.error("reap.failed", bead=bead_id, action=action, error=str(exc))
             self.tally.errors += 1
             self._skip(bead_id, f"cannot update it: {exc}", quiet=True)
             return
         minutes = idle_minutes(current, now)
-        if action == Action.REQUEUE:
+        if action == ReapAction.REQUEUE:
             self.tally.requeued.append(bead_id)
             self.log.event("reap.requeued", bead=bead_id, detail="claimed, never sent")
         else:
@@ -209,9 +202,9 @@ class Reaper:
         note = (notes.reaped_unknown_outcome if unknown else notes.reaped)(
             minutes, self.settings.reaper_threshold_minutes, now
         )
-        self.bd.update(
+        self.store.update(
             bead.id,
-            status=STATUS_BLOCKED,
+            status=Status.BLOCKED,
             note=note,
             unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
         )

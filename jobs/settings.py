@@ -1,7 +1,15 @@
-"""The jobs' environment contract: one validated model, read once per run.
+"""Every setting, declared once: name, type, default, bounds and meaning.
 
-The env var names below are the single source of truth: the Pulumi component
-imports them to build the pod spec, so the two halves cannot drift apart.
+A setting is a pydantic field. Its other spellings are derived, never written twice:
+- the Pulumi config key is the field name in camelCase (`max_dispatch_attempts` ->
+  `maxDispatchAttempts`), and Pulumi.yaml's `config:` block is generated from these fields;
+- the env var the jobs read is the field name in upper case (`MAX_DISPATCH_ATTEMPTS`), and
+  the runtime ConfigMap is keyed by it.
+
+`RuntimeSettings` are the knobs a stack sets and the jobs read at run time; `JobSettings`
+adds what the pod spec itself sets (where bd and its database are). The deploy-only keys
+extend `RuntimeSettings` in components/config.py, so deploy time and run time validate a
+value with the same field.
 """
 
 from __future__ import annotations
@@ -9,53 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
-
-BEADBOARD_URL = "BEADBOARD_URL"
-BD_BIN = "BD_BIN"
-BEADS_DB = "BEADS_DB"
-BEADS_METADATA_FILE = "BEADS_METADATA_FILE"
-AGENT_ASSIGNEE = "AGENT_ASSIGNEE"
-REAPER_THRESHOLD_MINUTES = "REAPER_THRESHOLD_MINUTES"
-DISPATCH_MAX_ATTEMPTS = "DISPATCH_MAX_ATTEMPTS"
-AUTODISPATCH_ENABLED = "AUTODISPATCH_ENABLED"
-HTTP_TIMEOUT_SECONDS = "HTTP_TIMEOUT_SECONDS"
-BD_TIMEOUT_SECONDS = "BD_TIMEOUT_SECONDS"
-DISPATCH_WINDOW_SECONDS = "DISPATCH_WINDOW_SECONDS"
-POLL_INTERVAL_SECONDS = "POLL_INTERVAL_SECONDS"
-AGENT_HEALTH_URL = "AGENT_HEALTH_URL"
-MAX_IN_FLIGHT = "MAX_IN_FLIGHT"
-# A directory holding the runtime ConfigMap as files, re-read on every poll (kill switch).
-AUTODISPATCH_RUNTIME_DIR = "AUTODISPATCH_RUNTIME_DIR"
-# Tests and demos only: run as if the time now were this RFC 3339 instant.
-AUTODISPATCH_NOW = "AUTODISPATCH_NOW"
-
-DEFAULT_BD_BIN = "bd"
-# The pod mounts an emptyDir at /tmp: the one writable path bd needs.
-DEFAULT_BEADS_DB = "/tmp/.beads"  # noqa: S108
-DEFAULT_AGENT_ASSIGNEE = "agent"
-DEFAULT_REAPER_THRESHOLD_MINUTES = 30
-DEFAULT_DISPATCH_MAX_ATTEMPTS = 3
-DEFAULT_HTTP_TIMEOUT_SECONDS = 10.0
-DEFAULT_BD_TIMEOUT_SECONDS = 60.0
-DEFAULT_DISPATCH_WINDOW_SECONDS = 0
-DEFAULT_POLL_INTERVAL_SECONDS = 10
-DEFAULT_MAX_IN_FLIGHT = 10
-
-# Quoted in bd queries (jobs/protocol.py), so `@` and `.` are safe; kept to one plain token
-# so a typo with spaces or quotes is caught at deploy time.
-ASSIGNEE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 
 class ConfigError(Exception):
@@ -78,15 +43,13 @@ def http_url(value: str) -> str:
     return text.rstrip("/")
 
 
-def parse_bool(value: str) -> bool:
-    word = value.strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise ValueError(f"must be true or false, got {value!r}")
+def optional_http_url(value: str) -> str:
+    return http_url(value) if value.strip() else ""
 
 
+# Quoted in bd queries (jobs/protocol.py), so `@` and `.` are safe; kept to one plain token
+# so a typo with spaces or quotes is caught before anything runs.
+ASSIGNEE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 # bd's query language reads these assignee values as "unassigned".
 _UNASSIGNED_WORDS = frozenset({"none", "null"})
 
@@ -102,77 +65,137 @@ def assignee_name(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(http_url)]
+OptionalHttpUrl = Annotated[str, AfterValidator(optional_http_url)]
 Assignee = Annotated[str, AfterValidator(assignee_name)]
 
 
-class Settings(BaseModel):
-    """Everything a dispatch or reap run needs to know, validated at the edge."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    beadboard_url: HttpUrl | None = None
-    bd_bin: str = Field(default=DEFAULT_BD_BIN, min_length=1)
-    beads_db: Path = Path(DEFAULT_BEADS_DB)
-    beads_metadata_file: Path | None = None
-    agent_assignee: Assignee = DEFAULT_AGENT_ASSIGNEE
-    reaper_threshold_minutes: int = Field(default=DEFAULT_REAPER_THRESHOLD_MINUTES, gt=0)
-    dispatch_max_attempts: int = Field(default=DEFAULT_DISPATCH_MAX_ATTEMPTS, ge=1, le=100)
-    enabled: bool = True
-    http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0, le=600)
-    bd_timeout_seconds: float = Field(default=DEFAULT_BD_TIMEOUT_SECONDS, gt=0, le=3600)
-    dispatch_window_seconds: int = Field(default=DEFAULT_DISPATCH_WINDOW_SECONDS, ge=0, le=86400)
-    poll_interval_seconds: float = Field(default=DEFAULT_POLL_INTERVAL_SECONDS, gt=0, le=3600)
-    agent_health_url: HttpUrl | None = None
-    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=1000)
-    runtime_dir: Path | None = None
-    now_override: AwareDatetime | None = None
+def env_name(field_name: str) -> str:
+    """The env var (and runtime ConfigMap key) of a setting."""
+    return field_name.upper()
 
 
-# field name -> env var name; the order is the order errors are reported in.
-ENV_FIELDS: dict[str, str] = {
-    "beadboard_url": BEADBOARD_URL,
-    "bd_bin": BD_BIN,
-    "beads_db": BEADS_DB,
-    "beads_metadata_file": BEADS_METADATA_FILE,
-    "agent_assignee": AGENT_ASSIGNEE,
-    "reaper_threshold_minutes": REAPER_THRESHOLD_MINUTES,
-    "dispatch_max_attempts": DISPATCH_MAX_ATTEMPTS,
-    "enabled": AUTODISPATCH_ENABLED,
-    "http_timeout_seconds": HTTP_TIMEOUT_SECONDS,
-    "bd_timeout_seconds": BD_TIMEOUT_SECONDS,
-    "dispatch_window_seconds": DISPATCH_WINDOW_SECONDS,
-    "poll_interval_seconds": POLL_INTERVAL_SECONDS,
-    "agent_health_url": AGENT_HEALTH_URL,
-    "max_in_flight": MAX_IN_FLIGHT,
-    "runtime_dir": AUTODISPATCH_RUNTIME_DIR,
-    "now_override": AUTODISPATCH_NOW,
-}
+def config_key(field_name: str) -> str:
+    """The Pulumi config key of a setting."""
+    return to_camel(field_name)
 
 
-def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Build Settings from env; unset or blank variables take the defaults.
+class RuntimeSettings(BaseModel):
+    """Set per stack (`pulumi config set <key>`), delivered by the runtime ConfigMap."""
 
-    Raises ConfigError naming the first offending variable.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    dispatcher_enabled: bool = Field(
+        default=True,
+        description="Kill switch for both jobs. false suspends both CronJobs, and a run that "
+        "starts anyway (or a watch window already running) does nothing more.",
+    )
+    beadboard_url: HttpUrl = Field(
+        default="http://beadboard.beads-server.svc.cluster.local",
+        description="BeadBoard base URL (its /api/agent-status and /api/agent-dispatch).",
+    )
+    agent_assignee: Assignee = Field(
+        default="agent", description="The sentinel assignee that hands a bead to the agent."
+    )
+    reaper_threshold_minutes: int = Field(
+        default=30,
+        ge=1,
+        le=7 * 24 * 60,
+        description="An agent bead in_progress with no activity (field change, note or "
+        "comment) for longer than this is blocked.",
+    )
+    max_dispatch_attempts: int = Field(
+        default=3, ge=1, le=100, description="Failed dispatches of one bead before it is blocked."
+    )
+    http_timeout_seconds: int = Field(
+        default=10, ge=1, le=600, description="Timeout of each BeadBoard request."
+    )
+    bd_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Timeout of each bd call; a hung bd is killed and the run fails cleanly.",
+    )
+    dispatcher_window_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="How long one dispatcher run keeps polling; 0 = one pass (the original "
+        "behaviour). Must fit in dispatcherDeadlineSeconds (window + poll interval + 30 s), "
+        "which must stay below the schedule's interval.",
+    )
+    poll_interval_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="Seconds between polls inside a window (an idle poll = one bd call, no HTTP).",
+    )
+    agent_health_url: OptionalHttpUrl = Field(
+        default="",
+        description="claude-agent-service /health URL; set it to fill every free agent slot "
+        "per poll. Empty: one slot, through BeadBoard's busy flag.",
+    )
+    max_in_flight: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="With agentHealthUrl: at most this many agent jobs running or queued at once.",
+    )
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as the runtime ConfigMap carries them: env name -> text."""
+        return {
+            env_name(name): _env_text(getattr(self, name)) for name in RuntimeSettings.model_fields
+        }
+
+
+# The pod mounts an emptyDir at /tmp: the one writable path bd needs.
+POD_BEADS_DB = Path("/tmp/.beads")  # noqa: S108
+
+
+class JobSettings(RuntimeSettings):
+    """Everything a dispatch or reap run reads: the stack's knobs plus what the pod spec sets."""
+
+    bd_bin: str = Field(default="bd", min_length=1, description="bd executable.")
+    beads_db: Path = Field(default=POD_BEADS_DB, description="Beads dir, passed as `bd --db`.")
+    beads_metadata_file: Path | None = Field(
+        default=None,
+        description="Copied to BEADS_DB/metadata.json first (ConfigMap mounts are read-only); "
+        '`"dolt_mode": "server"` there makes the dispatch lock a Dolt named lock, otherwise '
+        "a flock on BEADS_DB/beads-autodispatch.lock.",
+    )
+    runtime_config_dir: Path | None = Field(
+        default=None,
+        description="The runtime ConfigMap mounted as files; DISPATCHER_ENABLED is re-read "
+        "from it on every poll, so the kill switch reaches a running watch window.",
+    )
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def validate_settings(
+    model: type[ModelT], raw: Mapping[str, Any], label: Mapping[str, str]
+) -> ModelT:
+    """Validate raw values keyed by field name; ConfigError names the first bad setting.
+
+    `label` maps a field name to what the user typed (an env var, a config key).
     """
-    raw: dict[str, object] = {}
-    for field, env_name in ENV_FIELDS.items():
-        value = environ.get(env_name)
-        if value is None or not value.strip():
-            continue
-        if field == "enabled":
-            try:
-                raw[field] = parse_bool(value)
-            except ValueError as exc:
-                raise ConfigError(f"{env_name} {exc}") from None
-        else:
-            raw[field] = value.strip()
+    cleaned = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
     try:
-        return Settings.model_validate(raw)
+        return model.model_validate(cleaned)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, ENV_FIELDS)) from None
+        raise ConfigError(describe_validation_error(exc, label)) from None
 
 
-def describe_validation_error(exc: ValidationError, names: Mapping[str, str]) -> str:
+def describe_validation_error(exc: ValidationError, label: Mapping[str, str]) -> str:
     """One line: the user-facing name of the first bad field and what is wrong."""
     first = exc.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
@@ -181,10 +204,18 @@ def describe_validation_error(exc: ValidationError, names: Mapping[str, str]) ->
     message = message.removeprefix("Value error, ")
     got = first.get("input")
     suffix = "" if "got " in message or got is None else f", got {got!r}"
-    return f"{names.get(field, field)} {message}{suffix}"
+    return f"{label.get(field, field)} {message}{suffix}"
 
 
-def require_beadboard_url(settings: Settings) -> str:
-    if settings.beadboard_url is None:
-        raise ConfigError(f"{BEADBOARD_URL} is required for dispatch (e.g. http://beadboard)")
-    return settings.beadboard_url
+def load_settings(environ: Mapping[str, str]) -> JobSettings:
+    """JobSettings from env; unset or blank variables take the defaults.
+
+    Raises ConfigError naming the first offending variable.
+    """
+    names = {name: env_name(name) for name in JobSettings.model_fields}
+    raw = {
+        name: value
+        for name, variable in names.items()
+        if (value := environ.get(variable)) is not None and value.strip()
+    }
+    return validate_settings(JobSettings, raw, names)
