@@ -7,7 +7,7 @@ export TOOLS_CACHE ?= $(HOME)/.cache/beads-autodispatch/bin
 # pytest-xdist workers: the slow tests are real bd and dolt processes, one core each.
 TEST_WORKERS ?= $(shell nproc)
 
-.PHONY: setup tools test lint scan demo bench clean
+.PHONY: setup tools test-tools test lint scan demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,9 +18,17 @@ $(VENV)/.installed: requirements.txt
 
 # Real bd 1.0.2, the pulumi CLI and its Kubernetes provider plugin, built from Go modules
 # into $(TOOLS_CACHE) (the plugin is then installed into ~/.pulumi/plugins); cached.
+# Each target builds only what it needs, all at once (two Go builds share the cores better
+# than one: each link step runs on one core); a tool already installed at its pinned version
+# is used instead of built. `make tools`: bd + the Pulumi CLI and provider (the demo's).
 tools:
-	tools/build-bd.sh >/dev/null
-	tools/build-pulumi.sh >/dev/null
+	tools/build-bd.sh >/dev/null & bd=$$!; tools/build-pulumi.sh >/dev/null; pulumi=$$?; \
+	  wait $$bd && exit $$pulumi
+
+# The tests also run dolt sql-server (server mode).
+test-tools:
+	tools/build-go-tool.sh dolt >/dev/null & dolt=$$!; $(MAKE) --no-print-directory tools; \
+	  rest=$$?; wait $$dolt && exit $$rest
 
 lint: setup
 	$(PY) -m ruff check .
@@ -31,7 +39,7 @@ lint: setup
 scan: setup
 	PYTHON=$(PY) tools/scan-manifests.sh
 
-test: setup tools lint scan
+test: setup test-tools lint scan
 	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest -n $(TEST_WORKERS)
 
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.

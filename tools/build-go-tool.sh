@@ -34,6 +34,12 @@ if version_ok "$BIN"; then
   echo "$BIN"
   exit 0
 fi
+# One already installed at the pinned version serves as well as one we build.
+if installed=$(command -v "$NAME") && version_ok "$installed"; then
+  log "using the installed $NAME $VERSION at $installed (not building)"
+  echo "$installed"
+  exit 0
+fi
 
 command -v go >/dev/null || { log "go not found on PATH"; exit 1; }
 command -v gcc >/dev/null || { log "gcc not found (embedded Dolt needs CGO)"; exit 1; }
@@ -43,7 +49,8 @@ start=$(date +%s)
 (
   cd "$TOOLS_DIR/$NAME"
   GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=1 \
-    go build -tags gms_pure_go -trimpath -o "$BIN.tmp" "$PACKAGE"
+    go build -p "${TOOLS_BUILD_JOBS:-$(nproc)}" -tags gms_pure_go -trimpath -ldflags "-s -w" \
+      -o "$BIN.tmp" "$PACKAGE"
 )
 mv "$BIN.tmp" "$BIN"
 if ! version_ok "$BIN"; then

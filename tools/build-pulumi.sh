@@ -92,34 +92,51 @@ PULUMI_VERSION=$(modver pulumi github.com/pulumi/pulumi/pkg/v3)   # v3.259.0
 [[ $(modver pulumi-kubernetes "$K8S_MODULE") == "$K8S_PSEUDO" ]] ||
   die "tools/pulumi-kubernetes/go.mod no longer selects $K8S_MODULE $K8S_PSEUDO; update K8S_PSEUDO/K8S_VERSION in $0"
 
-# ---- 1. pulumi CLI: the flags of upstream's release build ------------------------------
+# ---- 0. a compatible pulumi already installed, with the Kubernetes plugin: use it -------
+print_env() {
+  cat <<EOF
+export PATH="$1:\$PATH"
+export PULUMI_SKIP_UPDATE_CHECK=1
+export PULUMI_IGNORE_AMBIENT_PLUGINS=true
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=1
+EOF
+}
 PULUMI_BIN=$CACHE/pulumi
-VERSION_VAR=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
-flags=(-trimpath -tags osusergo,grpcnotrace -ldflags "-w -s -X $VERSION_VAR=$PULUMI_VERSION")
-st=$(stamp pulumi "${flags[@]}")
-if fresh "$PULUMI_BIN" "$st"; then
-  log "pulumi $PULUMI_VERSION: up to date"
-else
-  log "building pulumi $PULUMI_VERSION (slow) ..."; t=$SECONDS
-  (cd "$TOOLS_DIR/pulumi" && "${NICE[@]}" go build -p "$JOBS" "${flags[@]}" \
-    -o "$PULUMI_BIN.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
-  mv -f "$PULUMI_BIN.tmp" "$PULUMI_BIN"; echo "$st" >"$PULUMI_BIN.stamp"
-  log "built pulumi in $((SECONDS - t))s"
+if [[ ! -x $PULUMI_BIN ]] && installed=$(command -v pulumi) &&
+  have=$("$installed" version 2>/dev/null) &&
+  # The Python SDK is pinned to $PULUMI_VERSION: any v3 CLI at least that new drives it.
+  [[ $have == v3.* && $(printf '%s\n' "$PULUMI_VERSION" "$have" | sort -V | head -1) == "$PULUMI_VERSION" ]] &&
+  "$installed" plugin ls 2>/dev/null |
+  grep -Eq "^kubernetes[[:space:]]+resource[[:space:]]+$K8S_VERSION[[:space:]]"; then
+  log "using the installed pulumi $have at $installed with plugin kubernetes $K8S_VERSION (not building)"
+  if $PRINT_ENV; then print_env "${installed%/*}"; else echo "$installed"; fi
+  exit 0
 fi
-got=$("$PULUMI_BIN" version) && [[ $got == "$PULUMI_VERSION" ]] ||
-  die "'$PULUMI_BIN version' printed '${got:-}', expected $PULUMI_VERSION"
+
+# ---- 1. pulumi CLI: the flags of upstream's release build ------------------------------
+VERSION_VAR=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
+cli_flags=(-trimpath -tags osusergo,grpcnotrace -ldflags "-w -s -X $VERSION_VAR=$PULUMI_VERSION")
+cli_stamp=$(stamp pulumi "${cli_flags[@]}")
+build_cli() {
+  log "building pulumi $PULUMI_VERSION (slow) ..."
+  local t=$SECONDS
+  (cd "$TOOLS_DIR/pulumi" && "${NICE[@]}" go build -p "$JOBS" "${cli_flags[@]}" \
+    -o "$PULUMI_BIN.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
+  mv -f "$PULUMI_BIN.tmp" "$PULUMI_BIN"
+  echo "$cli_stamp" >"$PULUMI_BIN.stamp"
+  log "built pulumi in $((SECONDS - t))s"
+}
 
 # ---- 2. Kubernetes provider: our own main package + the module's schema files ----------
 K8S_BIN=$CACHE/plugins/resource-kubernetes-v$K8S_VERSION/pulumi-resource-kubernetes
-flags=(-trimpath -ldflags "-w -s -X $K8S_MODULE/pkg/version.Version=$K8S_VERSION")
-st=$(stamp pulumi-kubernetes "${flags[@]}")
-if fresh "$K8S_BIN" "$st"; then
-  log "pulumi-resource-kubernetes $K8S_VERSION: up to date"
-else
-  log "building pulumi-resource-kubernetes $K8S_VERSION (slow) ..."; t=$SECONDS
+k8s_flags=(-trimpath -ldflags "-w -s -X $K8S_MODULE/pkg/version.Version=$K8S_VERSION")
+k8s_stamp=$(stamp pulumi-kubernetes "${k8s_flags[@]}")
+build_provider() {
+  log "building pulumi-resource-kubernetes $K8S_VERSION (slow) ..."
+  local t=$SECONDS work src main
   mkdir -p "${K8S_BIN%/*}"
   work=$(mktemp -d "${TMPDIR:-/tmp}/build-k8s-provider.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
   # The main package go:embeds schema.json and terraform-mapping.json; they come from the
   # provider module (read-only in GOMODCACHE) through -overlay, never from the repo.
   src=$(moddir pulumi-kubernetes "$K8S_MODULE")/cmd/pulumi-resource-kubernetes
@@ -129,13 +146,33 @@ else
     "$main/schema.json" "$src/schema.json" \
     "$main/terraform-mapping.json" "$src/terraform-mapping.json" >"$work/overlay.json"
   (cd "$TOOLS_DIR/pulumi-kubernetes" &&
-    "${NICE[@]}" go build -p "$JOBS" -overlay "$work/overlay.json" "${flags[@]}" \
+    "${NICE[@]}" go build -p "$JOBS" -overlay "$work/overlay.json" "${k8s_flags[@]}" \
       -o "$work/pulumi-resource-kubernetes" ./cmd/pulumi-resource-kubernetes)
   mv -f "$work/pulumi-resource-kubernetes" "$K8S_BIN"
-  rm -rf "$work"; trap - EXIT
-  echo "$st" >"$K8S_BIN.stamp"
+  rm -rf "$work"
+  echo "$k8s_stamp" >"$K8S_BIN.stamp"
   log "built pulumi-resource-kubernetes in $((SECONDS - t))s"
+}
+
+# Both at once: each link step runs on one core, and one build's downloads overlap the
+# other's compiling, so together they finish sooner than one after the other.
+pids=()
+if fresh "$PULUMI_BIN" "$cli_stamp"; then
+  log "pulumi $PULUMI_VERSION: up to date"
+else
+  build_cli &
+  pids+=($!)
 fi
+if fresh "$K8S_BIN" "$k8s_stamp"; then
+  log "pulumi-resource-kubernetes $K8S_VERSION: up to date"
+else
+  build_provider &
+  pids+=($!)
+fi
+for pid in "${pids[@]}"; do wait "$pid" || die "a build failed (see above)"; done
+
+got=$("$PULUMI_BIN" version) && [[ $got == "$PULUMI_VERSION" ]] ||
+  die "'$PULUMI_BIN version' printed '${got:-}', expected $PULUMI_VERSION"
 # The provider has no --version flag: `pulumi package info` runs it and reads the version
 # our main stamps into its schema (from the -X version.Version above).
 got=$("$PULUMI_BIN" package info "$K8S_BIN" | sed -n 's/^Version: //p')
@@ -154,13 +191,7 @@ grep -Eq "^kubernetes[[:space:]]+resource[[:space:]]+$K8S_VERSION[[:space:]]" <<
   die "'pulumi plugin ls' does not list kubernetes $K8S_VERSION"
 
 if $PRINT_ENV; then
-  cat <<EOF
-export PATH="$CACHE:\$PATH"
-export PULUMI_SKIP_UPDATE_CHECK=1
-export PULUMI_IGNORE_AMBIENT_PLUGINS=true
-export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
-export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=1
-EOF
+  print_env "$CACHE"
 else
   log "pulumi $PULUMI_VERSION, plugin resource kubernetes $K8S_VERSION ($plugin_bin)"
   echo "$PULUMI_BIN"
