@@ -45,11 +45,11 @@ test: setup test-tools lint scan
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools
 	BD_REAL="$$(tools/build-bd.sh)" PULUMI_BIN="$$(tools/build-pulumi.sh 2>/dev/null)" \
-	  $(PY) -m tests.demo
+	  $(PY) -m demo
 
 # Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
 bench: setup tools
-	$(PY) -m tests.bench.bench --bd "$$(tools/build-bd.sh)"
+	$(PY) -m bench --bd "$$(tools/build-bd.sh)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,21 +1,22 @@
-"""Shared fixtures: the fake bd, the BeadBoard stub, and a runner for `python3 -m jobs`."""
+"""Shared fixtures and helpers: the fake bd, the BeadBoard stub, a runner for `python3 -m jobs`."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from jobs.lock import LOCK_FILE_NAME, FileLock
+from pods.process import ROOT, JobRun, base_env, run_jobs
+
 if TYPE_CHECKING:
-    from tests.support.beadboard_stub import BeadBoardStub
+    from localservices.beadboard import BeadBoardStub
+    from tests.support.fake_bd import FakeBd
     from tests.support.fixtures import FakeBdEnv
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -42,64 +43,62 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     shutil.rmtree(matrix_dir(), ignore_errors=True)
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class JobRun:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    def event(self, name: str) -> dict[str, Any]:
-        matches = [e for e in self.events if e["event"] == name]
-        assert matches, f"no {name!r} event in {self.stdout}"
-        return matches[-1]
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.event("tick.done")
-
-
-def run_jobs(args: list[str], env: dict[str, str], timeout: float = 60) -> JobRun:
-    """Run `python3 -m jobs ...` as the CronJob does: a fresh process with an explicit env."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "jobs", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return JobRun(completed.returncode, completed.stdout, completed.stderr)
-
-
-def start_jobs(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """The same, left running: for signals, races and watch windows."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
-
-
 JobRunner = Callable[..., JobRun]
+
+
+# Helpers shared by the tests against the fake bd.
+
+
+def agent_bead(api: FakeBd, title: str = "task", **fields: object) -> str:
+    values: dict[str, object] = {"assignee": "agent", "acceptance": "it works", "priority": 2}
+    values.update(fields)
+    return api.create(title, **values)  # type: ignore[arg-type]
+
+
+def notes_of(api: FakeBd, bead_id: str) -> list[str]:
+    return str(api.get(bead_id).get("notes", "")).splitlines()
+
+
+def comments_of(api: FakeBd, bead_id: str) -> list[str]:
+    return [str(comment["text"]) for comment in api.comments(bead_id)]
+
+
+def bd_argvs(fake_bd: FakeBdEnv, subcommand: str) -> list[list[str]]:
+    """The argument lists of every logged bd call of one subcommand, in order."""
+    return [
+        [str(arg) for arg in call["argv"]]  # type: ignore[attr-defined]
+        for call in fake_bd.calls()
+        if call["subcommand"] == subcommand
+    ]
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(db_dir: Path) -> Iterator[FileLock]:
+    """The dispatch lock taken by this test process, as another dispatcher would hold it."""
+    lock = FileLock(db_dir / LOCK_FILE_NAME)
+    assert lock.try_acquire(), "the dispatch lock was not free"
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def lock_is_free(db_dir: Path) -> bool:
+    lock = FileLock(db_dir / LOCK_FILE_NAME)
+    if not lock.try_acquire():
+        return False
+    lock.release()
+    return True
+
+
+# Takes the dispatch lock (argv[1]) in a process of its own, says so, holds it argv[2] s.
+HOLD_AND_WAIT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 120)
+"""
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from components.auto_dispatch import (
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
 from components.config import CONFIG_KEYS, defaults, settings_from_strings
 from jobs import settings as job_env
-from tests.pulumi_harness import ROOT, Recorder, render_program
+from manifests.mocks import ROOT, Recorder, render_program
 
 CRONJOB = "kubernetes:batch/v1:CronJob"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"

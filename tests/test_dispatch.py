@@ -2,68 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from jobs.lock import LOCK_FILE_NAME, FileLock
+from jobs.lock import LOCK_FILE_NAME
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.conftest import JobRun, JobRunner
-from tests.support.beadboard_stub import BeadBoardStub, RecordedRequest, Reply
+from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from pods.process import JobRun
+from tests.conftest import (
+    HOLD_AND_WAIT,
+    JobRunner,
+    agent_bead,
+    bd_argvs,
+    comments_of,
+    lock_held_elsewhere,
+    lock_is_free,
+    notes_of,
+)
 from tests.support.fake_bd import FakeBd
 from tests.support.fixtures import FakeBdEnv
 
 STATUS = "/api/agent-status"
 DISPATCH = "/api/agent-dispatch"
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def agent_bead(api: FakeBd, title: str = "task", **fields: object) -> str:
-    values: dict[str, object] = {"assignee": "agent", "acceptance": "it works", "priority": 2}
-    values.update(fields)
-    return api.create(title, **values)  # type: ignore[arg-type]
-
-
-def notes_of(api: FakeBd, bead_id: str) -> list[str]:
-    return str(api.get(bead_id).get("notes", "")).splitlines()
-
-
-def comments_of(api: FakeBd, bead_id: str) -> list[str]:
-    return [str(comment["text"]) for comment in api.comments(bead_id)]
-
-
-def bd_argvs(fake_bd: FakeBdEnv, subcommand: str) -> list[list[str]]:
-    """The argument lists of every logged bd call of one subcommand, in order."""
-    return [
-        [str(arg) for arg in call["argv"]]  # type: ignore[attr-defined]
-        for call in fake_bd.calls()
-        if call["subcommand"] == subcommand
-    ]
-
-
-@contextlib.contextmanager
-def lock_held_elsewhere(db_dir: Path) -> Iterator[FileLock]:
-    """The dispatch lock taken by this test process, as another dispatcher would hold it."""
-    lock = FileLock(db_dir / LOCK_FILE_NAME)
-    assert lock.try_acquire(), "the dispatch lock was not free"
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def lock_is_free(db_dir: Path) -> bool:
-    lock = FileLock(db_dir / LOCK_FILE_NAME)
-    if not lock.try_acquire():
-        return False
-    lock.release()
-    return True
 
 
 @pytest.fixture
@@ -441,16 +407,6 @@ def test_a_held_lock_ends_the_poll_without_claiming(
     # Released: the next run dispatches.
     assert run_job("dispatch").summary["outcome"] == "dispatched"
     assert api.get(bead)["status"] == "in_progress"
-
-
-# Takes the dispatch lock (argv[1]) in a process of its own, says so, holds it argv[2] s.
-HOLD_AND_WAIT = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 120)
-"""
 
 
 def test_a_lock_held_by_a_killed_process_is_free_at_once(

@@ -21,12 +21,11 @@ from typing import Any
 import pytest
 
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.conftest import JobRun, JobRunner
-from tests.pulumi_harness import render_program
-from tests.support.beadboard_stub import BeadBoardStub, Reply
-from tests.support.fake_bd import FakeBd
-from tests.support.fixtures import FakeBdEnv
-from tests.test_dispatch import (
+from localservices.beadboard import BeadBoardStub, Reply
+from manifests.mocks import render_program
+from pods.process import JobRun
+from tests.conftest import (
+    JobRunner,
     agent_bead,
     bd_argvs,
     comments_of,
@@ -34,6 +33,8 @@ from tests.test_dispatch import (
     lock_is_free,
     notes_of,
 )
+from tests.support.fake_bd import FakeBd
+from tests.support.fixtures import FakeBdEnv
 
 STATUS = "/api/agent-status"
 DISPATCH = "/api/agent-dispatch"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
-from tests.podrunner import Pod, make_image_like_venv, materialise
-from tests.pulumi_harness import Recorder, render_program
-from tests.support.beadboard_stub import BeadBoardStub
+from localservices.beadboard import BeadBoardStub
+from manifests.mocks import Recorder, render_program
+from pods.runner import Pod, make_image_like_venv, materialise
 from tests.support.fake_bd import FakeBd
 
 pytestmark = pytest.mark.slow

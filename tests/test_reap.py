@@ -19,10 +19,9 @@ from jobs.log import EventLog
 from jobs.protocol import STAGE_KEY
 from jobs.reap import Reaper
 from jobs.settings import load_settings
-from tests.conftest import JobRunner
+from tests.conftest import HOLD_AND_WAIT, JobRunner, lock_held_elsewhere, lock_is_free
 from tests.support.fake_bd import FakeBd
 from tests.support.fixtures import FakeBdEnv
-from tests.test_dispatch import HOLD_AND_WAIT, lock_held_elsewhere, lock_is_free
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

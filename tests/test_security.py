@@ -19,8 +19,8 @@ from components.auto_dispatch import (
     REAPER_NAME,
     SERVICE_ACCOUNT_NAME,
 )
-from tests.pulumi_harness import Recorder, render_program
-from tests.render_yaml import CONFIGS, plain, write
+from manifests.mocks import Recorder, render_program
+from manifests.render import CONFIGS, plain, write
 
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"

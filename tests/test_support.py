@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from jobs.beads import BdClient, BdError, BdRejected
-from tests.support.beadboard_stub import (
+from localservices.beadboard import (
     AGENT_DISPATCH,
     AGENT_STATUS,
     HEALTH,

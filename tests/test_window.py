@@ -7,10 +7,10 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import JobRunner, start_jobs
-from tests.support.beadboard_stub import BeadBoardStub, Reply
+from localservices.beadboard import BeadBoardStub, Reply
+from pods.process import start_jobs
+from tests.conftest import JobRunner, agent_bead, comments_of
 from tests.support.fixtures import FakeBdEnv
-from tests.test_dispatch import agent_bead, comments_of
 
 DISPATCH = "/api/agent-dispatch"
 FAST = {"DISPATCH_WINDOW_SECONDS": "3", "POLL_INTERVAL_SECONDS": "0.2"}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JobRun, base_env, run_jobs
-from tests.doltserver import DoltServer
-from tests.doltserver import dolt_server as start_dolt_server
+from localservices.bd import RealBd, ToolBuildError, build_tool, real_bd_path
+from localservices.beadboard import BeadBoardStub
+from localservices.dolt import DoltServer
+from localservices.dolt import dolt_server as start_dolt_server
+from pods.process import JobRun, base_env, run_jobs
 from tests.integration.interleave import Scenario, Template, make_template
-from tests.realbd import RealBd, ToolBuildError, build_tool, real_bd_path
-from tests.support.beadboard_stub import BeadBoardStub
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,15 @@ def real_env(bd: RealBd, board_url: str, **extra: str) -> dict[str, str]:
         HTTP_TIMEOUT_SECONDS="2",
     )
     return env | extra
+
+
+def notes(bd: RealBd, bead_id: str) -> list[str]:
+    return str(bd.show(bead_id).get("notes", "")).splitlines()
+
+
+def comments(bd: RealBd, bead_id: str) -> list[str]:
+    """The bead's comments' texts, oldest first (where the dispatch records go)."""
+    return [str(c["text"]) for c in bd.show(bead_id).get("comments") or []]
 
 
 @pytest.fixture

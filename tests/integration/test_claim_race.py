@@ -6,10 +6,10 @@ dispatch lock this double-dispatches (measured: 3 of 5 rounds with K=4). With it
 
 from __future__ import annotations
 
-from tests.conftest import start_jobs
+from localservices.bd import RealBd
+from localservices.beadboard import BeadBoardStub
+from pods.process import start_jobs
 from tests.integration.conftest import real_env
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import BeadBoardStub
 
 DISPATCHERS = 4
 ROUNDS = 20

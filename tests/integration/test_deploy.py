@@ -23,8 +23,7 @@ from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFI
 from jobs import notes
 from jobs import settings as job_env
 from jobs.lock import LOCK_FILE_NAME
-from tests.conftest import JobRun
-from tests.deploy import (
+from localdeploy.stack import (
     PROJECT,
     ROOT,
     STACK,
@@ -34,10 +33,11 @@ from tests.deploy import (
     local_run_overrides,
     pulumi_cli,
 )
+from localservices.bd import RealBd
+from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from pods.process import JobRun
+from pods.runner import make_image_like_venv, materialise
 from tests.integration.interleave import LEGACY_LOCK_BEAD
-from tests.podrunner import make_image_like_venv, materialise
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import AGENT_DISPATCH, BeadBoardStub
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.lock import DoltNamedLock, lock_for
-from tests.conftest import ROOT, base_env, start_jobs
-from tests.doltserver import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
-from tests.support.beadboard_stub import AGENT_DISPATCH, BeadBoardStub
+from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
+from pods.process import ROOT, base_env, start_jobs
 
 DISPATCHERS = 4
 ROUNDS = 20

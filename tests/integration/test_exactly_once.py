@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from localservices.bd import RealBd
+from localservices.beadboard import AGENT_DISPATCH, Reply
 from tests.integration.interleave import (
     LEGACY_LOCK_BEAD,
     Companion,
@@ -19,8 +21,6 @@ from tests.integration.interleave import (
     settle,
     verdict,
 )
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import AGENT_DISPATCH, Reply
 
 # The first call that writes a bead's hand-off stage, in both the old and the new jobs.
 FIRST_SENDING_MARKER = r" update \S+ .*auto_dispatch_stage=sending"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from components.auto_dispatch import BD_CONFIG_NAME
-from tests.conftest import base_env, run_jobs
-from tests.pulumi_harness import render_program
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import BeadBoardStub, Reply
+from localservices.bd import RealBd
+from localservices.beadboard import BeadBoardStub, Reply
+from manifests.mocks import render_program
+from pods.process import base_env, run_jobs
 from tests.support.fake_bd import FakeBd
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from jobs.lock import LOCK_FILE_NAME
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.integration.conftest import RealJobRunner
+from localservices.bd import RealBd
+from localservices.beadboard import BeadBoardStub, Reply
+from tests.integration.conftest import RealJobRunner, comments, notes
 from tests.integration.interleave import LEGACY_LOCK_BEAD
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import BeadBoardStub, Reply
 
 DISPATCH = "/api/agent-dispatch"
 STATUS = "/api/agent-status"
@@ -21,15 +21,6 @@ STATUS = "/api/agent-status"
 
 def agent_bead(bd: RealBd, title: str = "task", priority: int = 2) -> str:
     return bd.create(title, priority=priority, assignee="agent", acceptance="it works")
-
-
-def notes(bd: RealBd, bead_id: str) -> list[str]:
-    return str(bd.show(bead_id).get("notes", "")).splitlines()
-
-
-def comments(bd: RealBd, bead_id: str) -> list[str]:
-    """The bead's comments' texts, oldest first (where the dispatch records go)."""
-    return [str(c["text"]) for c in bd.show(bead_id).get("comments") or []]
 
 
 def all_bead_ids(bd: RealBd) -> set[str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.lock import LOCK_FILE_NAME
-from tests.conftest import JobRun, base_env, run_jobs
-from tests.doltserver import DOLT_PASSWORD, DoltServer
-from tests.support.beadboard_stub import BeadBoardStub
+from localservices.beadboard import BeadBoardStub
+from localservices.dolt import DOLT_PASSWORD, DoltServer
+from pods.process import JobRun, base_env, run_jobs
 
 
 def _job(

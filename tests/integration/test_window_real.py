@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 
+from bench.agent_sim import AgentSimulator
 from jobs.lock import LOCK_FILE_NAME
-from tests.bench.agent_sim import AgentSimulator
-from tests.conftest import ROOT, JobRun, start_jobs
-from tests.integration.conftest import RealJobRunner, real_env
-from tests.integration.test_real_bd import comments, notes
-from tests.realbd import RealBd
-from tests.support.beadboard_stub import BeadBoardStub, Reply
+from localservices.bd import RealBd
+from localservices.beadboard import BeadBoardStub, Reply
+from pods.process import ROOT, JobRun, start_jobs
+from tests.integration.conftest import RealJobRunner, comments, notes, real_env
 
 
 def test_idle_polls_cost_one_bd_call_and_no_http(

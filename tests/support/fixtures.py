@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.beadboard_stub import BeadBoardStub
+from localservices.beadboard import BeadBoardStub
 from tests.support.fake_bd import FakeBd
 
 

@@ -1,8 +1,8 @@
 """Write the manifests a deploy would apply as Kubernetes YAML, one file per resource.
 
-    python -m tests.render_yaml OUT_DIR
+    python -m manifests OUT_DIR
 
-renders the Pulumi program under Pulumi's mocks (tests/pulumi_harness.py: no cluster, no
+renders the Pulumi program under Pulumi's mocks (manifests/mocks.py: no cluster, no
 Pulumi CLI) once per configuration in CONFIGS, into OUT_DIR/<configuration>/. Security
 scanners (tools/scan-manifests.sh) read these files; each configuration is its own
 directory because graph checks (e.g. "every pod is covered by a NetworkPolicy") must not
@@ -12,13 +12,12 @@ see resources of another configuration.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.pulumi_harness import Recorder, render_program
+from manifests.mocks import Recorder, render_program
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},
@@ -69,16 +68,3 @@ def write(out_dir: Path, configs: dict[str, dict[str, str]] = CONFIGS) -> list[P
             path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
             written.append(path)
     return written
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m tests.render_yaml OUT_DIR", file=sys.stderr)
-        return 2
-    for path in write(Path(argv[0])):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tests.support.beadboard_stub import BeadBoardStub, RecordedRequest, Reply
+from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from_strings
-from tests.realbd import build_tool
+from localservices.bd import build_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOLT_USER = "beads"
-DOLT_PASSWORD = "dolt-test-password"  # a throw-away server on loopback
+DOLT_PASSWORD = "dolt-test-password"  # noqa: S105 (a throw-away server on loopback)
 DATABASE = "code"
 
 
@@ -42,7 +42,7 @@ class DoltServer:
         }
 
     def client_dir(self, path: Path) -> Path:
-        """A beads dir holding the rendered metadata.json, for bd calls from tests."""
+        """A beads dir holding the rendered metadata.json, for the tests' and bench's bd calls."""
         path.mkdir(parents=True, exist_ok=True)
         (path / "metadata.json").write_text(self.metadata_file.read_text())
         return path

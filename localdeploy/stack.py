@@ -17,17 +17,15 @@ must stay as it is while other people use the checkout.
     manifests = stack.manifests()
     pod_spec = manifests.pod_spec("beads-dispatcher")
 
-By hand: `python -m tests.deploy up|preview|config-set KEY VALUE` (on .pulumi-local/demo).
+By hand: `python -m localdeploy up|preview|config-set KEY VALUE` (on .pulumi-local/demo).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import runpy
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,7 @@ LOCAL_DIR = ROOT / ".pulumi-local"  # gitignored
 RENDER_KEY = "kubernetes:renderYamlToDirectory"
 # The file backend encrypts secrets with a passphrase; the local stack holds none, so a
 # fixed, public one is fine.
-PASSPHRASE = "beads-autodispatch-local-stack"
+PASSPHRASE = "beads-autodispatch-local-stack"  # noqa: S105 (public on purpose, above)
 PULUMI_BIN_ENV = "PULUMI_BIN"
 BUILD_SCRIPT = ROOT / "tools" / "build-pulumi.sh"
 
@@ -223,36 +221,3 @@ def fake_secrets(pod_spec: Mapping[str, Any]) -> dict[str, dict[str, str]]:
             if ref:
                 secrets.setdefault(ref["name"], {})[ref["key"]] = f"test-{ref['key']}"
     return secrets
-
-
-def main(argv: list[str] | None = None) -> int:
-    """By hand: `python -m tests.deploy up|preview|config-set KEY VALUE [--work-dir DIR]`.
-
-    Works on the stack `make demo` left in .pulumi-local/demo (a new one when missing).
-    """
-    parser = argparse.ArgumentParser(prog="python -m tests.deploy", description=main.__doc__)
-    parser.add_argument("--work-dir", type=Path, default=LOCAL_DIR / "demo")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="pulumi up (renders the manifests)")
-    commands.add_parser("preview", help="pulumi preview --diff")
-    config_set = commands.add_parser("config-set", help="pulumi config set KEY VALUE")
-    config_set.add_argument("key")
-    config_set.add_argument("value")
-    args = parser.parse_args(argv)
-    work_dir: Path = args.work_dir.resolve()
-    if (work_dir / "state").is_dir():
-        stack = LocalStack.open(work_dir, output=print)
-    else:
-        stack = LocalStack.create(work_dir, output=print)
-    if args.command == "up":
-        stack.up()
-        print(f"manifests: {stack.render_dir}")
-    elif args.command == "preview":
-        stack.preview(diff=True)
-    else:
-        stack.set_config(args.key, args.value)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

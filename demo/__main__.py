@@ -25,7 +25,7 @@ from pathlib import Path
 
 from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
 from jobs import settings as job_env
-from tests.deploy import (
+from localdeploy.stack import (
     LOCAL_DIR,
     ROOT,
     LocalStack,
@@ -33,9 +33,9 @@ from tests.deploy import (
     fake_secrets,
     local_run_overrides,
 )
-from tests.podrunner import make_image_like_venv, materialise, pinned
-from tests.realbd import RealBd, real_bd_path
-from tests.support.beadboard_stub import BeadBoardStub
+from localservices.bd import RealBd, real_bd_path
+from localservices.beadboard import BeadBoardStub
+from pods.runner import make_image_like_venv, materialise, pinned
 
 DEMO_DIR = LOCAL_DIR / "demo"
 IMAGE_VENV = LOCAL_DIR / "image-venv"
@@ -188,7 +188,7 @@ def main() -> int:
         show_beads(bd, {"assigned to agent while paused": waiting})
     print(
         f"\nThe stack (left paused) and its manifests stay in {rel(DEMO_DIR)}/;"
-        " `python -m tests.deploy up|preview|config-set KEY VALUE` works on it."
+        " `python -m localdeploy up|preview|config-set KEY VALUE` works on it."
     )
     return 0
 

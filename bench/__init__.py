@@ -1,0 +1,1 @@
+"""`make bench`: the original configuration and ours side by side, real bd, loopback agent."""

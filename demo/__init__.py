@@ -1,0 +1,1 @@
+"""`make demo`: `pulumi up` of the `local` stack, then its rendered CronJobs run here."""

@@ -1,0 +1,1 @@
+"""Local deploys: the real Pulumi engine on the `local` stack through the Automation API."""

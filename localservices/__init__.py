@@ -1,0 +1,1 @@
+"""Local stand-ins for production's services: the real bd, a dolt sql-server, BeadBoard."""
