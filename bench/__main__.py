@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from bench.agent_sim import AgentSimulator
-from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
-from components.config import settings_from_strings
+from components.names import DISPATCHER_NAME, REAPER_NAME
+from components.config import settings_from
 from components.cron import parse_schedule
 from localservices.bd import RealBd
 from localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
@@ -47,7 +47,7 @@ def _prod_stack_config() -> dict[str, str]:
 # "original" is the program's defaults (the Terraform version's schedules, one pass per pod);
 # "low-churn" is whatever the production stack holds, so the README's figures follow it.
 PRESETS: dict[str, dict[str, str]] = {"original": {}, "low-churn": _prod_stack_config()}
-LOW_CHURN = settings_from_strings(PRESETS["low-churn"])
+LOW_CHURN = settings_from(PRESETS["low-churn"])
 LOW_CHURN_POLL = float(LOW_CHURN.poll_interval_seconds)
 LOW_CHURN_PERIOD = float(LOW_CHURN.dispatcher_interval_seconds)
 LOW_CHURN_WINDOW = float(LOW_CHURN.dispatcher_window_seconds)
@@ -109,7 +109,7 @@ def pods_per_day() -> tuple[str, dict[str, int]]:
         reaper = rendered.cronjob(REAPER_NAME)["spec"]["schedule"]
         d, r = parse_schedule(dispatcher).runs_per_day(), parse_schedule(reaper).runs_per_day()
         totals[name] = d + r
-        window = settings_from_strings(config).dispatcher_window_seconds
+        window = settings_from(config).dispatcher_window_seconds
         rows.append(
             [
                 name,
@@ -183,7 +183,7 @@ def measure_window_latency(binary: Path, root: Path, beads: int, poll: float) ->
                 root,
                 "lat",
                 agent.url,
-                DISPATCH_WINDOW_SECONDS=str(int(spread + 4 * poll)),
+                DISPATCHER_WINDOW_SECONDS=str(int(spread + 4 * poll)),
                 POLL_INTERVAL_SECONDS=str(poll),
                 AGENT_HEALTH_URL=f"{agent.url}/health",
                 MAX_IN_FLIGHT="1000",
@@ -243,7 +243,7 @@ def measure_utilisation(
             )
         with AgentSimulator(capacity=slots, run_seconds=run_seconds) as agent:
             extra = {
-                "DISPATCH_WINDOW_SECONDS": str(int(window)),
+                "DISPATCHER_WINDOW_SECONDS": str(int(window)),
                 "POLL_INTERVAL_SECONDS": str(poll),
             }
             if use_health:
@@ -288,7 +288,7 @@ def measure_idle(binary: Path, root: Path, background_beads: int) -> dict[str, f
         started = time.monotonic()
         result: JobRun = run_jobs(
             ["dispatch"],
-            job_env(bd, agent.url, DISPATCH_WINDOW_SECONDS="10", POLL_INTERVAL_SECONDS="1"),
+            job_env(bd, agent.url, DISPATCHER_WINDOW_SECONDS="10", POLL_INTERVAL_SECONDS="1"),
         )
         elapsed = time.monotonic() - started
         requests = len(agent.stub.requests)

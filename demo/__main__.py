@@ -20,11 +20,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
-from jobs import settings as job_env
+from components.names import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
+from jobs.settings import env_name
 from localdeploy.stack import (
     LOCAL_DIR,
     ROOT,
@@ -96,8 +95,9 @@ def suspend_flags(manifests: Manifests) -> str:
         f"{name} suspend={manifests.cronjob(name)['spec']['suspend']}"
         for name in (DISPATCHER_NAME, REAPER_NAME)
     )
-    enabled = manifests.configmaps()[RUNTIME_CONFIG_NAME]["data"][job_env.AUTODISPATCH_ENABLED]
-    return ", ".join([*flags, f"{job_env.AUTODISPATCH_ENABLED}={enabled}"])
+    switch = env_name("dispatcher_enabled")
+    enabled = manifests.configmaps()[RUNTIME_CONFIG_NAME]["data"][switch]
+    return ", ".join([*flags, f"{switch}={enabled}"])
 
 
 def main() -> int:
@@ -144,6 +144,8 @@ def main() -> int:
         }
         stuck = bd.create("Agent run that died", priority=2, assignee="agent", acceptance="x")
         bd.update(stuck, "--status", "in_progress")
+        # Its agent stopped 31 minutes ago (bd import rewrites the bead's stamps).
+        bd.backdate(stuck, 31)
         beads["in_progress, no update for 31 min (reaper)"] = stuck
 
         overrides = local_run_overrides(binary, bd.beads_dir, board.url)
@@ -157,17 +159,8 @@ def main() -> int:
         # none left (one bd call, no HTTP request).
         for _ in range(3):
             run_container(manifests, DISPATCHER_NAME, scratch, python, overrides)
-        # Every bead was updated seconds ago; run the reaper as if 31 minutes had passed.
-        # No agent runs in the demo, so the two dispatched beads look stuck as well.
-        print("\n(the reaper runs as if 31 minutes had passed with no agent making progress)")
-        later = (datetime.now(UTC) + timedelta(minutes=31)).isoformat()
-        run_container(
-            manifests,
-            REAPER_NAME,
-            scratch,
-            python,
-            {**overrides, job_env.AUTODISPATCH_NOW: later},
-        )
+        # The two beads just dispatched are fresh; the one whose agent died is not.
+        run_container(manifests, REAPER_NAME, scratch, python, overrides)
 
         print("\nWhat BeadBoard received:")
         for request in board.requests:

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from jobs import settings as job_env
+from jobs.settings import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "beads-autodispatch"
@@ -200,15 +200,15 @@ def local_run_overrides(bd_binary: Path, beads_dir: Path, beadboard_url: str) ->
     sql-server, a loopback stub for BeadBoard. Everything else is the rendered pod's own.
     """
     return {
-        job_env.BD_BIN: str(bd_binary),
-        job_env.BEADS_DB: str(beads_dir),
-        job_env.BEADBOARD_URL: beadboard_url,
+        env_name("bd_bin"): str(bd_binary),
+        env_name("beads_db"): str(beads_dir),
+        env_name("beadboard_url"): beadboard_url,
         # The pod copies the rendered server-mode metadata.json (bd -> Dolt sql-server at
         # dolt.beads-server.svc.cluster.local) into BEADS_DB before bd runs. Here BEADS_DB is
         # an embedded-mode database whose own metadata.json says so; copying over it would
         # send bd to a server that does not exist. Blank = unset for the jobs, so nothing is
         # copied and the database keeps its own metadata.json.
-        job_env.BEADS_METADATA_FILE: "",
+        env_name("beads_metadata_file"): "",
     }
 
 

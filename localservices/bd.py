@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,19 @@ class RealBd:
         assert isinstance(rows, list) and len(rows) == 1
         row: dict[str, Any] = rows[0]
         return row
+
+    def backdate(self, bead_id: str, minutes: float) -> None:
+        """Make a bead look untouched for `minutes`: `bd import` upserts a row with its stamps.
+
+        Lets a demo or a test show the reaper at work without waiting or faking its clock.
+        """
+        row = self.show(bead_id)
+        then = datetime.now(UTC) - timedelta(minutes=minutes)
+        row["updated_at"] = then.strftime("%Y-%m-%dT%H:%M:%SZ")
+        source = self.workdir / f"backdate-{bead_id}.jsonl"
+        source.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        self.run("import", str(source))
+        source.unlink()
 
     def query(self, expression: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(

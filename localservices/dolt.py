@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
-from components.config import settings_from_strings
+from components.config import settings_from
 from localservices.bd import build_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
         )
         # What the component puts in its ConfigMap (tests/test_component.py checks the two
         # agree); no Pulumi mocks here, so this also works off the main thread.
-        settings = settings_from_strings({"doltHost": "127.0.0.1", "doltPort": str(port)})
+        settings = settings_from({"doltHost": "127.0.0.1", "doltPort": str(port)})
         mounted = root / "mounted" / "metadata.json"
         mounted.parent.mkdir()
         mounted.write_text(bd_metadata_json(settings))

@@ -33,10 +33,15 @@ class JobRun:
         return self.event("tick.done")
 
 
-def run_jobs(args: list[str], env: dict[str, str], timeout: float = 60) -> JobRun:
-    """Run `python3 -m jobs ...` as the CronJob does: a fresh process with an explicit env."""
+def run_jobs(
+    args: list[str], env: dict[str, str], timeout: float = 60, module: str = "jobs"
+) -> JobRun:
+    """Run `python3 -m jobs ...` as the CronJob does: a fresh process with an explicit env.
+
+    `module` runs another entry point in the same way (a test's clock-shifting launcher).
+    """
     completed = subprocess.run(
-        [sys.executable, "-m", "jobs", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -47,10 +52,10 @@ def run_jobs(args: list[str], env: dict[str, str], timeout: float = 60) -> JobRu
     return JobRun(completed.returncode, completed.stdout, completed.stderr)
 
 
-def start_jobs(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def start_jobs(args: list[str], env: dict[str, str], module: str = "jobs") -> subprocess.Popen[str]:
     """The same, left running: for signals, races and watch windows."""
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components.auto_dispatch import (
+from components.auto_dispatch import bd_metadata_json
+from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
+from components.config import settings_from
+from components.names import (
     BD_CONFIG_NAME,
     CHECKSUM_ANNOTATION,
     CODE_NAME,
@@ -21,11 +24,8 @@ from components.auto_dispatch import (
     RUNTIME_CONFIG_NAME,
     SERVICE_ACCOUNT_NAME,
     VENDOR_NAME,
-    bd_metadata_json,
 )
-from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
-from components.config import CONFIG_KEYS, defaults, settings_from_strings
-from jobs import settings as job_env
+from jobs.settings import RuntimeSettings, env_name
 from manifests.mocks import ROOT, Recorder, render_program
 
 CRONJOB = "kubernetes:batch/v1:CronJob"
@@ -77,7 +77,7 @@ def test_resource_set_and_names(default_render: Recorder) -> None:
         if "metadata" in resource.inputs:
             assert resource.inputs["metadata"]["namespace"] == "beads-server"
             assert resource.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == (
-                "beads-auto-dispatch"
+                "beads-autodispatch"
             )
 
 
@@ -121,10 +121,12 @@ def test_pod_env_points_at_the_mounted_code_and_a_writable_home(default_render: 
     assert pythonpath[1] == f"{mounts['vendor']['mountPath']}/{VENDOR_ZIP_NAME}"
     scratch = mounts["scratch"]["mountPath"]
     assert env["HOME"]["value"].startswith(scratch)
-    assert env[job_env.BEADS_DB]["value"].startswith(scratch)
-    assert env[job_env.BEADS_METADATA_FILE]["value"] == (
+    assert env["BEADS_DB"]["value"].startswith(scratch)
+    assert env["BEADS_METADATA_FILE"]["value"] == (
         f"{mounts['bd-config']['mountPath']}/metadata.json"
     )
+    # The kill switch reaches a running window only through the mounted runtime ConfigMap.
+    assert env["RUNTIME_CONFIG_DIR"]["value"] == mounts["runtime"]["mountPath"]
     assert all(m.get("readOnly") for name, m in mounts.items() if name != "scratch")
     assert box["envFrom"] == [{"configMapRef": {"name": RUNTIME_CONFIG_NAME}}]
 
@@ -132,7 +134,7 @@ def test_pod_env_points_at_the_mounted_code_and_a_writable_home(default_render: 
 def test_bd_metadata_is_server_mode_with_production_values(default_render: Recorder) -> None:
     text = default_render.configmap(BD_CONFIG_NAME)["data"]["metadata.json"]
     # The dolt harness writes the same file without rendering; the two must agree.
-    assert text == bd_metadata_json(settings_from_strings({}))
+    assert text == bd_metadata_json(settings_from({}))
     data = json.loads(text)
     assert data == {
         "backend": "dolt",
@@ -147,13 +149,13 @@ def test_bd_metadata_is_server_mode_with_production_values(default_render: Recor
 
 def test_runtime_config_carries_the_kill_switch_and_knobs(default_render: Recorder) -> None:
     data = default_render.configmap(RUNTIME_CONFIG_NAME)["data"]
-    assert data[job_env.AUTODISPATCH_ENABLED] == "true"
-    assert data[job_env.BEADBOARD_URL] == "http://beadboard.beads-server.svc.cluster.local"
-    assert data[job_env.AGENT_ASSIGNEE] == "agent"
-    assert data[job_env.REAPER_THRESHOLD_MINUTES] == "30"
-    assert data[job_env.DISPATCH_MAX_ATTEMPTS] == "3"
-    # Every key is an env name the jobs' settings model reads.
-    assert set(data) <= set(job_env.ENV_FIELDS.values())
+    assert data["DISPATCHER_ENABLED"] == "true"
+    assert data["BEADBOARD_URL"] == "http://beadboard.beads-server.svc.cluster.local"
+    assert data["AGENT_ASSIGNEE"] == "agent"
+    assert data["REAPER_THRESHOLD_MINUTES"] == "30"
+    assert data["MAX_DISPATCH_ATTEMPTS"] == "3"
+    # Exactly the runtime settings, each under the env name the jobs read.
+    assert set(data) == {env_name(field) for field in RuntimeSettings.model_fields}
 
 
 @pytest.mark.parametrize("enabled", ["false", "true"])
@@ -162,7 +164,7 @@ def test_kill_switch_suspends_both_cronjobs(enabled: str) -> None:
     for name in (DISPATCHER_NAME, REAPER_NAME):
         assert rendered.cronjob(name)["spec"]["suspend"] is (enabled == "false")
     runtime = rendered.configmap(RUNTIME_CONFIG_NAME)["data"]
-    assert runtime[job_env.AUTODISPATCH_ENABLED] == enabled
+    assert runtime["DISPATCHER_ENABLED"] == enabled
 
 
 def test_schedules_come_from_config() -> None:
@@ -179,15 +181,15 @@ def test_schedules_come_from_config() -> None:
         ("reaperSchedule", "61 * * * *", "minute: 61 is outside 0-59"),
         ("reaperSchedule", "*/0 * * * *", "step must be a positive number"),
         ("reaperThresholdMinutes", "0", "config key 'reaperThresholdMinutes'"),
-        ("reaperThresholdMinutes", "-5", "greater than 0"),
-        ("reaperThresholdMinutes", "thirty", "must be a whole number"),
+        ("reaperThresholdMinutes", "-5", "greater than or equal to 1"),
+        ("reaperThresholdMinutes", "thirty", "should be a valid integer"),
         ("maxDispatchAttempts", "0", "config key 'maxDispatchAttempts'"),
         ("beadboardUrl", "", "config key 'beadboardUrl'"),
         ("beadboardUrl", "ftp://beadboard", "http:// or https://"),
         ("beadboardUrl", "beadboard.svc", "http:// or https://"),
         ("namespace", "Beads_Server", "config key 'namespace': must be a DNS label"),
         ("namespace", "x" * 64, "must be a DNS label"),
-        ("dispatcherEnabled", "maybe", "config key 'dispatcherEnabled': must be true or false"),
+        ("dispatcherEnabled", "maybe", "config key 'dispatcherEnabled': Input should be a valid boolean"),
         ("agentAssignee", "agent OR 1", "config key 'agentAssignee'"),
         ("doltPort", "70000", "config key 'doltPort'"),
         ("doltPasswordSecretName", "Bad Name", "config key 'doltPasswordSecretName'"),
@@ -286,16 +288,6 @@ def test_pod_security_is_restricted(default_render: Recorder) -> None:
         }
 
 
-def test_pulumi_yaml_declares_every_key_with_the_programs_defaults() -> None:
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    declared = project["config"]
-    assert list(declared) == [key.name for key in CONFIG_KEYS]
-    for key in CONFIG_KEYS:
-        assert declared[key.name]["type"] == key.type, key.name
-        assert declared[key.name]["default"] == key.default, key.name
-        assert declared[key.name]["description"], key.name
-
-
 def test_prod_stack_holds_the_production_values() -> None:
     stack = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
     values = {
@@ -311,12 +303,6 @@ def test_prod_stack_holds_the_production_values() -> None:
     )
     assert (data["dolt_server_user"], data["dolt_database"]) == ("beads", "code")
     assert rendered.cronjob(DISPATCHER_NAME)["metadata"]["namespace"] == "beads-server"
-
-
-def test_readme_documents_every_config_key() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for key in defaults():
-        assert re.search(rf"^\|\s*`{key}`\s*\|", readme, re.MULTILINE), key
 
 
 @pytest.mark.parametrize("enabled", ["true", "false"])

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME
+from components.names import DISPATCHER_NAME, REAPER_NAME
+from jobs.lock import LOCK_FILE_NAME
 from localservices.beadboard import BeadBoardStub
 from manifests.mocks import Recorder, render_program
 from pods.runner import Pod, make_image_like_venv, materialise
@@ -150,7 +151,7 @@ def test_shipped_bundle_runs_the_dispatcher(
     assert api.comments(bead)[0]["text"].startswith("dispatched: job=job-1 ")
     # The metadata.json named by the env was copied into the writable beads dir.
     assert (beads_dir / "metadata.json").read_text() == embedded.read_text()
-    assert (beads_dir / "autodispatch.lock").exists()
+    assert (beads_dir / LOCK_FILE_NAME).exists()
 
 
 def test_httpx_is_imported_from_the_shipped_zip(

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from components.auto_dispatch import (
+from components.names import (
     APP_NAME,
-    BEADBOARD_POD_PORT,
     DISPATCHER_NAME,
     NETWORK_POLICY_NAME,
     REAPER_NAME,
     SERVICE_ACCOUNT_NAME,
 )
+from components.network import BEADBOARD_POD_PORT
 from manifests.mocks import Recorder, render_program
 from manifests.render import CONFIGS, plain, write
 

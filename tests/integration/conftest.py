@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from localservices.dolt import DoltServer
 from localservices.dolt import dolt_server as start_dolt_server
 from pods.process import JobRun, base_env, run_jobs
 from tests.integration.interleave import Scenario, Template, make_template
+from tests.support.jobs_at import MODULE as JOBS_AT
+from tests.support.jobs_at import at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,10 +72,13 @@ def comments(bd: RealBd, bead_id: str) -> list[str]:
 
 @pytest.fixture
 def run_real(real_bd: RealBd, beadboard: BeadBoardStub) -> RealJobRunner:
-    def run(*args: str, **overrides: str) -> JobRun:
+    def run(*args: str, now: datetime | None = None, **overrides: str) -> JobRun:
         env = real_env(real_bd, beadboard.url)
         env.update(overrides)
-        return run_jobs(list(args), env, timeout=float(os.environ.get("JOB_TIMEOUT", "120")))
+        timeout = float(os.environ.get("JOB_TIMEOUT", "120"))
+        if now is None:
+            return run_jobs(list(args), env, timeout=timeout)
+        return run_jobs(at(now, *args), env, timeout=timeout, module=JOBS_AT)
 
     return run
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,8 @@ import pytest
 import yaml
 from pulumi.automation import OpType
 
-from components.auto_dispatch import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
+from components.names import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
 from jobs import notes
-from jobs import settings as job_env
 from jobs.lock import LOCK_FILE_NAME
 from localdeploy.stack import (
     PROJECT,
@@ -247,11 +245,11 @@ def test_rendered_reaper_blocks_a_stale_bead(
     human = real_bd.create("Alice is on it", assignee="alice", acceptance="x")
     real_bd.update(human, "--status", "in_progress")
     runtime = deployed.configmaps()[RUNTIME_CONFIG_NAME]["data"]
-    threshold = int(runtime[job_env.REAPER_THRESHOLD_MINUTES])
-    # Both beads were updated just now: run the reaper as if threshold + 1 minutes had passed.
+    threshold = int(runtime["REAPER_THRESHOLD_MINUTES"])
+    # Both look untouched for threshold + 1 minutes (bd import rewrites their stamps).
+    for bead in (stuck, human):
+        real_bd.backdate(bead, threshold + 1)
     overrides = local_run_overrides(real_bd.binary, real_bd.beads_dir, beadboard.url)
-    later = datetime.now(UTC) + timedelta(minutes=threshold + 1)
-    overrides[job_env.AUTODISPATCH_NOW] = later.isoformat()
 
     run = run_container(deployed, REAPER_NAME, tmp_path / "pod", image_python, overrides)
     assert run.code == 0, run.stdout + run.stderr
@@ -259,7 +257,7 @@ def test_rendered_reaper_blocks_a_stale_bead(
     after = real_bd.show(stuck)
     assert after["status"] == "blocked"
     assert after["notes"].startswith(
-        f"reaper: no progress for {threshold + 1}m (threshold {threshold}m) — blocking"
+        f"beads-reaper: no progress for {threshold + 1}m (threshold {threshold}m) — blocking"
     )
     assert real_bd.show(human)["status"] == "in_progress"
     assert beadboard.requests == []
@@ -275,9 +273,9 @@ def test_kill_switch_suspends_both_cronjobs_and_the_jobs_do_nothing(
     waiting = real_bd.create("Waits for the agent", priority=0, assignee="agent", acceptance="x")
     stuck = real_bd.create("Stuck", assignee="agent", acceptance="x")
     real_bd.update(stuck, "--status", "in_progress")
+    real_bd.backdate(stuck, 120)
     before = {bead: real_bd.show(bead) for bead in (waiting, stuck)}
     overrides = local_run_overrides(real_bd.binary, real_bd.beads_dir, beadboard.url)
-    overrides[job_env.AUTODISPATCH_NOW] = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
 
     local_stack.set_config("dispatcherEnabled", "false")
     try:
@@ -287,7 +285,7 @@ def test_kill_switch_suspends_both_cronjobs_and_the_jobs_do_nothing(
         for name in (DISPATCHER_NAME, REAPER_NAME):
             assert paused.cronjob(name)["spec"]["suspend"] is True
         runtime = paused.configmaps()[RUNTIME_CONFIG_NAME]["data"]
-        assert runtime[job_env.AUTODISPATCH_ENABLED] == "false"
+        assert runtime["DISPATCHER_ENABLED"] == "false"
 
         # A run that starts anyway (kubectl create job --from=cronjob/...) does nothing.
         for number, name in enumerate((DISPATCHER_NAME, DISPATCHER_NAME, REAPER_NAME)):
@@ -306,5 +304,5 @@ def test_kill_switch_suspends_both_cronjobs_and_the_jobs_do_nothing(
     resumed = local_stack.manifests()
     for name in (DISPATCHER_NAME, REAPER_NAME):
         assert resumed.cronjob(name)["spec"]["suspend"] is False
-    assert resumed.configmaps()[RUNTIME_CONFIG_NAME]["data"][job_env.AUTODISPATCH_ENABLED] == "true"
+    assert resumed.configmaps()[RUNTIME_CONFIG_NAME]["data"]["DISPATCHER_ENABLED"] == "true"
     assert local_stack.outputs()["suspended"] is False

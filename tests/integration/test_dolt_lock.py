@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from jobs.lock import DoltNamedLock, lock_for
 from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from pods.process import ROOT, base_env, start_jobs
+from tests.support.jobs_at import MODULE as JOBS_AT
+from tests.support.jobs_at import at
 
 DISPATCHERS = 4
 ROUNDS = 20
@@ -145,10 +148,9 @@ def test_k_dispatchers_and_a_reaper_started_together_post_every_bead_exactly_onc
             # The reaper's clock 11 minutes ahead: every claimed bead looks abandoned to it.
             processes.append(
                 start_jobs(
-                    ["reap"],
-                    _pod_env(
-                        dolt_server, tmp_path / "r", board, AUTODISPATCH_NOW=_minutes_ahead(11)
-                    ),
+                    at(datetime.now(UTC) + timedelta(minutes=11), "reap"),
+                    _pod_env(dolt_server, tmp_path / "r", board),
+                    module=JOBS_AT,
                 )
             )
             for process in processes:
@@ -167,8 +169,3 @@ def test_k_dispatchers_and_a_reaper_started_together_post_every_bead_exactly_onc
     )
     assert all(count == 1 for count in posts.values()), posts
     assert set(states.values()) == {"in_progress"}, states
-
-
-def _minutes_ahead(minutes: int) -> str:
-    moment = time.time() + minutes * 60
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -181,7 +181,7 @@ def test_a_409_backs_the_bead_off_for_the_rest_of_the_window(scenario: Scenario)
     )
     run = scenario.run(
         "dispatch",
-        DISPATCH_WINDOW_SECONDS="15",
+        DISPATCHER_WINDOW_SECONDS="15",
         POLL_INTERVAL_SECONDS="1",
         AGENT_HEALTH_URL="",
     )
@@ -241,11 +241,8 @@ def test_a_comment_is_progress_to_the_reaper(scenario: Scenario) -> None:
     assert comment_at - updated >= timedelta(seconds=11)
     # Threshold 1 min: idle by updated_at (>= 61 s), fresh by the comment (50 s).
     now = comment_at + timedelta(seconds=50)
-    reap = scenario.run(
-        "reap",
-        REAPER_THRESHOLD_MINUTES="1",
-        AUTODISPATCH_NOW=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
+    ahead = (now - datetime.now(UTC)).total_seconds() / 60
+    reap = scenario.run("reap", ahead, REAPER_THRESHOLD_MINUTES="1")
     assert reap.code == 0, reap.stdout
     assert scenario.bd.show(bead)["status"] == "in_progress", reap.stdout
 
@@ -265,9 +262,7 @@ def test_the_reaper_leaves_a_bead_the_agent_closed_after_its_query(scenario: Sce
     scenario.bd.update(bead, "--status", "in_progress")
     run, _, fired = scenario.run_injected(
         rf" show {bead}", "agent", job="reap", agent_note=["close", bead, "--reason", "done"],
-        AUTODISPATCH_NOW=(datetime.now(UTC) + timedelta(minutes=45)).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        ),
+        minutes_ahead=45,
     )  # fmt: skip
     assert fired is not None, run.stdout
     assert scenario.bd.show(bead)["status"] == "closed", run.stdout

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from components.auto_dispatch import BD_CONFIG_NAME
+from components.names import BD_CONFIG_NAME
 from localservices.bd import RealBd
 from localservices.beadboard import BeadBoardStub, Reply
 from manifests.mocks import render_program

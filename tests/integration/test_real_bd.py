@@ -66,10 +66,10 @@ def test_dispatch_200(bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRun
     assert state["started_at"]
     assert STAGE_KEY not in state.get("metadata", {})
     [claimed] = notes(bd, bead)
-    assert claimed.startswith("auto-dispatcher claimed at ")
+    assert claimed.startswith("beads-dispatcher claimed at ")
     # The record is a comment: it can never overwrite a note the agent writes meanwhile.
     [dispatched] = comments(bd, bead)
-    assert dispatched.startswith("dispatched: job=job-1 (auto-dispatcher, ")
+    assert dispatched.startswith("dispatched: job=job-1 (beads-dispatcher, ")
     assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": bead}]
 
 
@@ -148,13 +148,13 @@ def test_attempts_exhausted_blocks(
 ) -> None:
     bead = agent_bead(bd)
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=502, json={"error": "down"}))
-    codes = [run_real("dispatch", DISPATCH_MAX_ATTEMPTS="2").code for _ in range(3)]
+    codes = [run_real("dispatch", MAX_DISPATCH_ATTEMPTS="2").code for _ in range(3)]
     assert codes == [1, 1, 0]
     state = bd.show(bead)
     assert state["status"] == "blocked"
     assert ATTEMPTS_KEY not in state.get("metadata", {})
     written = notes(bd, bead)
-    assert [n.startswith("auto-dispatcher claimed at ") for n in written[::2]] == [True, True]
+    assert [n.startswith("beads-dispatcher claimed at ") for n in written[::2]] == [True, True]
     assert [n.split(":")[0] for n in written[1::2]] == [
         "dispatch failed (attempt 1/2)",
         "dispatch failed (attempt 2/2)",
@@ -204,13 +204,11 @@ def test_reaper_stale_vs_fresh_and_others_untouched(
     updated = datetime.fromisoformat(bd.show(mine)["updated_at"])
     before_others = [bd.show(human), bd.show(open_agent)]
 
-    fresh = run_real("reap", AUTODISPATCH_NOW=(updated + timedelta(minutes=29)).isoformat())
+    fresh = run_real("reap", now=updated + timedelta(minutes=29))
     assert fresh.code == 0 and fresh.summary["blocked"] == []
     assert bd.show(mine)["status"] == "in_progress"
 
-    stale = run_real(
-        "reap", AUTODISPATCH_NOW=(updated + timedelta(minutes=31, seconds=5)).isoformat()
-    )
+    stale = run_real("reap", now=updated + timedelta(minutes=31, seconds=5))
     assert stale.code == 0, stale.stdout
     assert stale.summary["blocked"] == [mine]
     state = bd.show(mine)

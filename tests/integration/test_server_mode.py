@@ -16,10 +16,17 @@ from jobs.lock import LOCK_FILE_NAME
 from localservices.beadboard import BeadBoardStub
 from localservices.dolt import DOLT_PASSWORD, DoltServer
 from pods.process import JobRun, base_env, run_jobs
+from tests.support.jobs_at import MODULE as JOBS_AT
+from tests.support.jobs_at import at
 
 
 def _job(
-    server: DoltServer, tmp_path: Path, board: BeadBoardStub, *args: str, **extra: str
+    server: DoltServer,
+    tmp_path: Path,
+    board: BeadBoardStub,
+    *args: str,
+    now: datetime | None = None,
+    **extra: str,
 ) -> JobRun:
     home = tmp_path / "pod-home"
     home.mkdir(exist_ok=True)
@@ -31,7 +38,9 @@ def _job(
         BEADS_DOLT_PASSWORD=DOLT_PASSWORD,
         BEADBOARD_URL=board.url,
     )
-    return run_jobs(list(args), env | extra)
+    if now is None:
+        return run_jobs(list(args), env | extra)
+    return run_jobs(at(now, *args), env | extra, module=JOBS_AT)
 
 
 def _show(server: DoltServer, tmp_path: Path, bead: str) -> dict[str, Any]:
@@ -57,7 +66,7 @@ def test_dispatch_happy_path_in_server_mode(
     assert [r.json for r in beadboard.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
     state = _show(dolt_server, tmp_path, bead)
     assert state["status"] == "in_progress"
-    assert state["notes"].splitlines()[-1].startswith("auto-dispatcher claimed at ")
+    assert state["notes"].splitlines()[-1].startswith("beads-dispatcher claimed at ")
     assert state["comments"][-1]["text"].startswith("dispatched: job=")
     # Server mode: the dispatch lock is a named lock on the same Dolt server, not a file.
     assert result.event("lock.acquired")["lock"].startswith("GET_LOCK('beads-autodispatch:")
@@ -72,8 +81,7 @@ def test_reap_happy_path_in_server_mode(
     bead = _agent_bead(dolt_server, tmp_path, "stuck in server mode")
     dolt_server.bd_run(tmp_path / "pod-beads", "update", bead, "--status", "in_progress")
     updated = datetime.fromisoformat(_show(dolt_server, tmp_path, bead)["updated_at"])
-    later = (updated + timedelta(minutes=45)).isoformat()
-    result = _job(dolt_server, tmp_path, beadboard, "reap", AUTODISPATCH_NOW=later)
+    result = _job(dolt_server, tmp_path, beadboard, "reap", now=updated + timedelta(minutes=45))
     assert result.code == 0, result.stdout + result.stderr
     assert bead in result.summary["blocked"]
     state = _show(dolt_server, tmp_path, bead)

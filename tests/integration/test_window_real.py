@@ -18,7 +18,7 @@ def test_idle_polls_cost_one_bd_call_and_no_http(
     real_bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
 ) -> None:
     real_bd.create("someone else's", assignee="alice", acceptance="x")
-    result: JobRun = run_real("dispatch", DISPATCH_WINDOW_SECONDS="4", POLL_INTERVAL_SECONDS="0.5")
+    result: JobRun = run_real("dispatch", DISPATCHER_WINDOW_SECONDS="4", POLL_INTERVAL_SECONDS="1")
     assert result.code == 0
     done = result.summary
     assert done["polls"] >= 3
@@ -51,7 +51,7 @@ def test_a_window_drains_the_queue_through_every_free_slot(real_bd: RealBd) -> N
             agent.url,
             # Each bead is claimed, marked, sent and recorded in turn (4 bd calls, ~1 s each
             # embedded): room for five of them and a second poll.
-            DISPATCH_WINDOW_SECONDS="25",
+            DISPATCHER_WINDOW_SECONDS="25",
             POLL_INTERVAL_SECONDS="0.5",
             AGENT_HEALTH_URL=f"{agent.url}/health",
         )
@@ -110,7 +110,7 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
     state = real_bd.show(first)
     assert state["status"] == "in_progress"
     assert "auto_dispatch_stage" not in state.get("metadata", {})
-    assert notes(real_bd, first)[-1].startswith("auto-dispatcher claimed at ")
+    assert notes(real_bd, first)[-1].startswith("beads-dispatcher claimed at ")
     assert comments(real_bd, first)[-1].startswith("dispatched: job=slow")
     # One bead at a time: the second was never claimed, so it waits in the queue untouched.
     assert real_bd.show(second) == second_before
