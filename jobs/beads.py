@@ -156,14 +156,12 @@ class BdClient:
         beads_dir: Path,
         actor: str,
         timeout_seconds: float,
-        env: Mapping[str, str] | None = None,
         runner: Runner = subprocess.run,
     ) -> None:
         self.bd_bin = bd_bin
         self.beads_dir = beads_dir
         self.actor = actor
         self.timeout_seconds = timeout_seconds
-        self._env = dict(env) if env is not None else None
         self._run = runner
         self._calls = 0
 
@@ -251,7 +249,6 @@ class BdClient:
                 encoding="utf-8",
                 errors="replace",
                 timeout=self.timeout_seconds,
-                env=self._env,
                 stdin=subprocess.DEVNULL,
                 check=False,
             )

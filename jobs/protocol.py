@@ -17,7 +17,6 @@ class Status(StrEnum):
     OPEN = "open"
     IN_PROGRESS = "in_progress"
     BLOCKED = "blocked"
-    CLOSED = "closed"
 
 
 # Failed attempts are counted on the bead itself, so the count survives pods.

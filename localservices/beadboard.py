@@ -220,16 +220,6 @@ class BeadBoardStub:
         with self._lock:
             self._requests.clear()
 
-    def reset(self) -> None:
-        """Back to a fresh stub: no requests, queues, handlers; idle defaults."""
-        with self._lock:
-            self._requests.clear()
-            self._queues.clear()
-            self._handlers.clear()
-            self._dispatch_count = 0
-            self.busy = False
-            self.health = HealthState()
-
     # -- used by the request handler -----------------------------------------------------
 
     def _record_and_choose(self, request: RecordedRequest) -> Reply:

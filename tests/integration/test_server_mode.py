@@ -86,7 +86,7 @@ def test_reap_happy_path_in_server_mode(
     assert bead in result.summary["blocked"]
     state = _show(dolt_server, tmp_path, bead)
     assert state["status"] == "blocked"
-    assert state["notes"].splitlines()[-1].startswith("reaper: no progress for 45m")
+    assert state["notes"].splitlines()[-1].startswith("beads-reaper: no progress for 45m")
 
 
 def test_wrong_password_is_a_clean_failure(

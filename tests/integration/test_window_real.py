@@ -52,7 +52,7 @@ def test_a_window_drains_the_queue_through_every_free_slot(real_bd: RealBd) -> N
             # Each bead is claimed, marked, sent and recorded in turn (4 bd calls, ~1 s each
             # embedded): room for five of them and a second poll.
             DISPATCHER_WINDOW_SECONDS="25",
-            POLL_INTERVAL_SECONDS="0.5",
+            POLL_INTERVAL_SECONDS="1",
             AGENT_HEALTH_URL=f"{agent.url}/health",
         )
         completed = subprocess.run(
