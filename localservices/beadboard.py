@@ -220,6 +220,16 @@ class BeadBoardStub:
         with self._lock:
             self._requests.clear()
 
+    def reset(self) -> None:
+        """Back to a fresh stub: no requests, queues, handlers; idle defaults."""
+        with self._lock:
+            self._requests.clear()
+            self._queues.clear()
+            self._handlers.clear()
+            self._dispatch_count = 0
+            self.busy = False
+            self.health = HealthState()
+
     # -- used by the request handler -----------------------------------------------------
 
     def _record_and_choose(self, request: RecordedRequest) -> Reply:
@@ -261,6 +271,9 @@ def _default_method(path: str) -> str:
 class _RequestHandler(BaseHTTPRequestHandler):
     owner: BeadBoardStub
     protocol_version = "HTTP/1.1"  # keep-alive like Next.js; every reply has Content-Length
+    # Headers and body go out in two writes; with Nagle on, loopback adds a 40 ms delayed-ACK
+    # stall to every reply.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default stderr access log (pytest would show it on failures)."""

@@ -1,196 +1,207 @@
-"""The dispatcher tick, end to end through its CLI, against the fake bd and the BeadBoard stub."""
+"""The dispatcher run, in process: a memory store for bd, a fake clock, a real lock file and the
+real BeadBoard client against the loopback stub. Event names and fields are the log contract.
+
+The end of the file covers `python3 -m jobs` itself: configuration errors, the kill switch, and
+one run of the module as a process.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import signal
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
+from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
+from pods.process import base_env, start_jobs
 from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
-from pods.process import JobRun
-from tests.conftest import (
-    HOLD_AND_WAIT,
-    JobRunner,
-    agent_bead,
-    bd_argvs,
-    comments_of,
-    lock_held_elsewhere,
-    lock_is_free,
-    notes_of,
-)
-from tests.support.fake_bd import FakeBd
-from tests.support.fixtures import FakeBdEnv
+from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
+from tests.support.memory_store import MemoryStore
 
 STATUS = "/api/agent-status"
 DISPATCH = "/api/agent-dispatch"
-NOW = datetime.now(UTC).replace(microsecond=0)
+STAMP = iso_utc(NOW)
+WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 
 
-@pytest.fixture
-def api(fake_bd: FakeBdEnv) -> FakeBd:
-    return fake_bd.api
+def posted(beadboard: BeadBoardStub) -> list[str]:
+    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
+    bead = store.add()
     seen_at_post: list[tuple[object, bool]] = []
 
     def dispatch(request: RecordedRequest) -> Reply:
         # What a reaper (or a second dispatcher) would find while the POST is in flight.
-        stage = api.get(bead).get("metadata", {}).get(STAGE_KEY)
-        seen_at_post.append((stage, lock_is_free(fake_bd.db_dir)))
+        seen_at_post.append((store.rows[bead]["metadata"].get(STAGE_KEY), harness.lock_is_free()))
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    result = run_job("dispatch")
-    assert result.code == 0, result.stderr
-    assert result.summary["outcome"] == "dispatched"
-    assert result.summary["dispatched"] == [bead]
-    state = api.get(bead)
-    assert state["status"] == "in_progress"
-    assert state["assignee"] == "agent"
-    assert STAGE_KEY not in state.get("metadata", {})
+    run = harness.dispatch()
+    assert run.code == 0, run.stdout
+    assert run.summary["outcome"] == "dispatched"
+    assert run.summary["dispatched"] == [bead]
+    state = store.bead(bead)
+    assert (state.status, state.assignee, state.metadata) == ("in_progress", "agent", {})
     # The claim is a note; the dispatch a comment (it cannot overwrite the agent's first note).
-    [claimed] = notes_of(api, bead)
-    assert claimed.startswith("auto-dispatcher claimed at 20")
-    [dispatched] = api.comments(bead)
-    assert str(dispatched["text"]).startswith("dispatched: job=job-1 (auto-dispatcher, 20")
-    assert dispatched["author"] == "agent"
+    assert store.notes(bead) == [f"beads-dispatcher claimed at {STAMP}"]
+    [comment] = state.comments
+    assert comment.text == f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"
+    assert (comment.author, comment.created_at) == ("agent", NOW)
     # Marked "sending" before the POST, under the lock held from claim to record.
     assert seen_at_post == [("sending", False)]
     assert [(r.method, r.path) for r in beadboard.requests] == [("GET", STATUS), ("POST", DISPATCH)]
     assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": bead}
-    calls = [call["subcommand"] for call in fake_bd.calls()]
     # query, fresh query under the lock, claim, stage=sending, comment, clear the stage.
-    assert calls == ["query", "query", "update", "update", "comments", "update"]
-    assert lock_is_free(fake_bd.db_dir)
+    assert store.methods() == ["queue", "queue", "update", "update", "comment", "update"]
+    claim = store.log[2]
+    assert claim.args == {
+        "claim": True,
+        "status": "in_progress",
+        "note": f"beads-dispatcher claimed at {STAMP}",
+        "set_metadata": {STAGE_KEY: "claimed"},
+        "actor": "agent",
+    }
+    assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
+    assert run.summary["bd_calls"] == 6
+    assert list(store.rows) == [bead]  # no lock bead, nothing created
+    assert harness.lock_is_free()
 
 
 def test_empty_queue_makes_no_http_request_and_never_touches_the_lock(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    api.create("a human's bead", assignee="alice", acceptance="x")
-    result = run_job("dispatch")
-    assert result.code == 0
-    assert result.summary["outcome"] == "queue_empty"
+    store.add("a human's bead", assignee="alice")
+    run = harness.dispatch()
+    assert run.code == 0
+    assert run.summary["outcome"] == "queue_empty"
+    assert (run.summary["polls"], run.summary["idle_polls"], run.summary["bd_calls"]) == (1, 1, 1)
     assert beadboard.requests == []
-    assert [call["subcommand"] for call in fake_bd.calls()] == ["query"]
-    assert not (fake_bd.db_dir / LOCK_FILE_NAME).exists()
+    assert store.methods() == ["queue"]
+    assert not harness.lock_path.exists()
 
 
-def test_the_queue_query_quotes_the_assignee(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+def test_the_queue_is_the_configured_assignees_and_claims_are_made_as_it(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    mine = agent_bead(api, "for the bot", assignee="bot@corp.example")
-    agent_bead(api, "for another agent")
-    result = run_job("dispatch", AGENT_ASSIGNEE="bot@corp.example")
-    assert result.code == 0, result.stdout
-    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": mine}]
-    queries = bd_argvs(fake_bd, "query")
-    assert queries and all('assignee="bot@corp.example" AND status=open' in q for q in queries)
+    mine = store.add("for the bot", assignee="bot@corp.example")
+    store.add("for another agent")
+    run = harness.dispatch(agent_assignee="bot@corp.example")
+    assert run.code == 0, run.stdout
+    assert posted(beadboard) == [mine]
+    queries = [call.args["assignee"] for call in store.log if call.method == "queue"]
+    assert queries == ["bot@corp.example"] * 2
+    [claim] = [call for call in store.log if call.args.get("claim")]
+    assert (claim.bead, claim.args["actor"]) == (mine, "bot@corp.example")
 
 
 def test_beads_without_acceptance_criteria_are_not_eligible(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    blank = agent_bead(api, acceptance="   \n")
-    missing = api.create("no criteria", assignee="agent")
-    before = api.all()
-    result = run_job("dispatch")
-    assert result.code == 0
-    assert set(result.event("queue.read")["skipped_no_acceptance"]) == {blank, missing}
+    blank = store.add(acceptance="   \n")
+    missing = store.add("no criteria", acceptance="")
+    before = store.snapshot()
+    run = harness.dispatch()
+    assert run.code == 0
+    queue = run.event("queue.read")
+    assert (queue["matched"], queue["eligible"]) == (2, 0)
+    assert set(queue["skipped_no_acceptance"]) == {blank, missing}
     assert beadboard.requests == []
-    assert api.all() == before
+    assert store.snapshot() == before
 
 
 def test_busy_agent_leaves_every_bead_alone(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    agent_bead(api)
+    store.add()
     beadboard.busy = True
-    before = api.all()
-    result = run_job("dispatch")
-    assert result.code == 0
-    assert result.summary["outcome"] == "agent_busy"
+    before = store.snapshot()
+    run = harness.dispatch()
+    assert run.code == 0
+    assert run.summary["outcome"] == "agent_busy"
+    assert run.event("agent.busy")["waiting"] == 1
     assert [r.path for r in beadboard.requests] == [STATUS]
-    assert api.all() == before
+    assert store.snapshot() == before
+    assert not harness.lock_path.exists()
 
 
-def test_sixty_agent_beads_only_the_one_past_the_fiftieth_is_eligible(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+def test_sixty_agent_beads_the_one_past_the_fiftieth_is_seen(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
+    # bd caps a query at 50 rows unless told otherwise; the store must hand over all of them.
     for index in range(59):
-        api.create(f"no criteria {index}", assignee="agent", priority=index % 3)
-    eligible = agent_bead(api, "the only eligible one", priority=4)
-    # bd's default cap would never show it: the test would be meaningless otherwise.
-    capped = api.query('assignee="agent" AND status=open')
-    assert len(capped) == 50 and eligible not in {row["id"] for row in capped}
-    result = run_job("dispatch")
-    assert result.code == 0, result.stdout
-    assert result.event("queue.read")["matched"] == 60
-    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": eligible}]
-    assert api.get(eligible)["status"] == "in_progress"
+        store.add(f"no criteria {index}", acceptance="", priority=index % 3)
+    eligible = store.add("the only eligible one", priority=4)
+    run = harness.dispatch()
+    assert run.code == 0, run.stdout
+    assert run.event("queue.read")["matched"] == 60
+    assert posted(beadboard) == [eligible]
+    assert store.bead(eligible).status == "in_progress"
 
 
 def test_order_is_priority_first_then_oldest(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    low_old = agent_bead(api, "p2 old", priority=2, created_at=NOW - timedelta(hours=3))
-    high_new = agent_bead(api, "p1 new", priority=1, created_at=NOW - timedelta(hours=1))
-    high_old = agent_bead(api, "p1 old", priority=1, created_at=NOW - timedelta(hours=2))
-    urgent = agent_bead(api, "p0 newest", priority=0, created_at=NOW)
-    for _ in range(4):
-        assert run_job("dispatch").code == 0
-    order = [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)]
-    assert order == [urgent, high_old, high_new, low_old]
+    low_old = store.add("p2 old", priority=2, created_at=NOW - timedelta(hours=3))
+    high_new = store.add("p1 new", priority=1, created_at=NOW - timedelta(hours=1))
+    high_old = store.add("p1 old", priority=1, created_at=NOW - timedelta(hours=2))
+    urgent = store.add("p0 newest", priority=0, created_at=NOW)
+    codes = [harness.dispatch().code for _ in range(4)]
+    assert codes == [0, 0, 0, 0]
+    assert posted(beadboard) == [urgent, high_old, high_new, low_old]
 
 
 def test_409_puts_the_bead_back_without_counting_an_attempt(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
+    bead = store.add()
     beadboard.program(DISPATCH, Reply(status=409, json={"error": "Agent is busy"}))
-    result = run_job("dispatch")
-    assert result.code == 0
-    assert result.summary["outcome"] == "agent_busy_on_dispatch"
-    state = api.get(bead)
-    assert state["status"] == "open"
-    assert STAGE_KEY not in state.get("metadata", {})
-    assert ATTEMPTS_KEY not in state.get("metadata", {})
-    assert notes_of(api, bead)[-1].startswith("agent busy (Agent is busy); back to open")
-    assert comments_of(api, bead) == []
-    assert len(beadboard.requests_to(DISPATCH)) == 1
+    run = harness.dispatch()
+    assert run.code == 0
+    assert run.summary["outcome"] == "agent_busy_on_dispatch"
+    assert run.summary["returned_to_queue"] == [bead]
+    state = store.bead(bead)
+    assert (state.status, state.metadata) == ("open", {})
+    assert store.notes(bead)[-1] == (
+        f"agent busy (Agent is busy); back to open, not counted as a failed attempt "
+        f"(beads-dispatcher, {STAMP})"
+    )
+    assert store.comments(bead) == []
+    assert posted(beadboard) == [bead]
 
 
 def test_409_in_a_watch_window_notes_and_posts_each_bead_once(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    first = agent_bead(api, "first", priority=0)
-    second = agent_bead(api, "second", priority=1)
+    first = store.add("first", priority=0)
+    second = store.add("second", priority=1)
     # BeadBoard's status says "free" every time, yet every POST is refused.
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=409, json={"error": "full"}))
-    result = run_job("dispatch", DISPATCH_WINDOW_SECONDS="6", POLL_INTERVAL_SECONDS="1")
-    assert result.code == 0, result.stdout
-    assert result.summary["polls"] >= 3  # the last ones find nothing left to try
-    posted = [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)]
-    assert posted == [first, second]
+    run = harness.dispatch(**WINDOW)
+    assert run.code == 0, run.stdout
+    assert run.summary["polls"] == 6  # the last four find nothing left to try
+    assert posted(beadboard) == [first, second]
     for bead in (first, second):
-        assert api.get(bead)["status"] == "open"
-        busy = [note for note in notes_of(api, bead) if note.startswith("agent busy")]
-        assert len(busy) == 1, notes_of(api, bead)
-        assert len([n for n in notes_of(api, bead) if n.startswith("auto-dispatcher claimed")]) == 1
+        assert store.bead(bead).status == "open"
+        notes = store.notes(bead)
+        assert len([n for n in notes if n.startswith("agent busy")]) == 1, notes
+        assert len([n for n in notes if n.startswith("beads-dispatcher claimed")]) == 1, notes
     # A 409 ends its poll: the next bead waits for the next poll, not the same lock hold.
     steps = [
         e["event"]
-        for e in result.events
+        for e in run.events
         if e["event"] in ("lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released")
     ]
     assert steps == ["lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released"] * 2
@@ -210,21 +221,23 @@ def test_409_in_a_watch_window_notes_and_posts_each_bead_once(
     ids=["500", "502", "400", "302"],
 )
 def test_failed_dispatch_reopens_counts_and_exits_1(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, reply: Reply, reason: str
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, reason: str
 ) -> None:
-    bead = agent_bead(api)
+    bead = store.add()
     beadboard.program(DISPATCH, reply)
-    result = run_job("dispatch")
-    assert result.code == 1
-    assert result.summary["outcome"] == "dispatch_failed"
-    state = api.get(bead)
-    assert state["status"] == "open"
-    assert state["metadata"][ATTEMPTS_KEY] == 1
-    assert STAGE_KEY not in state["metadata"]
-    last = notes_of(api, bead)[-1]
-    assert last.startswith("dispatch failed (attempt 1/3): ")
-    assert reason in last
-    assert "Traceback" not in result.stderr
+    run = harness.dispatch()
+    assert run.code == 1
+    assert run.summary["outcome"] == "dispatch_failed"
+    assert run.summary["failed"] == [bead]
+    state = store.bead(bead)
+    assert state.status == "open"
+    # bd keeps the JSON type of `--set-metadata auto_dispatch_attempts=1`: a number.
+    assert state.metadata == {ATTEMPTS_KEY: 1}
+    last = store.notes(bead)[-1]
+    assert last.startswith(f"dispatch failed (attempt 1/3): {reason}"), last
+    assert last.endswith(f"; back to open (beads-dispatcher, {STAMP})")
+    failed = run.event("dispatch.failed")
+    assert (failed["level"], failed["attempt"], failed["bead_status"]) == ("error", 1, "open")
 
 
 NO_JOB_ID = "dispatched: BeadBoard answered HTTP {} without a job id"
@@ -243,263 +256,394 @@ NO_JOB_ID = "dispatched: BeadBoard answered HTTP {} without a job id"
     ids=["200", "201-numeric-job-id", "202-empty-body", "200-no-job-id", "200-blank", "200-html"],
 )
 def test_any_2xx_is_dispatched_and_never_sent_again(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, reply: Reply, comment: str
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, comment: str
 ) -> None:
-    bead = agent_bead(api, metadata={ATTEMPTS_KEY: 1})
+    bead = store.add(metadata={ATTEMPTS_KEY: 1})
     beadboard.set_handler(DISPATCH, lambda request: reply)
-    window = run_job("dispatch", DISPATCH_WINDOW_SECONDS="3", POLL_INTERVAL_SECONDS="0.5")
+    window = harness.dispatch(**WINDOW)
     assert window.code == 0, window.stdout
     assert window.summary["outcome"] == "dispatched"
     assert window.summary["dispatched"] == [bead]
-    assert window.summary["polls"] >= 2
-    assert run_job("dispatch").code == 0
-    assert len(beadboard.requests_to(DISPATCH)) == 1
-    state = api.get(bead)
-    assert state["status"] == "in_progress"
-    assert state.get("metadata", {}) == {}  # stage cleared, the failed attempt forgotten
-    [text] = comments_of(api, bead)
+    assert window.summary["polls"] == 6
+    assert harness.dispatch().code == 0
+    assert posted(beadboard) == [bead]
+    state = store.bead(bead)
+    assert state.status == "in_progress"
+    assert state.metadata == {}  # stage cleared, the failed attempt forgotten
+    [text] = store.comments(bead)
     assert text.startswith(comment), text
-    assert not any(note.startswith("dispatch failed") for note in notes_of(api, bead))
+    assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
 
 
 @pytest.mark.parametrize(
     ("reply", "reason"),
-    [(Reply(delay=4), "timeout (ReadTimeout)"), (Reply(drop=True), "RemoteProtocolError")],
+    [(Reply(delay=2), "timeout (ReadTimeout)"), (Reply(drop=True), "RemoteProtocolError")],
     ids=["timeout", "dropped"],
 )
 def test_no_answer_after_sending_is_never_sent_again(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, reply: Reply, reason: str
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, reason: str
 ) -> None:
-    bead = agent_bead(api)
+    harness.http_timeout = 0.3
+    bead = store.add()
     beadboard.program(DISPATCH, reply)
-    first = run_job("dispatch")
+    first = harness.dispatch()
     assert first.code == 1
     assert first.summary["outcome"] == "dispatch_unknown"
-    state = api.get(bead)
-    assert state["status"] == "in_progress"
-    assert state["metadata"][STAGE_KEY] == "sending"
-    assert comments_of(api, bead)[-1].startswith(f"dispatch outcome unknown: {reason}")
-    assert run_job("dispatch").code == 0
-    assert len(beadboard.requests_to(DISPATCH)) == 1
+    unknown = first.event("dispatch.unknown")
+    assert (unknown["level"], unknown["bead"], unknown["bead_status"]) == (
+        "error",
+        bead,
+        "in_progress",
+    )
+    state = store.bead(bead)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+    assert store.comments(bead)[-1].startswith(f"dispatch outcome unknown: {reason}")
+    assert "the reaper blocks this bead after 30m" in store.comments(bead)[-1]
+    assert harness.dispatch().code == 0
+    assert posted(beadboard) == [bead]
 
 
 def test_the_nth_failure_blocks_the_bead_and_stops_retrying(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
+    bead = store.add()
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=502, json={"error": "down"}))
-    codes = [run_job("dispatch", DISPATCH_MAX_ATTEMPTS="3").code for _ in range(5)]
+    codes = [harness.dispatch(max_dispatch_attempts=3).code for _ in range(5)]
     assert codes == [1, 1, 1, 0, 0]
-    state = api.get(bead)
-    assert state["status"] == "blocked"
-    assert ATTEMPTS_KEY not in state.get("metadata", {})
-    notes = notes_of(api, bead)
-    failures = [n for n in notes if n.startswith("dispatch failed")]
+    state = store.bead(bead)
+    assert (state.status, state.metadata) == ("blocked", {})
+    failures = [n for n in store.notes(bead) if n.startswith("dispatch failed")]
     assert [n.split(":")[0] for n in failures] == [
         "dispatch failed (attempt 1/3)",
         "dispatch failed (attempt 2/3)",
         "dispatch failed (attempt 3/3)",
     ]
-    assert "— blocking" in failures[-1]
+    assert "— blocking; fix the cause, then set the bead back to open" in failures[-1]
     # Once blocked, no more POSTs and no more notes: the original's endless retry is gone.
-    assert len(beadboard.requests_to(DISPATCH)) == 3
+    assert posted(beadboard) == [bead] * 3
+
+
+def test_blocking_after_max_attempts_is_reported_as_such(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    bead = store.add(metadata={ATTEMPTS_KEY: "4"})  # a count bd may print as text
+    beadboard.program(DISPATCH, Reply(status=500, json={"error": "x"}))
+    run = harness.dispatch(max_dispatch_attempts=5)
+    assert run.code == 1
+    assert run.summary["outcome"] == "blocked_after_failures"
+    assert run.summary["blocked"] == [bead]
+    assert run.event("dispatch.failed")["bead_status"] == "blocked"
+    assert store.bead(bead).status == "blocked"
 
 
 def test_success_after_a_failure_clears_the_attempt_count(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    bead = agent_bead(api, metadata={ATTEMPTS_KEY: 2, "owner_note": "keep me"})
-    assert run_job("dispatch").code == 0
-    metadata = api.get(bead).get("metadata", {})
-    assert ATTEMPTS_KEY not in metadata
-    assert metadata["owner_note"] == "keep me"
+    bead = store.add(metadata={ATTEMPTS_KEY: 2, "owner_note": "keep me"})
+    assert harness.dispatch().code == 0
+    assert store.bead(bead).metadata == {"owner_note": "keep me"}
 
 
 def test_a_bead_with_unreadable_metadata_is_skipped_and_the_next_is_dispatched(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
     # bd accepts any JSON as metadata; a JSON array cannot be a bead's metadata object.
-    odd = agent_bead(api, "array metadata", priority=0)
-    api.set_fields(odd, metadata=["not", "an", "object"])
-    fine = agent_bead(api, "fine", priority=1)
-    odd_before = api.get(odd)
-    result = run_job("dispatch", DISPATCH_WINDOW_SECONDS="3", POLL_INTERVAL_SECONDS="0.5")
-    assert result.code == 0, result.stdout
-    assert result.summary["polls"] >= 2
-    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": fine}]
-    skipped = [e for e in result.events if e["event"] == "bead.skipped"]
+    odd = store.add("array metadata", priority=0, raw={"metadata": ["not", "an", "object"]})
+    fine = store.add("fine", priority=1)
+    odd_before = store.snapshot()[odd]
+    run = harness.dispatch(**WINDOW)
+    assert run.code == 0, run.stdout
+    assert run.summary["polls"] == 6
+    assert posted(beadboard) == [fine]
+    skipped = events_named(run, "bead.skipped")
     assert [(e["bead"], e["level"]) for e in skipped] == [(odd, "warning")]
-    assert "metadata" in skipped[0]["reason"]
-    assert result.summary["skipped"] == [odd]
-    assert api.get(odd) == odd_before
-    assert api.get(fine)["status"] == "in_progress"
+    assert skipped[0]["reason"].startswith("bd printed it in a shape we cannot read: metadata")
+    assert run.summary["skipped"] == [odd]
+    assert store.snapshot()[odd] == odd_before
+    assert store.bead(fine).status == "in_progress"
 
 
 def test_dry_run_changes_nothing_and_posts_nothing(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
-    before = api.all()
-    result = run_job("dispatch", "--dry-run")
-    assert result.code == 0
-    assert result.event("dry_run.would_dispatch")["bead"] == bead
-    assert api.all() == before
-    assert beadboard.requests_to(DISPATCH) == []
-    assert not (fake_bd.db_dir / LOCK_FILE_NAME).exists()
+    bead = store.add()
+    later = store.add(priority=3)
+    before = store.snapshot()
+    run = harness.dispatch(dry_run=True)
+    assert run.code == 0
+    would = run.event("dry_run.would_dispatch")
+    assert (would["bead"], would["beads"], would["slots"]) == (bead, [bead], 1)
+    assert run.summary["outcome"] == "dry_run"
+    assert later not in would["beads"]
+    assert store.snapshot() == before
+    assert store.methods() == ["queue"]  # a read, never a write
+    assert posted(beadboard) == []
+    assert not harness.lock_path.exists()
 
 
 def test_kill_switch_off_touches_nothing(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    agent_bead(api)
-    before = api.all()
-    result = run_job("dispatch", AUTODISPATCH_ENABLED="false")
-    assert result.code == 0
-    assert result.event("run.paused")
-    assert fake_bd.calls() == []
+    store.add()
+    run = harness.dispatch(dispatcher_enabled=False)
+    assert run.code == 0
+    assert run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
+    assert run.summary["outcome"] == "paused"
+    assert store.calls == 0
     assert beadboard.requests == []
-    assert api.all() == before
 
 
 def test_a_bead_taken_by_a_human_meanwhile_is_skipped_for_the_next(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    first = agent_bead(api, "first", priority=0)
-    second = agent_bead(api, "second", priority=1)
+    first = store.add("first", priority=0)
+    second = store.add("second", priority=1)
 
-    # Between the query and the claim a human takes the first bead: emulate with a
-    # status hook that reassigns it when BeadBoard is asked whether the agent is busy.
-    def reassign(request: object) -> Reply:
-        api.set_fields(first, assignee="alice")
+    # Between the query and the lock, a human takes the first bead.
+    def reassign(request: RecordedRequest) -> Reply:
+        store.edit(first, assignee="alice")
         return Reply(json={"busy": False})
 
     beadboard.set_handler(STATUS, reassign)
-    result = run_job("dispatch")
-    assert result.code == 0
-    assert result.event("claim.skipped")["bead"] == first
-    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": second}]
-    assert api.get(first)["status"] == "open" and api.get(first)["assignee"] == "alice"
+    run = harness.dispatch()
+    assert run.code == 0
+    skipped = run.event("claim.skipped")
+    assert (skipped["bead"], skipped["detail"]) == (first, "changed since the query")
+    assert posted(beadboard) == [second]
+    assert (store.bead(first).status, store.bead(first).assignee) == ("open", "alice")
 
 
-def test_a_fresh_database_needs_no_setup_and_gets_no_lock_bead(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+def test_a_claim_bd_refuses_is_lost_quietly_and_nothing_is_sent(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
-    result = run_job("dispatch")
-    assert result.code == 0, result.stdout
-    assert result.summary["outcome"] == "dispatched"
-    assert api.ids() == [bead]
-    assert "create" not in {call["subcommand"] for call in fake_bd.calls()}
+    bead = store.add()
+    # After the fresh query under the lock, before the claim: someone assigns it elsewhere.
+    store.after("queue", lambda: store.edit(bead, assignee="alice"), nth=2)
+    run = harness.dispatch()
+    assert run.code == 0, run.stdout
+    lost = run.event("claim.lost")
+    assert lost["bead"] == bead
+    assert "already claimed by alice" in lost["reason"]
+    assert run.summary["outcome"] == "nothing_claimable"
+    assert posted(beadboard) == []
+    assert (store.bead(bead).status, store.notes(bead)) == ("open", [])
 
 
 def test_a_held_lock_ends_the_poll_without_claiming(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    bead = agent_bead(api)
-    before = api.all()
-    with lock_held_elsewhere(fake_bd.db_dir):
-        result = run_job("dispatch")
-    assert result.code == 0, result.stdout
-    assert result.summary["outcome"] == "lock_busy"
-    assert LOCK_FILE_NAME in result.event("lock.busy")["lock"]
-    assert api.all() == before
-    assert beadboard.requests_to(DISPATCH) == []
+    bead = store.add()
+    before = store.snapshot()
+    with harness.lock_held_elsewhere():
+        run = harness.dispatch()
+    assert run.code == 0, run.stdout
+    assert run.summary["outcome"] == "lock_busy"
+    assert LOCK_FILE_NAME in run.event("lock.busy")["lock"]
+    assert store.snapshot() == before
+    assert store.methods() == ["queue"]
+    assert posted(beadboard) == []
     # Released: the next run dispatches.
-    assert run_job("dispatch").summary["outcome"] == "dispatched"
-    assert api.get(bead)["status"] == "in_progress"
+    assert harness.dispatch().summary["outcome"] == "dispatched"
+    assert store.bead(bead).status == "in_progress"
+
+
+# Takes the dispatch lock (argv[1]) in a process of its own, says so, and waits to be killed.
+HOLD_THE_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_lock_held_by_a_killed_process_is_free_at_once(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, fake_bd: FakeBdEnv
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    bead = agent_bead(api)
+    bead = store.add()
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AND_WAIT, str(fake_bd.db_dir / LOCK_FILE_NAME)],
+        [sys.executable, "-c", HOLD_THE_LOCK, str(harness.lock_path)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert run_job("dispatch").summary["outcome"] == "lock_busy"
+        assert harness.dispatch().summary["outcome"] == "lock_busy"
     finally:
         holder.kill()  # SIGKILL: no chance to release anything itself
         holder.wait(timeout=10)
-    result = run_job("dispatch")
-    assert result.summary["outcome"] == "dispatched"
-    assert api.get(bead)["status"] == "in_progress"
+    assert harness.dispatch().summary["outcome"] == "dispatched"
+    assert store.bead(bead).status == "in_progress"
 
 
-@pytest.mark.parametrize(
-    ("knob", "value"),
-    [("FAKE_BD_FAIL", "query"), ("FAKE_BD_GARBAGE", "query")],
-)
-def test_bd_failure_exits_1_with_one_log_line_and_no_request(
-    api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner, knob: str, value: str
+def test_lock_lost_before_the_post_sends_nothing_and_stops_the_run(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
-    agent_bead(api)
-    before = api.all()
-    result = run_job("dispatch", **{knob: value})
-    assert result.code == 1
-    failed = result.event("tick.failed")
-    assert failed["kind"] == "BdError"
-    assert "Traceback" not in result.stderr
+    first = store.add("first", priority=0)
+    second = store.add("second", priority=1)
+    beadboard.health.capacity = 2
+    # Right after the sending marker lands, the lock file is replaced under the run's feet.
+    store.after("update", harness.lock_path.unlink, nth=2)
+    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    assert run.code == 1
+    assert run.summary["outcome"] == "lock_lost"
+    [error] = [e for e in run.events if e["level"] == "error"]
+    assert error["event"] == "lock.lost"
+    assert "is no longer held by this run" in error["error"]
+    assert posted(beadboard) == []
+    state = store.bead(first)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+    [comment] = store.comments(first)
+    assert comment.startswith("beads-dispatcher lost its dispatch lock (")
+    assert "before sending; not sent" in comment
+    assert store.bead(second).status == "open"
+    # Nothing written after the loss but that one comment.
+    assert store.methods()[-3:] == ["update", "update", "comment"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobs/notes.py lost_lock() promises 'the reaper hands this bead back', but the bead "
+    "is left at stage `sending`, which the reaper blocks after the threshold (as the runbook "
+    "says), never requeues",
+)
+def test_the_lost_lock_comment_says_what_the_reaper_will_do(
+    harness: JobHarness, store: MemoryStore, clock: FakeClock
+) -> None:
+    bead = store.add()
+    store.after("update", harness.lock_path.unlink, nth=2)
+    assert harness.dispatch().summary["outcome"] == "lock_lost"
+    clock.advance(31 * 60)
+    reaped = harness.reap()
+    assert reaped.summary["blocked"] == [bead]  # what the runbook promises, and what happens
+    [comment] = store.comments(bead)
+    assert "the reaper hands this bead back" not in comment, comment
+
+
+def test_lock_lost_during_the_post_records_nothing_more(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    first = store.add("first", priority=0)
+    second = store.add("second", priority=1)
+    beadboard.health.capacity = 2
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        harness.lock_path.unlink()
+        return Reply(json={"job_id": "job-1"})
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    assert run.code == 1
+    assert run.summary["outcome"] == "lock_lost"
+    assert run.event("lock.lost")["level"] == "error"
+    assert posted(beadboard) == [first]
+    # Taken by BeadBoard: commented, but the stage stays `sending` (never resent) and the
+    # second bead is never claimed.
+    assert store.comments(first) == [f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"]
+    assert store.bead(first).metadata == {STAGE_KEY: "sending"}
+    assert store.bead(second).status == "open"
+    assert store.methods()[-1] == "comment"
+
+
+def test_bd_failing_on_the_query_exits_1_with_one_log_line_and_no_request(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    store.add()
+    before = store.snapshot()
+    store.fail("queue")
+    run = harness.dispatch()
+    assert run.code == 1
+    [error] = [e for e in run.events if e["level"] == "error"]
+    assert (error["event"], error["kind"]) == ("tick.failed", "BdError")
+    assert error["error"] == "bd query exited 1: injected failure"
+    assert run.summary["outcome"] == "error"
     assert beadboard.requests == []
-    assert api.all() == before
+    assert store.snapshot() == before
 
 
-def test_a_hung_bd_is_timed_out(api: FakeBd, beadboard: BeadBoardStub, run_job: JobRunner) -> None:
-    agent_bead(api)
-    result = run_job("dispatch", FAKE_BD_HANG_SECONDS="30", BD_TIMEOUT_SECONDS="1")
-    assert result.code == 1
-    assert "timed out after 1s" in result.event("tick.failed")["error"]
+def test_beadboard_down_at_status_check_changes_nothing(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    store.add()
+    before = store.snapshot()
+    run = harness.dispatch(beadboard_url=f"http://127.0.0.1:{closed_port()}")
+    assert run.code == 1
+    failed = run.event("tick.failed")
+    assert failed["kind"] == "BeadBoardError"
+    assert failed["error"].startswith("GET /api/agent-status: connection failed")
+    assert store.snapshot() == before
+    assert harness.lock_is_free()
 
 
-def test_beadboard_down_at_status_check_changes_nothing(api: FakeBd, run_job: JobRunner) -> None:
-    agent_bead(api)
-    before = api.all()
-    result = run_job("dispatch", BEADBOARD_URL="http://127.0.0.1:9")
-    assert result.code == 1
-    assert result.event("tick.failed")["kind"] == "BeadBoardError"
-    assert api.all() == before
+# -- python3 -m jobs ---------------------------------------------------------------------------
+
+
+def bd_that_must_not_run(directory: Path) -> Path:
+    """A `bd` that exists (BD_BIN is checked) but fails any run that reaches it."""
+    script = directory / "bd-must-not-run"
+    script.write_text("#!/bin/sh\necho 'bd must not run here' >&2\nexit 99\n", encoding="utf-8")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, beadboard: BeadBoardStub) -> dict[str, str]:
+    return {
+        "BD_BIN": str(bd_that_must_not_run(tmp_path)),
+        "BEADS_DB": str(tmp_path / "beads"),
+        "BEADBOARD_URL": beadboard.url,
+    }
+
+
+def run_main(args: list[str], environ: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
+    stream = io.StringIO()
+    code = cli.main(args, environ=environ, clock=lambda: NOW, stream=stream)
+    return code, [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"BEADBOARD_URL": ""}, "BEADBOARD_URL is required for dispatch"),
         ({"BEADBOARD_URL": "beadboard:80"}, "BEADBOARD_URL must be an http:// or https:// URL"),
-        ({"DISPATCH_MAX_ATTEMPTS": "0"}, "DISPATCH_MAX_ATTEMPTS"),
-        ({"REAPER_THRESHOLD_MINUTES": "soon"}, "REAPER_THRESHOLD_MINUTES"),
-        ({"AUTODISPATCH_ENABLED": "maybe"}, "AUTODISPATCH_ENABLED must be true or false"),
-        ({"AGENT_ASSIGNEE": "agent OR x"}, "AGENT_ASSIGNEE"),
+        ({"MAX_DISPATCH_ATTEMPTS": "0"}, "MAX_DISPATCH_ATTEMPTS Input should be greater than"),
+        ({"REAPER_THRESHOLD_MINUTES": "soon"}, "REAPER_THRESHOLD_MINUTES Input should be a valid"),
+        ({"DISPATCHER_ENABLED": "maybe"}, "DISPATCHER_ENABLED Input should be a valid boolean"),
+        ({"AGENT_ASSIGNEE": "agent OR x"}, "AGENT_ASSIGNEE must be one word"),
         ({"AGENT_ASSIGNEE": "none"}, "AGENT_ASSIGNEE must name a user"),
         ({"AGENT_ASSIGNEE": "NULL"}, "AGENT_ASSIGNEE must name a user"),
-        ({"HTTP_TIMEOUT_SECONDS": "-1"}, "HTTP_TIMEOUT_SECONDS"),
-        ({"BD_BIN": "/nonexistent/bd"}, "BD_BIN '/nonexistent/bd': not found"),
-        ({"BEADS_METADATA_FILE": "/nonexistent/metadata.json"}, "BEADS_METADATA_FILE"),
+        ({"HTTP_TIMEOUT_SECONDS": "-1"}, "HTTP_TIMEOUT_SECONDS Input should be greater than"),
+        ({"DISPATCHER_WINDOW_SECONDS": "1.5"}, "DISPATCHER_WINDOW_SECONDS Input should be"),
+        ({"BD_BIN": "/nonexistent/bd"}, "BD_BIN '/nonexistent/bd': not found or not executable"),
+        (
+            {"BEADS_METADATA_FILE": "/nonexistent/metadata.json"},
+            "BEADS_METADATA_FILE /nonexistent/metadata.json: no such file",
+        ),
     ],
 )
+@pytest.mark.parametrize("job", ["dispatch", "reap"])
 def test_bad_configuration_exits_2_with_one_clear_line(
-    api: FakeBd,
+    cli_env: dict[str, str],
     beadboard: BeadBoardStub,
-    run_job: JobRunner,
+    capsys: pytest.CaptureFixture[str],
+    job: str,
     overrides: dict[str, str],
     message: str,
 ) -> None:
-    agent_bead(api)
-    before = api.all()
-    result = run_job("dispatch", **overrides)
-    assert_refused_config(result, message, beadboard)
-    assert api.all() == before
-
-
-def assert_refused_config(result: JobRun, message: str, beadboard: BeadBoardStub) -> None:
-    """Exit 2, one line on stderr naming the problem, nothing asked of BeadBoard."""
-    assert result.code == 2, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("configuration error: "), result.stderr
-    assert message in lines[0]
+    code, events = run_main([job], {**cli_env, **overrides})
+    assert_refused_config(code, events, capsys.readouterr().err, message)
     assert beadboard.requests == []
+
+
+def assert_refused_config(
+    code: int, events: list[dict[str, Any]], stderr: str, message: str
+) -> None:
+    """Exit 2, one stderr line naming the problem, the same as one `config.invalid` event."""
+    assert code == 2, events
+    [line] = stderr.splitlines()
+    assert line.startswith(f"configuration error: {message}"), line
+    [error] = [e for e in events if e["level"] == "error"]
+    assert error["event"] == "config.invalid"
+    assert line == f"configuration error: {error['error']}"
 
 
 @pytest.mark.parametrize(
@@ -519,28 +663,44 @@ def assert_refused_config(result: JobRun, message: str, beadboard: BeadBoardStub
     ids=["no-host", "port-not-a-number"],
 )
 def test_server_mode_metadata_the_lock_cannot_use_is_a_config_error(
-    api: FakeBd,
-    beadboard: BeadBoardStub,
-    run_job: JobRunner,
+    cli_env: dict[str, str],
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     metadata: dict[str, str],
     message: str,
 ) -> None:
-    agent_bead(api)
-    before = api.all()
     source = tmp_path / "mounted-metadata.json"
-    source.write_text(json.dumps(metadata))
-    result = run_job("dispatch", BEADS_METADATA_FILE=str(source))
-    assert result.code == 2, result.stdout
-    assert_refused_config(result, message, beadboard)
-    assert api.all() == before
+    source.write_text(json.dumps(metadata), encoding="utf-8")
+    code, events = run_main(["dispatch"], {**cli_env, "BEADS_METADATA_FILE": str(source)})
+    copied = tmp_path / "beads" / "metadata.json"
+    assert_refused_config(code, events, capsys.readouterr().err, f"{copied}: {message}")
+
+
+@pytest.mark.parametrize("job", ["dispatch", "reap"])
+def test_kill_switch_off_in_the_env_touches_nothing(
+    tmp_path: Path, beadboard: BeadBoardStub, capsys: pytest.CaptureFixture[str], job: str
+) -> None:
+    beads_dir = tmp_path / "beads"
+    # Not even bd is looked for: a missing binary is no error while paused.
+    environ = {
+        "DISPATCHER_ENABLED": "false",
+        "BD_BIN": "/nonexistent/bd",
+        "BEADS_DB": str(beads_dir),
+    }
+    code, events = run_main([job], {**environ, "BEADBOARD_URL": beadboard.url})
+    assert code == 0
+    assert [e["event"] for e in events] == ["run.start", "run.paused"]
+    assert events[-1]["detail"] == "DISPATCHER_ENABLED is false; nothing done"
+    assert not beads_dir.exists()
+    assert beadboard.requests == []
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(
-    "content",
+    "metadata",
     [
         {"backend": "dolt", "dolt_mode": "embedded", "dolt_database": "code"},
-        # Server mode, Dolt unreachable: an idle run never asks for the lock, so it is fine.
+        # Server mode, Dolt unreachable: a run that does nothing never asks for the lock.
         {
             "backend": "dolt",
             "dolt_mode": "server",
@@ -549,14 +709,70 @@ def test_server_mode_metadata_the_lock_cannot_use_is_a_config_error(
             "dolt_database": "code",
         },
     ],
-    ids=["embedded", "server-idle"],
+    ids=["embedded", "server"],
 )
-def test_metadata_file_is_copied_into_the_beads_dir(
-    api: FakeBd, run_job: JobRunner, fake_bd: FakeBdEnv, content: dict[str, object]
+def test_the_runtime_switch_pauses_a_run_after_its_setup(
+    cli_env: dict[str, str], tmp_path: Path, beadboard: BeadBoardStub, metadata: dict[str, Any]
 ) -> None:
-    source = fake_bd.db_dir.parent / "mounted-metadata.json"
-    source.write_text(json.dumps(content))
-    result = run_job("dispatch", BEADS_METADATA_FILE=str(source))
-    assert result.code == 0, result.stderr
-    assert result.summary["outcome"] == "queue_empty"
-    assert json.loads((fake_bd.db_dir / "metadata.json").read_text()) == content
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "DISPATCHER_ENABLED").write_text("false\n", encoding="utf-8")
+    source = tmp_path / "mounted-metadata.json"
+    source.write_text(json.dumps(metadata), encoding="utf-8")
+    environ = {**cli_env, "RUNTIME_CONFIG_DIR": str(runtime), "BEADS_METADATA_FILE": str(source)}
+    code, events = run_main(["dispatch"], environ)
+    assert code == 0, events
+    assert [e["event"] for e in events] == ["run.start", "run.paused", "tick.done"]
+    assert (events[-1]["outcome"], events[-1]["bd_calls"]) == ("paused", 0)
+    # The mounted metadata.json was copied into the writable beads dir first.
+    assert json.loads((tmp_path / "beads" / "metadata.json").read_text()) == metadata
+    assert beadboard.requests == []
+
+
+def test_an_unknown_job_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["dispatchh"], environ={}, stream=io.StringIO())
+    assert exited.value.code == 2
+    assert "invalid choice: 'dispatchh'" in capsys.readouterr().err
+
+
+def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
+    tmp_path: Path, beadboard: BeadBoardStub
+) -> None:
+    """The module as the CronJob runs it: a process, a scripted bd, SIGTERM while idle."""
+    argv_log = tmp_path / "bd-argv"
+    bd = tmp_path / "bd"
+    bd.write_text(f"#!/bin/sh\necho \"$@\" >> '{argv_log}'\necho '[]'\n", encoding="utf-8")
+    bd.chmod(0o755)
+    beads_dir = tmp_path / "beads"
+    env = base_env(
+        HOME=str(tmp_path),
+        BD_BIN=str(bd),
+        BEADS_DB=str(beads_dir),
+        BEADBOARD_URL=beadboard.url,
+        DISPATCHER_WINDOW_SECONDS="120",
+        POLL_INTERVAL_SECONDS="60",
+    )
+    process = start_jobs(["dispatch"], env)
+    try:
+        assert process.stdout is not None
+        # The first poll is logged; the run now waits out its poll interval.
+        seen = [process.stdout.readline(), process.stdout.readline()]
+        assert all(seen), f"the run ended early: {seen}"
+        assert [json.loads(line)["event"] for line in seen] == ["run.start", "queue.read"]
+        process.send_signal(signal.SIGTERM)
+        rest, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert process.returncode == 0, stderr
+    assert stderr == ""
+    events = [json.loads(line) for line in [*seen, *rest.splitlines()]]
+    summary = events[-1]
+    assert summary["event"] == "tick.done"
+    assert (summary["outcome"], summary["polls"], summary["bd_calls"]) == ("stopped", 1, 1)
+    assert "run.stopping" in [e["event"] for e in events]
+    assert argv_log.read_text().splitlines() == [
+        f'--db {beads_dir} --actor agent --json query assignee="agent" AND status=open --limit 0'
+    ]
+    assert beadboard.requests == []

@@ -1,68 +1,52 @@
-"""Fault injection (fake bd + BeadBoard stub): every fault of the world gives one clear error
-line, the right exit code, the right state for the bead in hand, and changes nothing else.
+"""Fault injection: every fault of the world gives one clear error line, the right exit code,
+the right state for the bead in hand, and changes nothing else.
 
-tests/test_dispatch.py already checks the notes each failed POST leaves; these tests add
-what an operator relies on when something breaks: exactly one `level=error` JSON line that
-names the fault, no traceback, and a database in which only the expected bead moved.
+Faults of bd are injected into the memory store (the jobs see a BdError wherever bd would
+fail); faults of BeadBoard are real HTTP faults from the loopback stub; what bd itself can do
+wrong (hang, crash, garbage, advisory noise) is turned into that BdError by BdClient, tested at
+the end with an injected runner, or a tiny scripted `bd` where a real process is the point.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import re
 import secrets
-import socket
+import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from localservices.beadboard import BeadBoardStub, Reply
-from manifests.mocks import render_program
+from jobs import __main__ as cli
+from jobs.beads import BdClient, BdError, BdRejected
+from jobs.lock import DoltNamedLock, LockError, lock_for
+from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Status
 from pods.process import JobRun
-from tests.conftest import (
-    JobRunner,
-    agent_bead,
-    bd_argvs,
-    comments_of,
-    lock_held_elsewhere,
-    lock_is_free,
-    notes_of,
-)
-from tests.support.fake_bd import FakeBd
-from tests.support.fixtures import FakeBdEnv
+from tests.pulumi_harness import render_program
+from localservices.beadboard import BeadBoardStub, Reply
+from tests.support.harness import NOW, JobHarness, closed_port
+from tests.support.memory_store import MemoryStore
 
 STATUS = "/api/agent-status"
 DISPATCH = "/api/agent-dispatch"
-NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def bystanders(api: FakeBd) -> None:
-    """Beads a tick must never touch, whatever goes wrong."""
-    api.create("a human's open bead", assignee="alice", acceptance="x")
-    api.create("agent bead without criteria", assignee="agent")
-    api.create("agent at work", assignee="agent", status="in_progress", acceptance="x")
-    api.create("done", assignee="agent", status="closed", acceptance="x")
-
-
-def snapshot(api: FakeBd) -> dict[str, dict[str, Any]]:
-    return {bead["id"]: bead for bead in api.all()}
+def bystanders(store: MemoryStore) -> None:
+    """Beads a run must never touch, whatever goes wrong."""
+    store.add("a human's open bead", assignee="alice")
+    store.add("agent bead without criteria", acceptance="")
+    store.add("agent at work", status="in_progress")
+    store.add("done", status="closed")
 
 
 def error_lines(run: JobRun) -> list[dict[str, Any]]:
-    # Every stdout line is a JSON object: json.loads fails the test otherwise.
+    # Every line is a JSON object: JobRun.events fails the test otherwise.
     return [event for event in run.events if event["level"] == "error"]
 
 
@@ -74,22 +58,12 @@ def error_text(event: dict[str, Any]) -> str:
     return str(event.get("error") or event.get("reason") or "")
 
 
-def server_mode_metadata(directory: Path, port: int) -> Path:
-    """A mounted metadata.json naming a Dolt server nobody answers on."""
-    path = directory / "server-metadata.json"
-    path.write_text(
-        json.dumps(
-            {
-                "backend": "dolt",
-                "dolt_mode": "server",
-                "dolt_server_host": "127.0.0.1",
-                "dolt_server_port": port,
-                "dolt_database": "code",
-            }
-        ),
-        encoding="utf-8",
-    )
-    return path
+def unreachable_dolt_lock() -> DoltNamedLock:
+    """Server mode, and the Dolt server refuses connections."""
+    return DoltNamedLock("127.0.0.1", closed_port(), "root", "", "code")
+
+
+BdFault = Callable[[MemoryStore, str], None]  # (store, the bead in hand)
 
 
 @dataclass(frozen=True)
@@ -99,8 +73,9 @@ class Fault:
     bead: "unchanged", "failed" (back to open, attempt 1 counted, failure noted),
     "busy" (back to open, not counted), "dispatched" (BeadBoard took it: in_progress,
     stage cleared, the dispatch commented), "unknown" (the request went out and no answer
-    came back: stays in_progress with stage=sending, never sent again) or "unrecorded"
-    (sent and taken, but bd failed recording it: stays at stage=sending, never resent).
+    came back: stays in_progress with stage=sending, never sent again), "unrecorded" (sent
+    and taken, but bd failed recording it: stays at stage=sending, never resent) or
+    "handed_back" (claimed, then bd failed before the POST: back to open, not counted).
     warning: a fragment of the one `bead.skipped` warning the run must log, if any.
     """
 
@@ -110,20 +85,16 @@ class Fault:
     bead: str
     dispatch_reply: Reply | None = None
     status_reply: Reply | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    bd: BdFault | None = None
+    fast_http: bool = False  # a 0.3 s HTTP timeout, for replies that come late or never
     refused_post: bool = False  # BeadBoard's POST hits a closed port
-    db_missing: bool = False  # BEADS_DB is a directory with no database
     lock_held: bool = False  # another live run holds the dispatch lock
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
-    real_bd_db_error: bool = False  # bd answers as the real one does for an unopenable --db
     posts: int = 0
     warning: str | None = None
 
 
-FAST_HTTP = {"HTTP_TIMEOUT_SECONDS": "1"}
-HANG = {"FAKE_BD_HANG_SECONDS": "30", "BD_TIMEOUT_SECONDS": "1"}
-
-DISPATCH_FAULTS: tuple[Any, ...] = (
+DISPATCH_FAULTS = (
     Fault(
         "post-500",
         "HTTP 500 no agent-service URL",
@@ -149,22 +120,15 @@ DISPATCH_FAULTS: tuple[Any, ...] = (
         posts=1,
     ),
     # 409 is BeadBoard saying "busy", not a fault: no error line, exit 0, not counted.
-    Fault(
-        "post-409",
-        None,
-        0,
-        "busy",
-        Reply(status=409, json={"error": "Agent is busy"}),
-        posts=1,
-    ),
+    Fault("post-409", None, 0, "busy", Reply(status=409, json={"error": "Agent is busy"}), posts=1),
     Fault("post-refused", "connection failed", 1, "failed", refused_post=True),
     Fault(
         "post-timeout",
         "timeout (ReadTimeout)",
         1,
         "unknown",
-        Reply(delay=3),
-        env=FAST_HTTP,
+        Reply(delay=1),
+        fast_http=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -173,8 +137,8 @@ DISPATCH_FAULTS: tuple[Any, ...] = (
         "timeout (ReadTimeout)",
         1,
         "unknown",
-        Reply(stall=3, json={"job_id": "job-late"}),
-        env=FAST_HTTP,
+        Reply(stall=1, json={"job_id": "job-late"}),
+        fast_http=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -203,14 +167,7 @@ DISPATCH_FAULTS: tuple[Any, ...] = (
         Reply(status=200, json={"status": "queued"}),
         posts=1,
     ),
-    Fault(
-        "post-202-empty",
-        None,
-        0,
-        "dispatched",
-        Reply(status=202),
-        posts=1,
-    ),
+    Fault("post-202-empty", None, 0, "dispatched", Reply(status=202), posts=1),
     # The status check fails before anything is claimed: the bead stays as it was.
     Fault("status-500", "GET /api/agent-status: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
     Fault(
@@ -232,57 +189,77 @@ DISPATCH_FAULTS: tuple[Any, ...] = (
         "GET /api/agent-status: timeout",
         1,
         "unchanged",
-        status_reply=Reply(delay=3),
-        env=FAST_HTTP,
+        status_reply=Reply(delay=1),
+        fast_http=True,
     ),
     Fault(
         "status-slow-body",
         "GET /api/agent-status: timeout",
         1,
         "unchanged",
-        status_reply=Reply(stall=3, json={"busy": False}),
-        env=FAST_HTTP,
+        status_reply=Reply(stall=1, json={"busy": False}),
+        fast_http=True,
     ),
-    # bd faults, wherever in the tick they hit.
-    Fault("bd-query-exit-1", "bd query exited 1", 1, "unchanged", env={"FAKE_BD_FAIL": "query"}),
+    # bd faults, wherever in the run they hit.
+    Fault(
+        "bd-query-fails",
+        "bd query exited 1: injected failure",
+        1,
+        "unchanged",
+        bd=lambda store, bead: store.fail("queue"),
+    ),
+    Fault(
+        "bd-every-call-fails",
+        "bd query exited 1: injected failure",
+        1,
+        "unchanged",
+        bd=lambda store, bead: store.fail(),
+    ),
     # The claim fails, and so does handing the bead back: it is left for the next run.
     Fault(
-        "bd-update-exit-1",
-        "bd update exited 1",
+        "bd-update-fails",
+        "bd update exited 1: injected failure",
         1,
         "unchanged",
-        env={"FAKE_BD_FAIL": "update"},
-    ),
-    Fault("bd-hang-all", "bd query timed out after 1s", 1, "unchanged", env=HANG),
-    Fault(
-        "bd-hang-on-update",
-        "bd update timed out after 1s",
-        1,
-        "unchanged",
-        env={**HANG, "FAKE_BD_HANG_ON": "update"},
+        bd=lambda store, bead: store.fail("update"),
     ),
     Fault(
-        "bd-query-truncated-json",
-        "bd query printed invalid JSON",
+        "bd-fails-on-the-bead-in-hand",
+        "bd update exited 1: injected failure",
         1,
         "unchanged",
-        env={"FAKE_BD_GARBAGE": "query"},
+        bd=lambda store, bead: store.fail(bead=bead),
+    ),
+    # The claim landed, then bd failed (a crash after its commit): handed back at once.
+    Fault(
+        "bd-claim-lands-then-fails",
+        "bd update exited 1: injected failure",
+        1,
+        "handed_back",
+        bd=lambda store, bead: store.fail("update", nth=1, land=True),
+    ),
+    Fault(
+        "bd-mark-sending-fails",
+        "bd update exited 1: injected failure",
+        1,
+        "handed_back",
+        bd=lambda store, bead: store.fail("update", nth=2),
     ),
     # BeadBoard took the bead; recording it fails: it stays "sending", never sent again.
     Fault(
-        "bd-comment-exit-1",
-        "bd comments exited 1",
+        "bd-comment-fails",
+        "bd comments exited 1: injected failure",
         1,
         "unrecorded",
-        env={"FAKE_BD_FAIL": "comments"},
+        bd=lambda store, bead: store.fail("comment"),
         posts=1,
     ),
     Fault(
-        "bd-hang-on-comment",
-        "bd comments timed out after 1s",
+        "bd-clearing-the-stage-fails",
+        "bd update exited 1: injected failure",
         1,
         "unrecorded",
-        env={**HANG, "FAKE_BD_HANG_ON": "comments"},
+        bd=lambda store, bead: store.fail("update", nth=3),
         posts=1,
     ),
     # The dispatch lock: held by another run is no fault; its service unreachable is one.
@@ -294,24 +271,314 @@ DISPATCH_FAULTS: tuple[Any, ...] = (
         "unchanged",
         lock_unreachable=True,
     ),
-    # What the real bd 1.0.2 prints for a --db it cannot open (recorded, replayed by a script).
-    Fault(
-        "bd-db-unopenable",
-        "bd query exited 1: failed to open database: embeddeddolt: database name must not be",
-        1,
-        "unchanged",
-        real_bd_db_error=True,
-    ),
-    pytest.param(
-        Fault("bd-db-missing", "no beads database found", 1, "unchanged", db_missing=True),
-        id="bd-db-missing",
-    ),
-    Fault("bd-every-call-fails", "injected failure", 1, "unchanged", env={"FAKE_BD_FAIL": "*"}),
 )
 
 
-# Recorded from bd 1.0.2 run with --db on an empty directory (embedded mode).
-REAL_BD_OPEN_FAILURE_STDOUT = (
+@pytest.mark.parametrize("fault", DISPATCH_FAULTS, ids=[fault.id for fault in DISPATCH_FAULTS])
+def test_dispatch_fault_one_error_line_right_state_nothing_else(
+    fault: Fault,
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bystanders(store)
+    bead = store.add("the one in hand", priority=0)
+    before = store.snapshot()
+    if fault.dispatch_reply is not None:
+        beadboard.program(DISPATCH, fault.dispatch_reply)
+    if fault.status_reply is not None:
+        beadboard.program(STATUS, fault.status_reply)
+    if fault.bd is not None:
+        fault.bd(store, bead)
+    if fault.fast_http:
+        harness.http_timeout = 0.3
+    settings: dict[str, Any] = {}
+    if fault.refused_post:
+        # Slots from /health, so BeadBoard is asked nothing before the POST that fails.
+        settings["agent_health_url"] = f"{beadboard.url}/health"
+        settings["beadboard_url"] = f"http://127.0.0.1:{closed_port()}"
+    lock = unreachable_dolt_lock() if fault.lock_unreachable else None
+    if fault.lock_held:
+        with harness.lock_held_elsewhere():
+            run = harness.dispatch(lock=lock, **settings)
+    else:
+        run = harness.dispatch(lock=lock, **settings)
+
+    assert run.code == fault.exit_code, run.stdout
+    assert capsys.readouterr().err == "", "a fault of the world is logged, never a traceback"
+    errors = error_lines(run)
+    if fault.error is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1, errors
+        assert fault.error in error_text(errors[0]), errors[0]
+        assert "\n" not in error_text(errors[0])
+    if fault.warning is None:
+        assert warning_lines(run) == []
+    else:
+        [skipped] = warning_lines(run)
+        assert (skipped["event"], skipped["bead"]) == ("bead.skipped", bead)
+        assert fault.warning in error_text(skipped), skipped
+    assert run.summary["exit_code"] == fault.exit_code
+    assert len(beadboard.requests_to(DISPATCH)) == fault.posts
+    if fault.lock_held:
+        assert run.summary["outcome"] == "lock_busy"
+    assert harness.lock_is_free()
+
+    after = store.snapshot()
+    state = store.bead(bead)
+    if fault.bead == "unchanged":
+        assert after[bead] == before[bead]
+    elif fault.bead in ("unknown", "unrecorded"):
+        assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+        if fault.bead == "unknown":
+            assert store.comments(bead)[-1].startswith("dispatch outcome unknown: ")
+        elif fault.id == "bd-comment-fails":
+            assert store.comments(bead) == []
+        else:
+            assert store.comments(bead)[-1].startswith("dispatched: job=job-1 ")
+        assert harness.dispatch().code == 0, "a bead maybe sent is never sent again"
+        assert len(beadboard.requests_to(DISPATCH)) == fault.posts
+    elif fault.bead == "dispatched":
+        assert (state.status, state.metadata) == ("in_progress", {})
+        assert store.comments(bead)[-1].startswith("dispatched: BeadBoard answered HTTP 20")
+    else:
+        assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
+        last = store.notes(bead)[-1]
+        if fault.bead == "failed":
+            assert state.metadata == {ATTEMPTS_KEY: 1}
+            assert last.startswith("dispatch failed (attempt 1/3): ")
+            assert fault.error is not None and fault.error in last
+        elif fault.bead == "busy":
+            assert state.metadata == {}
+            assert last.startswith("agent busy (Agent is busy); back to open")
+        else:
+            assert fault.bead == "handed_back"
+            assert state.metadata == {}
+            assert last.startswith("not dispatched: bd failed ")
+            assert "back to open, not counted as a failed attempt" in last
+            [failed] = errors
+            assert (failed["event"], failed["handed_back"]) == ("bead.failed", True)
+    # Everything else — the bystanders — as it was, and nothing new was created.
+    assert {k: v for k, v in after.items() if k != bead} == {
+        k: v for k, v in before.items() if k != bead
+    }
+
+
+def test_a_bd_failure_on_one_bead_does_not_stop_the_others(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    first = store.add("first", priority=0)
+    second = store.add("second", priority=1)
+    beadboard.health.capacity = 2
+    store.fail(bead=first)
+    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    assert run.code == 1
+    [failed] = error_lines(run)
+    assert (failed["event"], failed["bead"], failed["step"]) == ("bead.failed", first, "claim")
+    assert failed["handed_back"] is False
+    assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [second]
+    assert run.summary["dispatched"] == [second]
+    assert store.bead(first).status == "open"
+
+
+def test_a_timed_out_post_that_beadboard_accepted_is_not_sent_twice(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    store.add()
+    # BeadBoard started the job and answered 200, but the body arrived after our timeout.
+    beadboard.program(DISPATCH, Reply(stall=1, json={"job_id": "job-started"}))
+    harness.http_timeout = 0.3
+    assert [harness.dispatch().code, harness.dispatch().code] == [1, 0]
+    assert len(beadboard.requests_to(DISPATCH)) == 1
+
+
+# -- the reaper: one line per bead it could not handle; a failed write fails the run ---------
+
+STALE = NOW - timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ReapFault:
+    id: str
+    error: str | None
+    exit_code: int
+    bd: BdFault | None = None
+    warning: str | None = None
+    lock_unreachable: bool = False
+    blocked: bool = False  # the write landed before bd failed
+
+
+REAP_FAULTS = (
+    ReapFault("query-fails", "bd query exited 1", 1, bd=lambda store, bead: store.fail("queue")),
+    # bd show fails for *any* lookup problem: the bead is skipped, never judged gone.
+    ReapFault(
+        "show-fails",
+        None,
+        0,
+        bd=lambda store, bead: store.fail("show"),
+        warning="cannot re-read it: bd show exited 1",
+    ),
+    ReapFault(
+        "show-times-out",
+        None,
+        0,
+        bd=lambda store, bead: store.fail("show", message="bd show timed out after 60s"),
+        warning="cannot re-read it: bd show timed out after 60s",
+    ),
+    ReapFault("update-fails", "bd update exited 1", 1, bd=lambda store, bead: store.fail("update")),
+    ReapFault(
+        "update-lands-then-fails",
+        "bd update exited 1",
+        1,
+        bd=lambda store, bead: store.fail("update", land=True),
+        blocked=True,
+    ),
+    ReapFault(
+        "lock-service-unreachable", "cannot connect to Dolt at 127.0.0.1", 1, lock_unreachable=True
+    ),
+)
+
+
+@pytest.mark.parametrize("fault", REAP_FAULTS, ids=[fault.id for fault in REAP_FAULTS])
+def test_reap_fault_one_line_and_nothing_else_changed(
+    fault: ReapFault, harness: JobHarness, store: MemoryStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bystanders(store)
+    stuck = store.add("stuck for an hour", status="in_progress", updated_at=STALE)
+    before = store.snapshot()
+    if fault.bd is not None:
+        fault.bd(store, stuck)
+    run = harness.reap(lock=unreachable_dolt_lock() if fault.lock_unreachable else None)
+    assert run.code == fault.exit_code, run.stdout
+    assert capsys.readouterr().err == ""
+    errors = error_lines(run)
+    if fault.error is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1, errors
+        assert fault.error in error_text(errors[0])
+    if fault.warning is None:
+        assert warning_lines(run) == []
+    else:
+        [warning] = warning_lines(run)
+        assert (warning["event"], warning["bead"]) == ("bead.skipped", stuck)
+        assert fault.warning in error_text(warning), warning
+    after = store.snapshot()
+    # The stale bead is still in_progress (the next run blocks it), unless the write landed.
+    assert store.bead(stuck).status == ("blocked" if fault.blocked else "in_progress")
+    after.pop(stuck)
+    before.pop(stuck)
+    assert after == before
+    assert harness.lock_is_free()
+
+
+@pytest.mark.parametrize(
+    ("method", "code"), [("update", 1), ("show", 0)], ids=["update-fails", "show-fails"]
+)
+def test_one_bead_failing_to_reap_does_not_stop_the_others(
+    harness: JobHarness, store: MemoryStore, method: str, code: int
+) -> None:
+    first = store.add("first", status="in_progress", updated_at=STALE)
+    second = store.add("second", status="in_progress", updated_at=STALE)
+    before = store.snapshot()
+    # bd refuses every call of one kind: each stale bead is still tried and reported.
+    store.fail("update" if method == "update" else "show")
+    run = harness.reap()
+    assert run.code == code, run.stdout
+    assert [call.bead for call in store.log if call.method == method] == [first, second]
+    # A failed show is a warning (the bead is simply skipped); a failed write is an error.
+    reported = warning_lines(run) if method == "show" else error_lines(run)
+    assert [line["bead"] for line in reported] == [first, second]
+    assert all(f"bd {method} exited 1" in error_text(line) for line in reported)
+    assert run.summary["skipped"] == [first, second]
+    assert store.snapshot() == before
+
+
+# -- BdClient: what reaches bd, and what becomes of whatever bd prints -------------------------
+
+
+@dataclass
+class ScriptedBd:
+    """An injected runner: answers as told and keeps each command it was given."""
+
+    stdout: str = "[]"
+    stderr: str = ""
+    returncode: int = 0
+    commands: list[list[str]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, command: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(command)
+        self.options = options
+        return subprocess.CompletedProcess(command, self.returncode, self.stdout, self.stderr)
+
+    def client(self) -> BdClient:
+        return BdClient("bd", Path("/beads"), actor="agent", timeout_seconds=7, runner=self)
+
+
+def test_bd_is_asked_for_every_queued_bead_with_the_assignee_quoted() -> None:
+    bd = ScriptedBd()
+    bd.client().queue("bot@corp.example", Status.OPEN)
+    assert bd.commands == [
+        [
+            "bd",
+            "--db",
+            "/beads",
+            "--actor",
+            "agent",
+            "--json",
+            "query",
+            'assignee="bot@corp.example" AND status=open',
+            "--limit",
+            "0",  # bd's default cap of 50 would starve the rest of the queue
+        ]
+    ]
+    assert bd.options["timeout"] == 7
+    # A stray non-UTF-8 byte becomes U+FFFD, never a UnicodeDecodeError.
+    assert (bd.options["encoding"], bd.options["errors"]) == ("utf-8", "replace")
+    assert bd.options["stdin"] == subprocess.DEVNULL
+
+
+def test_one_update_carries_the_claim_status_note_and_metadata_together() -> None:
+    bd = ScriptedBd()
+    client = bd.client()
+    client.update(
+        "tb-1",
+        claim=True,
+        status=Status.IN_PROGRESS,
+        note="claimed",
+        set_metadata={"b": "2", "a": "1"},
+        unset_metadata=["c"],
+        actor="bot",
+    )
+    client.comment("tb-1", "--not-a-flag")
+    [update, comment] = bd.commands
+    assert update[4:] == [
+        "bot",
+        "--json",
+        "update",
+        "tb-1",
+        "--claim",
+        "--status",
+        "in_progress",
+        "--append-notes",
+        "claimed",
+        "--set-metadata",
+        "a=1",
+        "--set-metadata",
+        "b=2",
+        "--unset-metadata",
+        "c",
+    ]
+    # `--` first: a comment that starts with a dash is text, never a flag.
+    assert comment[4:] == ["agent", "--json", "comments", "add", "tb-1", "--", "--not-a-flag"]
+    assert client.calls == 2
+
+
+# What bd 1.0.2 prints when --db names a directory holding no database (recorded).
+REAL_BD_OPEN_FAILURE = (
     json.dumps(
         {
             "error": "failed to open database: embeddeddolt: database name must not be empty "
@@ -319,297 +586,160 @@ REAL_BD_OPEN_FAILURE_STDOUT = (
         },
         indent=2,
     )
-    + "\n"
+    + "\n",
+    "warning: no beads configuration found in /tmp; database name may default incorrectly\n",
 )
-REAL_BD_OPEN_FAILURE_STDERR = (
-    "warning: no beads configuration found in /tmp; database name may default incorrectly\n"
+NO_DATABASE = (
+    "Error: no beads database found\n"
+    "Hint: run 'bd where' to inspect the resolved workspace, or 'bd init' to create "
+    "a new database\n"
+    "      or set BEADS_DIR to point to your .beads directory\n"
 )
 
 
-def real_bd_open_failure(directory: Path) -> Path:
-    """A bd that fails exactly as bd 1.0.2 does when --db names a directory with no database."""
-    (directory / "bd.out").write_text(REAL_BD_OPEN_FAILURE_STDOUT, encoding="utf-8")
-    (directory / "bd.err").write_text(REAL_BD_OPEN_FAILURE_STDERR, encoding="utf-8")
-    script = directory / "bd-cannot-open"
-    script.write_text(
-        f"#!/bin/sh\ncat '{directory}/bd.out'\ncat '{directory}/bd.err' >&2\nexit 1\n",
-        encoding="utf-8",
-    )
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "returncode", "expected"),
+    [
+        # A crash: the last line bd printed that is not advisory noise.
+        ("", "panic: runtime error\ngoroutine 1 [running]:\n", 2, "bd query exited 2: goroutine 1"),
+        ('[{"id": "tb-1", "status"', "", 0, 'bd query printed invalid JSON: \'[{"id": "tb-1"'),
+        (
+            '{"id": "tb-1"}',
+            "",
+            0,
+            """bd query 'assignee="agent" AND status=open' printed dict, expected a JSON array""",
+        ),
+        (*REAL_BD_OPEN_FAILURE, 1, "bd query exited 1: failed to open database: embeddeddolt:"),
+        ("", NO_DATABASE, 1, "bd query exited 1: Error: no beads database found"),
+        (
+            "",
+            "warning: beads.role not configured\n" * 3 + "Error: database is locked\n",
+            1,
+            "bd query exited 1: Error: database is locked",
+        ),
+        ("x" * 100_000, "", 0, "bd query printed invalid JSON: 'xxx"),
+    ],
+    ids=[
+        "crash",
+        "truncated-json",
+        "not-an-array",
+        "db-unopenable",
+        "db-missing",
+        "advisory-lines",
+        "huge-garbage",
+    ],
+)
+def test_whatever_bd_prints_is_beads_or_one_short_bd_error(
+    stdout: str, stderr: str, returncode: int, expected: str
+) -> None:
+    with pytest.raises(BdError) as caught:
+        ScriptedBd(stdout, stderr, returncode).client().queue("agent", Status.OPEN)
+    message = str(caught.value)
+    assert type(caught.value) is BdError
+    assert message.startswith(expected), message
+    assert "\n" not in message
+    assert len(message) < 360  # bd's text is quoted as an excerpt, never wholesale
+
+
+def test_a_long_error_keeps_both_ends() -> None:
+    # bd often names the cause last, after a long context.
+    stderr = "Error: " + "context " * 500 + "caused by: disk full\n"
+    with pytest.raises(BdError) as caught:
+        ScriptedBd("", stderr, 1).client().update("tb-1", status=Status.OPEN)
+    message = str(caught.value)
+    assert message.startswith("bd update exited 1: Error: context context")
+    assert message.endswith("caused by: disk full")
+    assert " … " in message
+
+
+@pytest.mark.parametrize(
+    ("call", "stdout", "stderr", "expected"),
+    [
+        (
+            "claim",
+            "",
+            "warning: beads.role not configured\nError claiming tb-1: issue already claimed by "
+            "alice\nHint: see bd help update\n",
+            "bd update tb-1: Error claiming tb-1: issue already claimed by alice",
+        ),
+        (
+            "claim",
+            "",
+            'Error resolving tb-1: no issue found matching "tb-1"\n',
+            'bd update tb-1: Error resolving tb-1: no issue found matching "tb-1"',
+        ),
+        (
+            "show",
+            '{"error": "no issues found matching the provided IDs"}\n',
+            "",
+            "bd show tb-1: no issues found matching the provided IDs",
+        ),
+    ],
+    ids=["claimed-by-another", "update-unknown-id", "show-unknown-id"],
+)
+def test_bd_refusing_is_a_rejection_not_a_fault(
+    call: str, stdout: str, stderr: str, expected: str
+) -> None:
+    client = ScriptedBd(stdout, stderr, 1).client()
+    with pytest.raises(BdRejected) as caught:
+        if call == "show":
+            client.show("tb-1")
+        else:
+            client.update("tb-1", claim=True, status=Status.IN_PROGRESS)
+    assert str(caught.value) == expected
+
+
+def test_huge_output_parses_whole() -> None:
+    rows = [
+        {
+            "id": f"tb-{index}",
+            "status": "open",
+            "priority": 2,
+            "assignee": "agent",
+            "notes": "n" * 5_000,
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+        for index in range(1_000)
+    ]
+    result = ScriptedBd(json.dumps(rows)).client().queue("agent", Status.OPEN)
+    assert [bead.id for bead in result.beads] == [row["id"] for row in rows]
+    assert result.unreadable == {}
+
+
+def scripted_bd(directory: Path, body: str) -> Path:
+    """A `bd` of a few shell lines, for what only a real process shows."""
+    script = directory / "bd"
+    script.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
     script.chmod(0o755)
     return script
 
 
-def cases(faults: tuple[Any, ...]) -> list[Any]:
-    """Each Fault as a pytest param named by its id (known gaps come pre-wrapped)."""
-    return [f if not isinstance(f, Fault) else pytest.param(f, id=f.id) for f in faults]
+def test_a_hung_bd_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    # exec: the sleep itself is bd, so killing bd closes its pipes at once.
+    bd = scripted_bd(tmp_path, "exec sleep 30")
+    client = BdClient(str(bd), tmp_path, actor="agent", timeout_seconds=0.3)
+    started = time.monotonic()
+    with pytest.raises(BdError) as caught:
+        client.queue("agent", Status.OPEN)
+    assert str(caught.value) == "bd query timed out after 0.3s"
+    assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("fault", cases(DISPATCH_FAULTS))
-def test_dispatch_fault_one_error_line_right_state_nothing_else(
-    fault: Fault,
-    fake_bd: FakeBdEnv,
-    beadboard: BeadBoardStub,
-    run_job: JobRunner,
-    tmp_path: Path,
-) -> None:
-    api = fake_bd.api
-    bystanders(api)
-    bead = agent_bead(api, "the one in hand", priority=0)
-    before = snapshot(api)
-    if fault.dispatch_reply is not None:
-        beadboard.program(DISPATCH, fault.dispatch_reply)
-    if fault.status_reply is not None:
-        beadboard.program(STATUS, fault.status_reply)
-    env = dict(fault.env)
-    if fault.refused_post:
-        # Slots from /health, so BeadBoard is asked nothing before the POST that fails.
-        env["AGENT_HEALTH_URL"] = f"{beadboard.url}/health"
-        env["BEADBOARD_URL"] = f"http://127.0.0.1:{closed_port()}"
-    if fault.db_missing:
-        env["BEADS_DB"] = str(tmp_path / "no-database-here")
-    if fault.real_bd_db_error:
-        env["BD_BIN"] = str(real_bd_open_failure(tmp_path))
-    if fault.lock_unreachable:
-        env["BEADS_METADATA_FILE"] = str(server_mode_metadata(tmp_path, closed_port()))
-
-    with contextlib.ExitStack() as stack:
-        if fault.lock_held:
-            stack.enter_context(lock_held_elsewhere(fake_bd.db_dir))
-        result = run_job("dispatch", **env)
-
-    assert result.code == fault.exit_code, result.stdout + result.stderr
-    assert result.stderr == "", "a fault of the world is logged, never a traceback"
-    errors = error_lines(result)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0]), errors[0]
-        assert "\n" not in error_text(errors[0])
-    skipped = [w for w in warning_lines(result) if w["event"] == "bead.skipped"]
-    if fault.warning is None:
-        assert warning_lines(result) == []
-    else:
-        assert [w["bead"] for w in skipped] == [bead]
-        assert fault.warning in error_text(skipped[0]), skipped[0]
-    assert result.summary["exit_code"] == fault.exit_code
-    assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    if fault.lock_held:
-        assert result.summary["outcome"] == "lock_busy"
-    assert lock_is_free(fake_bd.db_dir)
-
-    after = snapshot(api)
-    expected = dict(before)
-    state = after[bead]
-    if fault.bead == "unchanged":
-        assert state == before[bead]
-    elif fault.bead in ("unknown", "unrecorded"):
-        assert state["status"] == "in_progress"
-        assert state["metadata"][STAGE_KEY] == "sending"
-        assert ATTEMPTS_KEY not in state.get("metadata", {})
-        if fault.bead == "unknown":
-            assert comments_of(api, bead)[-1].startswith("dispatch outcome unknown: ")
-        else:
-            assert comments_of(api, bead) == []
-        expected[bead] = state
-    elif fault.bead == "dispatched":
-        assert state["status"] == "in_progress"
-        assert STAGE_KEY not in state.get("metadata", {})
-        assert comments_of(api, bead)[-1].startswith("dispatched: BeadBoard answered HTTP 20"), (
-            comments_of(api, bead)
-        )
-        expected[bead] = state
-    else:
-        assert state["status"] == "open"
-        assert STAGE_KEY not in state.get("metadata", {})
-        last = notes_of(api, bead)[-1]
-        if fault.bead == "failed":
-            assert state["metadata"][ATTEMPTS_KEY] == 1
-            assert last.startswith("dispatch failed (attempt 1/3): ")
-            assert fault.error is not None and fault.error in last
-        else:
-            assert ATTEMPTS_KEY not in state.get("metadata", {})
-            assert last.startswith("agent busy (Agent is busy); back to open")
-        expected[bead] = state
-    # Everything else — the bystanders — as it was, and nothing new was created.
-    assert after == expected
-
-
-def stale_bead(api: FakeBd) -> str:
-    return api.create(
-        "stuck for an hour",
-        assignee="agent",
-        status="in_progress",
-        acceptance="x",
-        updated_at=NOW - timedelta(hours=1),
+def test_bytes_that_are_not_utf8_are_one_unreadable_row_not_a_crash(tmp_path: Path) -> None:
+    bd = scripted_bd(tmp_path, """printf '[{"id": "caf\\351"}]'""")
+    result = BdClient(str(bd), tmp_path, actor="agent", timeout_seconds=5).queue(
+        "agent", Status.OPEN
     )
+    assert result.beads == []
+    assert list(result.unreadable) == ["caf\ufffd"]
 
 
-# The reaper logs one line per bead it could not handle; a failed write fails the run.
-
-REAP_FAULTS: tuple[Any, ...] = (
-    Fault("reap-query-exit-1", "bd query exited 1", 1, "unchanged", env={"FAKE_BD_FAIL": "query"}),
-    # bd show fails for *any* lookup problem: the bead is skipped, never judged gone.
-    Fault(
-        "reap-show-exit-1",
-        None,
-        0,
-        "unchanged",
-        env={"FAKE_BD_FAIL": "show"},
-        warning="cannot re-read it: bd show exited 1",
-    ),
-    Fault(
-        "reap-show-truncated-json",
-        None,
-        0,
-        "unchanged",
-        env={"FAKE_BD_GARBAGE": "show"},
-        warning="cannot re-read it: bd show printed invalid JSON",
-    ),
-    pytest.param(
-        Fault(
-            "reap-update-exit-1",
-            "bd update exited 1",
-            1,
-            "unchanged",
-            env={"FAKE_BD_FAIL": "update"},
-        ),
-        id="reap-update-exit-1",
-    ),
-    pytest.param(
-        Fault(
-            "reap-hang-on-update",
-            "bd update timed out after 1s",
-            1,
-            "unchanged",
-            env={**HANG, "FAKE_BD_HANG_ON": "update"},
-        ),
-        id="reap-hang-on-update",
-    ),
-    Fault(
-        "reap-truncated-json",
-        "bd query printed invalid JSON",
-        1,
-        "unchanged",
-        env={"FAKE_BD_GARBAGE": "query"},
-    ),
-    Fault(
-        "reap-db-unopenable",
-        "bd query exited 1: failed to open database",
-        1,
-        "unchanged",
-        real_bd_db_error=True,
-    ),
-    Fault(
-        "reap-lock-service-unreachable",
-        "cannot connect to Dolt at 127.0.0.1",
-        1,
-        "unchanged",
-        lock_unreachable=True,
-    ),
-)
-
-
-@pytest.mark.parametrize("fault", cases(REAP_FAULTS))
-def test_reap_fault_one_line_and_nothing_changed(
-    fault: Fault, fake_bd: FakeBdEnv, run_job: JobRunner, tmp_path: Path
-) -> None:
-    api = fake_bd.api
-    bystanders(api)
-    stuck = stale_bead(api)
-    before = snapshot(api)
-    env = dict(fault.env, AUTODISPATCH_NOW=NOW.isoformat())
-    if fault.real_bd_db_error:
-        env["BD_BIN"] = str(real_bd_open_failure(tmp_path))
-    if fault.lock_unreachable:
-        env["BEADS_METADATA_FILE"] = str(server_mode_metadata(tmp_path, closed_port()))
-    result = run_job("reap", **env)
-    assert result.code == fault.exit_code, result.stdout
-    assert result.stderr == ""
-    errors = error_lines(result)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0])
-    warnings = warning_lines(result)
-    if fault.warning is None:
-        assert warnings == []
-    else:
-        assert [(w["event"], w["bead"]) for w in warnings] == [("bead.skipped", stuck)]
-        assert fault.warning in error_text(warnings[0]), warnings[0]
-    # The stale bead is still in_progress: the next reaper run blocks it.
-    assert snapshot(api) == before
-    assert lock_is_free(fake_bd.db_dir)
-
-
-@pytest.mark.parametrize(
-    ("knob", "code"), [("update", 1), ("show", 0)], ids=["update-fails", "show-fails"]
-)
-def test_one_bead_failing_to_reap_does_not_stop_the_others(
-    fake_bd: FakeBdEnv, run_job: JobRunner, knob: str, code: int
-) -> None:
-    api = fake_bd.api
-    first, second = stale_bead(api), stale_bead(api)
-    before = snapshot(api)
-    # bd refuses every call of one kind: each stale bead is still tried and reported.
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat(), FAKE_BD_FAIL=knob)
-    assert result.code == code, result.stdout
-    tried = bd_argvs(fake_bd, knob)
-    assert sorted(argv[argv.index(knob) + 1] for argv in tried) == sorted([first, second])
-    # A failed show is a warning (the bead is simply skipped); a failed write is an error.
-    reported = warning_lines(result) if knob == "show" else error_lines(result)
-    assert sorted(line["bead"] for line in reported) == sorted([first, second])
-    assert all(f"bd {knob} exited 1" in error_text(line) for line in reported)
-    assert sorted(result.summary["skipped"]) == sorted([first, second])
-    assert snapshot(api) == before
-
-
-# -- gaps found by this suite, fixed: each asserts the promise ---------------------------------
-
-
-def test_a_timed_out_post_that_beadboard_accepted_is_not_sent_twice(
-    fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
-) -> None:
-    api = fake_bd.api
-    agent_bead(api)
-    # BeadBoard started the job and answered 200, but the body arrived after our timeout.
-    beadboard.program(DISPATCH, Reply(stall=3, json={"job_id": "job-started"}))
-    run_job("dispatch", **FAST_HTTP)
-    run_job("dispatch", **FAST_HTTP)
-    assert len(beadboard.requests_to(DISPATCH)) == 1
-
-
-def test_garbled_bd_output_while_claiming_hands_the_bead_back_and_frees_the_lock(
-    fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner
-) -> None:
-    api = fake_bd.api
-    bead = agent_bead(api)
-    # Every update lands, then bd prints half a document: the claim may or may not have.
-    result = run_job("dispatch", FAKE_BD_GARBAGE="update")
-    assert result.code == 1
-    state = api.get(bead)
-    assert state["status"] == "open"
-    assert STAGE_KEY not in state.get("metadata", {})
-    assert notes_of(api, bead)[-1].startswith("not dispatched: bd failed while claiming it")
-    assert beadboard.requests_to(DISPATCH) == []
-    assert lock_is_free(fake_bd.db_dir)
-
-
-def test_bd_printing_bytes_that_are_not_utf8_is_one_skipped_row_not_a_crash(
-    fake_bd: FakeBdEnv, beadboard: BeadBoardStub, run_job: JobRunner, tmp_path: Path
-) -> None:
-    agent_bead(fake_bd.api)
-    bad = tmp_path / "bd-latin1"
-    bad.write_text('#!/bin/sh\nprintf \'[{"id": "caf\\351"}]\'\n', encoding="ascii")
-    bad.chmod(0o755)
-    result = run_job("dispatch", BD_BIN=str(bad))
-    assert result.code == 0, result.stdout
-    assert result.stderr == ""
-    assert error_lines(result) == []
-    [skipped] = warning_lines(result)
-    assert (skipped["event"], skipped["bead"]) == ("bead.skipped", "caf\ufffd")
-    assert beadboard.requests == []
+def test_a_bd_that_cannot_be_run_is_a_bd_error(tmp_path: Path) -> None:
+    client = BdClient(str(tmp_path / "no-bd"), tmp_path, actor="agent", timeout_seconds=5)
+    with pytest.raises(BdError) as caught:
+        client.queue("agent", Status.OPEN)
+    assert str(caught.value).startswith(f"cannot run bd ({tmp_path / 'no-bd'}): No such file")
 
 
 # -- secrets -----------------------------------------------------------------------------------
@@ -631,41 +761,64 @@ def leaks(text: str) -> list[str]:
 
 
 def test_no_secret_in_logs_notes_requests_or_manifests(
-    fake_bd: FakeBdEnv,
+    harness: JobHarness,
+    store: MemoryStore,
     beadboard: BeadBoardStub,
-    run_job: JobRunner,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    api = fake_bd.api
-    agent_bead(api, "dispatched", priority=0)
-    agent_bead(api, "fails", priority=1)
-    stale_bead(api)
+    # Set where any code could pick them up: the process environment.
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+    store.add("dispatched", priority=0)
+    store.add("fails", priority=1)
+    store.add("stuck", status="in_progress", updated_at=STALE)
     beadboard.program(
         DISPATCH, Reply(json={"job_id": "job-1"}), Reply(status=502, json={"error": "down"})
     )
-    runs = [
-        run_job("dispatch", **SECRET_ENV),
-        run_job("dispatch", **SECRET_ENV),
-        run_job("reap", **SECRET_ENV),
-        run_job("dispatch", FAKE_BD_FAIL="query", **SECRET_ENV),
-        run_job("dispatch", HTTP_TIMEOUT_SECONDS="soon", **SECRET_ENV),  # config error
-        run_job("dispatch", "--dry-run", **SECRET_ENV),
-    ]
-    assert [run.code for run in runs] == [0, 1, 0, 1, 2, 0]
-    for run in runs:
-        assert leaks(run.stdout + run.stderr) == []
-    notes = "\n".join(str(bead.get("notes", "")) for bead in api.all())
+    runs = [harness.dispatch(), harness.dispatch(), harness.reap(), harness.dispatch(dry_run=True)]
+    store.fail("queue")
+    runs.append(harness.dispatch())
+    # The server-mode lock reads the password from the env: a failure must not quote it.
+    (tmp_path / "metadata.json").write_text(
+        json.dumps(
+            {
+                "dolt_mode": "server",
+                "dolt_server_host": "127.0.0.1",
+                "dolt_server_port": closed_port(),
+                "dolt_database": "code",
+            }
+        ),
+        encoding="utf-8",
+    )
+    lock = lock_for(tmp_path, SECRET_ENV)
+    with pytest.raises(LockError) as lock_failure:
+        lock.try_acquire()
+    assert [run.code for run in runs] == [0, 1, 0, 0, 1]
+    for text in [*(run.stdout for run in runs), str(lock_failure.value)]:
+        assert leaks(text) == []
+    notes = "\n".join(str(row["notes"]) for row in store.rows.values())
     assert "dispatch failed" in notes  # the failure path wrote notes, and they are clean
     assert leaks(notes) == []
-    comments = "\n".join(comment["text"] for bead in api.ids() for comment in api.comments(bead))
+    comments = "\n".join("\n".join(store.comments(bead)) for bead in store.rows)
     assert "dispatched: job=job-1" in comments
     assert leaks(comments) == []
     # BeadBoard's agent routes need no token: none is sent, in headers or body.
+    assert len(beadboard.requests) >= 4
     for request in beadboard.requests:
         assert leaks(json.dumps(request.headers) + request.text) == []
         assert "authorization" not in {name.lower() for name in request.headers}
+    # Configuration errors quote what was typed: a secret set alongside is never among it.
+    stream = io.StringIO()
+    environ = {**SECRET_ENV, "HTTP_TIMEOUT_SECONDS": "soon", "BD_BIN": "/nonexistent/bd"}
+    assert cli.main(["dispatch"], environ=environ, stream=stream) == 2
+    assert leaks(stream.getvalue() + capsys.readouterr().err) == []
 
-    # The program must not pick secrets up from its own environment either.
+
+def test_no_secret_from_the_environment_reaches_the_manifests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name, value in SECRET_ENV.items():
         monkeypatch.setenv(name, value)
     rendered = render_program(

@@ -4,8 +4,9 @@ bd's JSON (jobs/beads.py), the jobs' environment (jobs/settings.py) and the stac
 anything else fails with the edge's own error and a one-line message — never another
 exception, never a traceback.
 
-Examples are kept modest (200 per property) so the file runs in seconds; no example
-database is written (nothing lands in the checkout).
+Examples are kept modest (200 per property, 50 where each example is whole bead rows,
+which take hypothesis 10-30 ms each to draw) so the file runs in seconds; no example database
+is written (nothing lands in the checkout).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from components.config import CONFIG_KEYS, DeploySettings, settings_from_strings
-from components.config import ConfigError as DeployConfigError
-from jobs import settings as job_env
-from jobs.beads import BdClient, BdError, BdRejected, Bead
-from jobs.settings import ConfigError, Settings, load_settings
+from components.config import CONFIG_KEYS, DeploySettings, settings_from
+from jobs.beads import BdClient, BdError, BdRejected, QueryResult
+from jobs.protocol import Status
+from jobs.settings import ConfigError, JobSettings, RuntimeSettings, env_name, load_settings
 
 PROPERTY = settings(
     max_examples=200,
@@ -34,6 +34,7 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+BEAD_ROWS = settings(PROPERTY, max_examples=50)
 
 # -- bd's JSON -----------------------------------------------------------------------------
 
@@ -45,14 +46,14 @@ json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=F
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
+    max_leaves=4,
 )
 zones = st.sampled_from(
     [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
 )
 # bd prints aware stamps; naive ones must still come out aware (taken as UTC).
-moments = st.datetimes(datetime(1971, 1, 1), datetime(9998, 12, 31)) | st.datetimes(
-    datetime(1971, 1, 1), datetime(9998, 12, 31), timezones=zones
+moments = st.datetimes(
+    datetime(1971, 1, 1), datetime(9998, 12, 31), timezones=st.one_of(st.none(), zones)
 )
 
 
@@ -75,9 +76,13 @@ def bead_dicts(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             bead[name] = draw(st.text())
     if draw(st.booleans()):
-        bead["metadata"] = draw(st.none() | st.dictionaries(st.text(), json_values, max_size=5))
+        bead["metadata"] = draw(st.none() | st.dictionaries(st.text(), json_values, max_size=3))
     # bd adds fields over time (counts, labels, design…): they must never break parsing.
-    extra = draw(st.dictionaries(st.text().filter(lambda k: k not in KNOWN), json_values))
+    extra = draw(
+        st.dictionaries(
+            st.text(max_size=12).filter(lambda k: k not in KNOWN), json_values, max_size=2
+        )
+    )
     return {**extra, **bead}
 
 
@@ -92,10 +97,10 @@ def assert_one_line(message: str) -> None:
     assert message and "\n" not in message and "\r" not in message, repr(message)
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(st.lists(bead_dicts(), max_size=4))
 def test_valid_beads_parse_to_what_bd_printed(rows: list[dict[str, Any]]) -> None:
-    result = bd_answering(json.dumps(rows, ensure_ascii=False)).query("assignee=agent")
+    result = bd_answering(json.dumps(rows, ensure_ascii=False)).queue("agent", Status.OPEN)
     assert result.unreadable == {}
     assert len(result.beads) == len(rows)
     for bead, row in zip(result.beads, rows, strict=True):
@@ -110,14 +115,14 @@ def test_valid_beads_parse_to_what_bd_printed(rows: list[dict[str, Any]]) -> Non
         assert bead.has_acceptance_criteria == bool(row.get("acceptance_criteria", "").strip())
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(bead_dicts())
 def test_show_returns_the_one_bead(row: dict[str, Any]) -> None:
     bead = bd_answering(json.dumps([row])).show(row["id"])
     assert bead.id == row["id"]
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(
     st.from_regex(r"\A[a-z]{1,8}-[a-z0-9]{3,8}\Z"),
     st.lists(bead_dicts(), max_size=2).map(json.dumps)
@@ -138,7 +143,7 @@ comment_dicts = st.fixed_dictionaries(
 )
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(bead_dicts(), st.lists(comment_dicts, max_size=4))
 def test_last_activity_is_the_latest_update_or_comment(
     row: dict[str, Any], comments: list[dict[str, Any]]
@@ -180,13 +185,13 @@ def broken_rows(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, int]:
     return rows, field, index
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(broken_rows())
 def test_a_bead_with_a_missing_or_wrong_typed_field_is_reported_and_the_rest_parse(
     case: tuple[list[dict[str, Any]], str, int],
 ) -> None:
     rows, field, index = case
-    result = bd_answering(json.dumps(rows)).query("assignee=agent")
+    result = bd_answering(json.dumps(rows)).queue("agent", Status.OPEN)
     # One bad row must not hide the others.
     assert [bead.id for bead in result.beads] == [
         row["id"] for position, row in enumerate(rows) if position != index
@@ -199,36 +204,57 @@ def test_a_bead_with_a_missing_or_wrong_typed_field_is_reported_and_the_rest_par
     assert reason.startswith(field), reason
 
 
-@PROPERTY
-@given(json_values)
+def row_key(row: Any, index: int) -> str:
+    """How a row is known in QueryResult: its id when that is a non-empty string, else #index."""
+    bead_id = row.get("id") if isinstance(row, dict) else None
+    return bead_id if isinstance(bead_id, str) and bead_id else f"#{index}"
+
+
+def assert_every_row_accounted_for(payload: list[Any], result: QueryResult) -> None:
+    """Each row bd printed is a bead (with the id bd printed, in bd's order) or unreadable."""
+    keys = [row_key(row, index) for index, row in enumerate(payload)]
+    parsed = [bead.id for bead in result.beads]
+    assert set(parsed) | set(result.unreadable) == set(keys)
+    remaining = iter(keys)
+    assert all(bead_id in remaining for bead_id in parsed), (parsed, keys)  # a subsequence
+    assert len(parsed) <= len(payload)
+    for reason in result.unreadable.values():
+        assert_one_line(reason)
+
+
+@BEAD_ROWS
+@given(json_values | st.lists(bead_dicts() | json_values, max_size=4))
 def test_any_json_document_parses_or_is_a_bd_error(payload: Any) -> None:
     client = bd_answering(json.dumps(payload))
     try:
-        result = client.query("x")
+        result = client.queue("agent", Status.OPEN)
     except BdError as exc:
         assert_one_line(str(exc))
+        assert not isinstance(payload, list), "a JSON array is always rows, never an error"
     else:
         assert isinstance(payload, list)
-        assert all(isinstance(bead, Bead) for bead in result.beads)
-        assert len(result.beads) + len(result.unreadable) <= len(payload)
-        for reason in result.unreadable.values():
-            assert_one_line(reason)
+        assert_every_row_accounted_for(payload, result)
 
 
-@PROPERTY
+@BEAD_ROWS
 @given(st.text() | st.lists(bead_dicts(), max_size=2).map(lambda r: json.dumps(r)[:-1]))
 def test_any_text_on_stdout_parses_or_is_a_bd_error(stdout: str) -> None:
     try:
-        bd_answering(stdout).query("x")
+        result = bd_answering(stdout).queue("agent", Status.OPEN)
     except BdError as exc:
         assert_one_line(str(exc))
+    else:
+        # Only a JSON array (or nothing at all: bd's "no rows") gets this far.
+        payload = json.loads(stdout) if stdout.strip() else []
+        assert isinstance(payload, list)
+        assert_every_row_accounted_for(payload, result)
 
 
 @PROPERTY
 @given(st.text(), st.text(), st.integers(min_value=1, max_value=255))
 def test_a_failing_bd_is_a_short_one_line_bd_error(stdout: str, stderr: str, code: int) -> None:
     with pytest.raises(BdError) as caught:
-        bd_answering(stdout, stderr, code).update("tb-1", status="open")
+        bd_answering(stdout, stderr, code).update("tb-1", status=Status.OPEN)
     message = str(caught.value)
     assert_one_line(message)
     assert len(message) < 400  # bd's text is quoted as an excerpt, never wholesale
@@ -254,13 +280,13 @@ def test_huge_and_unicode_notes_parse_whole(notes: str) -> None:
         "updated_at": "2026-01-01T00:00:00Z",
         "notes": notes,
     }
-    [bead] = bd_answering(json.dumps([row], ensure_ascii=False)).query("x").beads
+    [bead] = bd_answering(json.dumps([row], ensure_ascii=False)).queue("agent", Status.OPEN).beads
     assert bead.notes == notes and bead.id == row["id"]
 
 
 # -- the jobs' environment -------------------------------------------------------------------
 
-ENV_NAMES = sorted(job_env.ENV_FIELDS.values())
+ENV_NAMES = sorted(env_name(name) for name in JobSettings.model_fields)
 noisy_text = st.text(string.printable + "äß✓\u00a0\u2028", max_size=30) | st.text(max_size=30)
 
 
@@ -289,28 +315,32 @@ def test_any_environment_is_settings_or_one_config_error(environ: dict[str, str]
         with pytest.raises(ConfigError):
             load_settings({named: environ[named]})
     else:
-        assert isinstance(result, Settings)
+        assert isinstance(result, JobSettings)
+        # Every variable set to something other than blanks was read, not ignored.
+        for name, value in environ.items():
+            if value.strip():
+                assert result.model_fields_set >= {name.lower()}, name
 
 
+BOOLEAN_WORDS = {"true": True, "FALSE": False, " yes ": True, "0": False, "on": True, "off": False}
 valid_env = st.fixed_dictionaries(
     {},
     optional={
-        job_env.BEADBOARD_URL: st.sampled_from(
+        env_name("beadboard_url"): st.sampled_from(
             ["http://beadboard", "https://bb.example:8443/", " http://10.0.0.1/base "]
         ),
-        job_env.AGENT_ASSIGNEE: st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,20}\Z").filter(
+        env_name("agent_assignee"): st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,20}\Z").filter(
             lambda name: name.lower() not in ("none", "null")  # bd reads these as "unassigned"
         ),
-        job_env.REAPER_THRESHOLD_MINUTES: st.integers(1, 10_000).map(str),
-        job_env.DISPATCH_MAX_ATTEMPTS: st.integers(1, 100).map(str),
-        job_env.AUTODISPATCH_ENABLED: st.sampled_from(["true", "FALSE", " yes ", "0", "on"]),
-        job_env.HTTP_TIMEOUT_SECONDS: st.floats(0.001, 600).map(repr),
-        job_env.BD_TIMEOUT_SECONDS: st.integers(1, 3600).map(str),
-        job_env.DISPATCH_WINDOW_SECONDS: st.integers(0, 86400).map(str),
-        job_env.MAX_IN_FLIGHT: st.integers(1, 1000).map(str),
-        job_env.AUTODISPATCH_NOW: st.datetimes(timezones=st.just(UTC)).map(
-            lambda moment: moment.isoformat()
-        ),
+        env_name("reaper_threshold_minutes"): st.integers(1, 10_000).map(str),
+        env_name("max_dispatch_attempts"): st.integers(1, 100).map(str),
+        env_name("dispatcher_enabled"): st.sampled_from(sorted(BOOLEAN_WORDS)),
+        env_name("http_timeout_seconds"): st.integers(1, 600).map(str),
+        env_name("bd_timeout_seconds"): st.integers(1, 3600).map(str),
+        env_name("dispatcher_window_seconds"): st.integers(0, 86400).map(str),
+        env_name("poll_interval_seconds"): st.integers(1, 3600).map(str),
+        env_name("max_in_flight"): st.integers(1, 1000).map(lambda n: f" {n} "),
+        env_name("bd_bin"): st.sampled_from(["bd", "/usr/local/bin/bd"]),
     },
 )
 
@@ -319,23 +349,24 @@ valid_env = st.fixed_dictionaries(
 @given(valid_env)
 def test_valid_environments_load_to_the_values_given(environ: dict[str, str]) -> None:
     loaded = load_settings(environ)
-    for field, name in job_env.ENV_FIELDS.items():
+    for field in JobSettings.model_fields:
+        name = env_name(field)
         if name not in environ:
             continue
         value = getattr(loaded, field)
         raw = environ[name].strip()
-        if name == job_env.AUTODISPATCH_ENABLED:
-            assert value == job_env.parse_bool(raw)
-        elif name == job_env.BEADBOARD_URL:
+        if field == "dispatcher_enabled":
+            assert value is BOOLEAN_WORDS[environ[name]]
+        elif field == "beadboard_url":
             assert value == raw.rstrip("/")
-        elif name == job_env.AUTODISPATCH_NOW:
-            assert value == datetime.fromisoformat(raw)
-        elif isinstance(value, float):
-            assert value == float(raw)
         elif isinstance(value, int):
             assert value == int(raw)
         else:
             assert value == raw
+    # The runtime ConfigMap carries them as text that reads back to the same values.
+    carried = load_settings(loaded.as_env())
+    for field in RuntimeSettings.model_fields:
+        assert getattr(carried, field) == getattr(loaded, field), field
 
 
 url_hosts = st.text(
@@ -353,11 +384,10 @@ url_hosts = st.text(
 def test_an_accepted_url_is_one_httpx_can_request(scheme: str, host: str, port: int | None) -> None:
     url = f"{scheme}://{host}" + (f":{port}" if port else "")
     try:
-        loaded = load_settings({job_env.BEADBOARD_URL: url})
+        loaded = load_settings({env_name("beadboard_url"): url})
     except ConfigError as exc:
         assert_one_line(str(exc))
         return
-    assert loaded.beadboard_url is not None
     try:
         httpx.Request("GET", loaded.beadboard_url + "/api/agent-status")
     except httpx.InvalidURL as exc:
@@ -381,8 +411,8 @@ TIMING_KEYS = {
 @given(st.sampled_from(KEY_NAMES), noisy_text)
 def test_one_config_value_is_valid_or_one_line_naming_its_key(key: str, value: str) -> None:
     try:
-        result = settings_from_strings({key: value})
-    except DeployConfigError as exc:
+        result = settings_from({key: value})
+    except ConfigError as exc:
         message = str(exc)
         assert_one_line(message)
         named = {k for k in KEY_NAMES if f"config key {k!r}" in message}
@@ -395,8 +425,8 @@ def test_one_config_value_is_valid_or_one_line_naming_its_key(key: str, value: s
 @PROPERTY
 @given(st.text(min_size=1, max_size=20).filter(lambda k: k not in KEY_NAMES), noisy_text)
 def test_an_unknown_config_key_is_named(key: str, value: str) -> None:
-    with pytest.raises(DeployConfigError) as caught:
-        settings_from_strings({key: value})
+    with pytest.raises(ConfigError) as caught:
+        settings_from({key: value})
     assert str(caught.value) == f"unknown config key {key!r}"
 
 
@@ -431,7 +461,7 @@ def valid_configs(draw: st.DrawFn) -> dict[str, str]:
 @PROPERTY
 @given(valid_configs())
 def test_valid_config_strings_give_deploy_settings(config: dict[str, str]) -> None:
-    result = settings_from_strings(config)
+    result = settings_from(config)
     assert isinstance(result, DeploySettings)
     if "doltPort" in config:
         assert result.dolt_port == int(config["doltPort"])
@@ -451,6 +481,26 @@ def test_valid_config_strings_give_deploy_settings(config: dict[str, str]) -> No
         ("agentAssignee", "agent\n"),
     ],
 )
-def test_a_trailing_newline_is_not_a_valid_name(key: str, value: str) -> None:
-    with pytest.raises(DeployConfigError):
-        settings_from_strings({key: value})
+def test_a_trailing_newline_never_reaches_a_name(key: str, value: str) -> None:
+    # `pulumi config set key "$(cmd)"` style values: the newline is trimmed, never rendered.
+    [field] = [config.field for config in CONFIG_KEYS if config.name == key]
+    assert getattr(settings_from({key: value}), field) == value.strip()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("namespace", "beads server"),
+        ("image", "claude agent"),
+        ("imagePullSecret", "Registry_Credentials"),
+        ("doltHost", "dolt\nhost"),
+        ("doltPasswordSecretName", "dolt/x"),
+        ("doltPasswordSecretKey", "pass word"),
+        ("agentAssignee", "agent\nx"),
+    ],
+)
+def test_a_name_with_a_space_or_newline_inside_is_refused(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from({key: value})
+    assert str(caught.value).startswith(f"config key {key!r}: ")
+    assert_one_line(str(caught.value))

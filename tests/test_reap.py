@@ -1,319 +1,400 @@
-"""The reaper tick through its CLI against the fake bd: the threshold, its boundary, its reach,
+"""The reaper run, in process: the threshold, its boundary, its reach, what counts as activity,
 and the dispatch lock it must hold for every change."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import time
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+import threading
+from datetime import timedelta, timezone
 
 import pytest
 
-from jobs.beads import BdClient
-from jobs.lock import LOCK_FILE_NAME, FileLock
-from jobs.log import EventLog
+from jobs import __main__ as cli
+from jobs.beads import BdRejected
+from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
-from jobs.reap import Reaper
-from jobs.settings import load_settings
-from tests.conftest import HOLD_AND_WAIT, JobRunner, lock_held_elsewhere, lock_is_free
-from tests.support.fake_bd import FakeBd
-from tests.support.fixtures import FakeBdEnv
+from tests.support.harness import NOW, FakeClockStop, JobHarness, events_named
+from tests.support.memory_store import MemoryStore
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+STAMP = iso_utc(NOW)
 
 
-def stuck(api: FakeBd, minutes: float, assignee: str = "agent", status: str = "in_progress") -> str:
-    return api.create(
+def stuck(
+    store: MemoryStore, minutes: float, assignee: str = "agent", status: str = "in_progress"
+) -> str:
+    """A bead whose last change was `minutes` ago."""
+    return store.add(
         f"idle {minutes}m",
         assignee=assignee,
         status=status,
-        acceptance="x",
+        created_at=NOW - timedelta(days=1),
         updated_at=NOW - timedelta(minutes=minutes),
     )
 
 
-def test_blocks_stale_agent_beads_and_spares_fresh_ones(
-    fake_bd: FakeBdEnv, run_job: JobRunner
-) -> None:
-    api = fake_bd.api
-    stale = stuck(api, 31)
-    fresh = stuck(api, 29)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stderr
-    assert result.summary["blocked"] == [stale]
-    assert api.get(stale)["status"] == "blocked"
-    note = api.get(stale)["notes"].splitlines()[-1]
-    assert note.startswith("reaper: no progress for 31m (threshold 30m) — blocking (reaper, 20")
-    assert api.get(fresh)["status"] == "in_progress"
-    assert "notes" not in api.get(fresh)
-
-
-def test_boundary_is_timezone_aware(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    api = fake_bd.api
-    at_29 = stuck(api, 29)
-    at_31 = stuck(api, 31)
-    # The same instant written with a +05:30 offset: a naive comparison would be 5.5 h off.
-    local = NOW.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
-    result = run_job("reap", AUTODISPATCH_NOW=local)
-    assert result.summary["blocked"] == [at_31]
-    assert api.get(at_29)["status"] == "in_progress"
-
-
-def test_threshold_is_configurable(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    bead = stuck(fake_bd.api, 11)
-    result = run_job("reap", REAPER_THRESHOLD_MINUTES="10", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.summary["blocked"] == [bead]
-    assert "(threshold 10m)" in fake_bd.api.get(bead)["notes"]
-
-
-def test_other_assignees_and_other_states_are_never_touched(
-    fake_bd: FakeBdEnv, run_job: JobRunner
-) -> None:
-    api = fake_bd.api
-    untouched = [
-        stuck(api, 120, assignee="alice"),
-        stuck(api, 120, status="open"),
-        stuck(api, 120, status="blocked"),
-        stuck(api, 120, assignee=""),
-    ]
-    before = {bead: api.get(bead) for bead in untouched}
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0
-    assert result.summary["blocked"] == []
-    assert {bead: api.get(bead) for bead in untouched} == before
-
-
-def test_no_result_cap_sixty_stale_beads_all_blocked(
-    fake_bd: FakeBdEnv, run_job: JobRunner
-) -> None:
-    beads = [stuck(fake_bd.api, 40) for _ in range(60)]
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0
-    assert sorted(result.summary["blocked"]) == sorted(beads)
-
-
-def test_dry_run_changes_nothing(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    bead = stuck(fake_bd.api, 45)
-    before = fake_bd.api.all()
-    result = run_job("reap", "--dry-run", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0
-    assert result.event("dry_run.would_block")["bead"] == bead
-    assert fake_bd.api.all() == before
-
-
-def test_reaper_needs_no_beadboard(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    bead = stuck(fake_bd.api, 45)
-    result = run_job("reap", BEADBOARD_URL="", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stderr
-    assert fake_bd.api.get(bead)["status"] == "blocked"
-
-
-def test_bd_failure_exits_1(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    bead = stuck(fake_bd.api, 45)
-    before = fake_bd.api.all()
-    result = run_job("reap", FAKE_BD_FAIL="update", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 1
-    failed = result.event("reap.failed")
-    assert (failed["level"], failed["bead"]) == ("error", bead)
-    assert "bd update exited 1" in failed["error"]
-    assert result.summary["errors"] == 1
-    assert result.summary["skipped"] == [bead]
-    assert fake_bd.api.all() == before
-
-
-@pytest.mark.parametrize("value", ["0", "-3", "ten"])
-def test_bad_threshold_is_a_config_error(
-    fake_bd: FakeBdEnv, run_job: JobRunner, value: str
-) -> None:
-    result = run_job("reap", REAPER_THRESHOLD_MINUTES=value)
-    assert result.code == 2
-    assert result.stderr.startswith("configuration error: REAPER_THRESHOLD_MINUTES")
-
-
-def staged(api: FakeBd, stage: str, minutes: float) -> str:
-    bead = stuck(api, minutes)
-    api.set_fields(
-        bead, metadata={"auto_dispatch_stage": stage}, updated_at=NOW - timedelta(minutes=minutes)
-    )
+def staged(store: MemoryStore, stage: str, minutes: float) -> str:
+    bead = stuck(store, minutes)
+    store.edit(bead, metadata={STAGE_KEY: stage})
     return bead
 
 
-def test_claimed_but_never_sent_goes_back_to_the_queue_at_once(
-    fake_bd: FakeBdEnv, run_job: JobRunner
+def test_blocks_stale_agent_beads_and_spares_fresh_ones(
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    old = staged(api, "claimed", 11)
+    stale = stuck(store, 31)
+    fresh = stuck(store, 29)
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["outcome"] == "reaped"
+    assert (run.summary["in_progress"], run.summary["stale"]) == (2, 1)
+    assert run.summary["blocked"] == [stale]
+    assert run.event("queue.read")["due"] == [stale]
+    blocked = run.event("reap.blocked")
+    assert (blocked["bead"], blocked["idle_minutes"], blocked["threshold_minutes"]) == (
+        stale,
+        31,
+        30,
+    )
+    assert store.bead(stale).status == "blocked"
+    assert store.notes(stale) == [
+        f"beads-reaper: no progress for 31m (threshold 30m) — blocking (beads-reaper, {STAMP})"
+    ]
+    assert store.bead(fresh).status == "in_progress"
+    assert store.notes(fresh) == []
+    assert harness.lock_is_free()
+
+
+def test_the_boundary_is_timezone_aware(harness: JobHarness, store: MemoryStore) -> None:
+    at_29 = stuck(store, 29)
+    at_31 = stuck(store, 31)
+    # The same instant in +05:30: a comparison of naive wall times would be 5.5 h off.
+    harness.clock.now = NOW.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    run = harness.reap()
+    assert run.summary["blocked"] == [at_31]
+    assert store.bead(at_29).status == "in_progress"
+
+
+def test_the_threshold_is_configurable(harness: JobHarness, store: MemoryStore) -> None:
+    bead = stuck(store, 11)
+    spared = stuck(store, 9)
+    run = harness.reap(reaper_threshold_minutes=10)
+    assert run.summary["blocked"] == [bead]
+    assert "no progress for 11m (threshold 10m)" in store.notes(bead)[-1]
+    assert store.bead(spared).status == "in_progress"
+
+
+def test_other_assignees_and_other_states_are_never_touched(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    stuck(store, 120, assignee="alice")
+    stuck(store, 120, status="open")
+    stuck(store, 120, status="blocked")
+    stuck(store, 120, assignee="")
+    before = store.snapshot()
+    run = harness.reap()
+    assert run.code == 0
+    assert run.summary["outcome"] == "queue_empty"
+    assert run.summary["in_progress"] == 0
+    assert store.snapshot() == before
+    assert [(call.method, call.args) for call in store.log] == [
+        ("queue", {"assignee": "agent", "status": "in_progress"})
+    ]
+
+
+def test_the_configured_assignee_is_the_one_reaped(harness: JobHarness, store: MemoryStore) -> None:
+    mine = stuck(store, 45, assignee="bot@corp.example")
+    other = stuck(store, 45)
+    run = harness.reap(agent_assignee="bot@corp.example")
+    assert run.code == 0, run.stdout
+    assert run.summary["blocked"] == [mine]
+    assert store.bead(other).status == "in_progress"
+
+
+def test_no_result_cap_sixty_stale_beads_all_blocked(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    beads = [stuck(store, 40) for _ in range(60)]
+    run = harness.reap()
+    assert run.code == 0
+    assert sorted(run.summary["blocked"]) == sorted(beads)
+
+
+def test_dry_run_decides_like_a_real_run_and_writes_nothing(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    idle = stuck(store, 45)
+    claimed = staged(store, "claimed", 1)
+    stuck(store, 5)
+    before = store.snapshot()
+    dry = harness.reap(dry_run=True)
+    assert dry.code == 0
+    assert dry.summary["outcome"] == "dry_run"
+    would = [(e["bead"], e["action"]) for e in events_named(dry, "dry_run.would_reap")]
+    assert would == [(idle, "block"), (claimed, "requeue")]
+    assert store.snapshot() == before
+    assert set(store.methods()) == {"queue", "show"}
+    assert not harness.lock_path.exists()
+    real = harness.reap()
+    assert (real.summary["blocked"], real.summary["requeued"]) == ([idle], [claimed])
+
+
+def test_bd_failing_to_write_exits_1_and_names_the_bead(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    bead = stuck(store, 45)
+    before = store.snapshot()
+    store.fail("update")
+    run = harness.reap()
+    assert run.code == 1
+    [failed] = [e for e in run.events if e["level"] == "error"]
+    assert (failed["event"], failed["bead"], failed["action"]) == ("reap.failed", bead, "block")
+    assert failed["error"] == "bd update exited 1: injected failure"
+    assert (run.summary["errors"], run.summary["skipped"]) == (1, [bead])
+    assert run.summary["outcome"] == "error"
+    assert events_named(run, "bead.skipped") == []  # the error line says it all
+    assert store.snapshot() == before
+    assert harness.lock_is_free()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "ten"])
+def test_a_bad_threshold_is_a_config_error(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    environ = {"REAPER_THRESHOLD_MINUTES": value, "BD_BIN": "/nonexistent/bd"}
+    code = cli.main(["reap"], environ=environ, stream=io.StringIO())
+    assert code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("configuration error: REAPER_THRESHOLD_MINUTES Input should be")
+
+
+def test_claimed_but_never_sent_goes_back_to_the_queue_at_once(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    old = staged(store, "claimed", 11)
     # Seconds old: holding the lock proves its dispatcher is gone, so no grace period.
-    young = staged(api, "claimed", 0.1)
-    sent = staged(api, "sending", 2)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stdout
-    assert sorted(result.summary["requeued"]) == sorted([old, young])
-    for bead in (old, young):
-        state = api.get(bead)
-        assert state["status"] == "open"
-        assert STAGE_KEY not in state.get("metadata", {})
-        assert "never sent to BeadBoard" in state["notes"].splitlines()[-1]
+    young = staged(store, "claimed", 0.1)
+    sent = staged(store, "sending", 2)
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["requeued"] == [old, young]
+    assert [e["bead"] for e in events_named(run, "reap.requeued")] == [old, young]
+    for bead, minutes in ((old, 11), (young, 0.1)):
+        state = store.bead(bead)
+        assert (state.status, state.metadata) == ("open", {})
+        [note] = store.notes(bead)
+        claimed_at = iso_utc(NOW - timedelta(minutes=minutes))
+        assert note.startswith(f"beads-reaper: claimed at {claimed_at} but never sent to BeadBoard")
+        assert note.endswith(f"not counted as a failed attempt (beads-reaper, {STAMP})")
     # Maybe sent: never requeued (it could run twice), blocked only once it goes quiet.
-    assert api.get(sent)["status"] == "in_progress"
-    assert api.get(sent)["metadata"][STAGE_KEY] == "sending"
-    assert lock_is_free(fake_bd.db_dir)
+    state = store.bead(sent)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+    assert harness.lock_is_free()
 
 
 def test_sent_with_unknown_outcome_is_blocked_not_resent(
-    fake_bd: FakeBdEnv, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    maybe_sent = staged(api, "sending", 31)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.summary["blocked"] == [maybe_sent]
-    state = api.get(maybe_sent)
-    assert state["status"] == "blocked"
-    assert "BeadBoard may or may not have started a job" in state["notes"]
+    maybe_sent = staged(store, "sending", 31)
+    run = harness.reap()
+    assert run.summary["blocked"] == [maybe_sent]
+    assert run.event("reap.blocked")["stage"] == "sending"
+    state = store.bead(maybe_sent)
+    assert (state.status, state.metadata) == ("blocked", {})
+    [note] = store.notes(maybe_sent)
+    assert "BeadBoard may or may not have started a job: check the agent" in note
 
 
-def test_a_recent_comment_is_progress(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    api = fake_bd.api
-    talking = stuck(api, 45)
-    api.comment(talking, "still on it", author="agent", created_at=NOW - timedelta(minutes=5))
-    quiet = stuck(api, 45)
-    api.comment(quiet, "started", author="agent", created_at=NOW - timedelta(minutes=40))
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stdout
-    assert result.summary["blocked"] == [quiet]
-    assert api.get(talking)["status"] == "in_progress"
-    assert "notes" not in api.get(talking)
-    assert result.event("reap.skipped")["bead"] == talking
+def test_a_recent_comment_is_progress(harness: JobHarness, store: MemoryStore) -> None:
+    talking = stuck(store, 45)
+    quiet = stuck(store, 45)
+    # The agent's comments, as bd stores them: rows of their own, updated_at untouched.
+    harness.clock.now = NOW - timedelta(minutes=5)
+    store.comment(talking, "still on it")
+    harness.clock.now = NOW - timedelta(minutes=40)
+    store.comment(quiet, "started")
+    harness.clock.now = NOW
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["blocked"] == [quiet]
+    assert store.bead(talking).status == "in_progress"
+    assert store.notes(talking) == []
+    skipped = run.event("reap.skipped")
+    assert (skipped["bead"], skipped["detail"]) == (talking, "changed since the query")
     # Idle time counts from the latest sign of life, the comment included.
-    assert "no progress for 40m" in api.get(quiet)["notes"]
+    assert "no progress for 40m" in store.notes(quiet)[-1]
 
 
 def test_dry_run_agrees_with_a_real_run_about_a_recent_comment(
-    fake_bd: FakeBdEnv, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    talking = stuck(api, 45)
-    api.comment(talking, "still on it", author="agent", created_at=NOW - timedelta(minutes=2))
-    real = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
+    talking = stuck(store, 45)
+    harness.clock.now = NOW - timedelta(minutes=2)
+    store.comment(talking, "still on it")
+    harness.clock.now = NOW
+    real = harness.reap()
     assert real.summary["blocked"] == []
-    dry = run_job("reap", "--dry-run", AUTODISPATCH_NOW=NOW.isoformat())
+    dry = harness.reap(dry_run=True)
     assert [e for e in dry.events if e["event"].startswith("dry_run.")] == []
+    assert dry.event("reap.skipped")["bead"] == talking
+
+
+def test_a_bead_changed_since_the_query_is_left_alone(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    closed = stuck(store, 45)
+    # Between the query and the re-read the agent closes its bead.
+    store.after("queue", lambda: store.edit(closed, status="closed"))
+    run = harness.reap()
+    assert run.code == 0
+    assert run.summary["blocked"] == []
+    assert run.event("reap.skipped")["bead"] == closed
+    assert store.bead(closed).status == "closed"
+    assert "update" not in store.methods()
+
+
+def test_a_bead_gone_before_the_write_is_skipped(harness: JobHarness, store: MemoryStore) -> None:
+    gone = stuck(store, 45)
+    fine = stuck(store, 45)
+    store.after("show", lambda: store.rows.pop(gone), bead=gone)
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["blocked"] == [fine]
+    skipped = run.event("reap.skipped")
+    assert skipped["bead"] == gone
+    assert "no issue found" in skipped["detail"]
 
 
 def test_a_bead_bd_cannot_show_is_skipped_and_the_rest_are_reaped(
-    fake_bd: FakeBdEnv, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    odd = stuck(api, 45)
+    odd = stuck(store, 45)
     # `bd show` prints a comment this client cannot read (text must be a string).
-    comment = {"id": "c-1", "issue_id": odd, "author": "x", "text": 5, "created_at": "2026-01-01"}
-    api.set_fields(odd, comments=[comment], updated_at=NOW - timedelta(minutes=45))
-    fine = stuck(api, 45)
-    before = api.get(odd)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stdout
-    assert result.summary["blocked"] == [fine]
-    skipped = result.event("bead.skipped")
+    comment = {"id": "c-1", "author": "x", "text": 5, "created_at": "2026-01-01T00:00:00Z"}
+    store.edit(odd, comments=[comment])
+    fine = stuck(store, 45)
+    before = store.snapshot()[odd]
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["blocked"] == [fine]
+    [skipped] = events_named(run, "bead.skipped")
     assert (skipped["bead"], skipped["level"]) == (odd, "warning")
-    assert "comments.0.text" in skipped["reason"]
-    assert api.get(odd) == before
+    assert skipped["reason"].startswith(f"cannot re-read it: bd show {odd}: comments.0.text")
+    assert run.summary["skipped"] == [odd]
+    assert store.snapshot()[odd] == before
 
 
 def test_a_bead_with_unreadable_metadata_is_skipped_once(
-    fake_bd: FakeBdEnv, run_job: JobRunner
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    odd = stuck(api, 45)
-    api.set_fields(odd, metadata=["x"], updated_at=NOW - timedelta(minutes=45))
-    fine = stuck(api, 45)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stdout
-    assert result.summary["blocked"] == [fine]
-    assert [e["bead"] for e in result.events if e["event"] == "bead.skipped"] == [odd]
-    assert api.get(odd)["status"] == "in_progress"
+    odd = stuck(store, 45)
+    store.edit(odd, metadata=["x"])
+    fine = stuck(store, 45)
+    run = harness.reap()
+    assert run.code == 0, run.stdout
+    assert run.summary["blocked"] == [fine]
+    assert [e["bead"] for e in events_named(run, "bead.skipped")] == [odd]
+    assert run.summary["skipped"] == [odd]
+    assert store.rows[odd]["status"] == "in_progress"
 
 
-def test_the_assignee_is_quoted_in_the_query(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    mine = stuck(fake_bd.api, 45, assignee="bot@corp.example")
-    other = stuck(fake_bd.api, 45)
-    result = run_job("reap", AGENT_ASSIGNEE="bot@corp.example", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0, result.stdout
-    assert result.summary["blocked"] == [mine]
-    assert fake_bd.api.get(other)["status"] == "in_progress"
-
-
-def test_nothing_due_never_touches_the_lock(fake_bd: FakeBdEnv, run_job: JobRunner) -> None:
-    stuck(fake_bd.api, 5)
-    result = run_job("reap", AUTODISPATCH_NOW=NOW.isoformat())
-    assert result.code == 0
-    assert result.summary["stale"] == 0
-    assert not (fake_bd.db_dir / LOCK_FILE_NAME).exists()
-
-
-# -- in process: the reaper's wait for the lock, shortened -------------------------------------
-
-
-def reaper(fake_bd: FakeBdEnv, wait: float) -> tuple[Reaper, io.StringIO]:
-    env = {"BD_BIN": str(fake_bd.bin), "BEADS_DB": str(fake_bd.db_dir)}
-    settings = load_settings(env)
-    bd = BdClient(
-        str(fake_bd.bin), fake_bd.db_dir, actor="agent", timeout_seconds=20, env=fake_bd.env()
-    )
-    lock = FileLock(fake_bd.db_dir / LOCK_FILE_NAME)
-    stream = io.StringIO()
-    log = EventLog("reap", "test-run", lambda: NOW, stream)
-    return Reaper(settings, bd, lock, lambda: NOW, log, lock_wait_seconds=wait), stream
-
-
-def events(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+def test_nothing_due_never_touches_the_lock(harness: JobHarness, store: MemoryStore) -> None:
+    stuck(store, 5)
+    run = harness.reap()
+    assert run.code == 0
+    assert (run.summary["outcome"], run.summary["stale"]) == ("nothing_due", 0)
+    assert store.methods() == ["queue"]
+    assert not harness.lock_path.exists()
 
 
 def test_while_a_dispatcher_holds_the_lock_the_reaper_changes_nothing(
-    fake_bd: FakeBdEnv,
+    harness: JobHarness, store: MemoryStore
 ) -> None:
-    api = fake_bd.api
-    claimed = staged(api, "claimed", 0.1)
-    idle = stuck(api, 45)
-    before = api.all()
-    job, stream = reaper(fake_bd, wait=0.5)
-    with lock_held_elsewhere(fake_bd.db_dir):
-        code = job.run()
-    assert code == 0
-    logged = events(stream)
-    busy = [e for e in logged if e["event"] == "lock.busy"]
-    assert len(busy) == 1 and busy[0]["waited_seconds"] == 0.5
-    assert logged[-1]["event"] == "tick.done" and logged[-1]["lock_busy"] is True
-    assert api.all() == before
-    assert [c["subcommand"] for c in fake_bd.calls()] == ["query"]
+    claimed = staged(store, "claimed", 0.1)
+    idle = stuck(store, 45)
+    before = store.snapshot()
+    with harness.lock_held_elsewhere():
+        run = harness.reap(lock_wait=0.1)
+    assert run.code == 0
+    assert run.event("lock.waiting")["up_to_seconds"] == 0.1
+    [busy] = events_named(run, "lock.busy")
+    assert busy["waited_seconds"] == 0.1
+    assert run.events[-1]["event"] == "tick.done"
+    assert run.summary["outcome"] == "lock_busy"
+    assert store.snapshot() == before
+    assert store.methods() == ["queue"]
     # The same run once the dispatcher let go: both handled.
-    job, stream = reaper(fake_bd, wait=0.5)
-    assert job.run() == 0
-    assert job.tally.requeued == [claimed]
-    assert job.tally.blocked == [idle]
+    again = harness.reap()
+    assert (again.summary["requeued"], again.summary["blocked"]) == ([claimed], [idle])
 
 
-def test_the_reaper_waits_for_a_dispatcher_to_finish(fake_bd: FakeBdEnv) -> None:
-    claimed = staged(fake_bd.api, "claimed", 0.1)
-    # A dispatcher mid-hand-off: it holds the lock for a second and a half, then exits.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AND_WAIT, str(fake_bd.db_dir / LOCK_FILE_NAME), "1.5"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        job, _ = reaper(fake_bd, wait=30)
-        started = time.monotonic()
-        assert job.run() == 0
-        waited = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
-    assert waited >= 0.5, "the reaper did not wait for the lock"
-    assert job.tally.requeued == [claimed]
-    assert not job.tally.lock_busy
+def test_the_reaper_waits_for_a_dispatcher_to_finish(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    claimed = staged(store, "claimed", 0.1)
+    with harness.lock_held_elsewhere() as dispatcher:
+        # The dispatcher finishes its hand-off a moment after the reaper starts waiting.
+        threading.Timer(0.1, dispatcher.release).start()
+        run = harness.reap(lock_wait=5)
+    assert run.code == 0, run.stdout
+    assert run.event("lock.waiting")["up_to_seconds"] == 5
+    assert events_named(run, "lock.busy") == []
+    assert run.summary["requeued"] == [claimed]
+    assert run.summary["outcome"] == "reaped"
+
+
+def test_lock_lost_mid_run_stops_every_write(harness: JobHarness, store: MemoryStore) -> None:
+    first = stuck(store, 45)
+    second = stuck(store, 45)
+    # Someone replaced the lock file while the reaper re-read its first bead.
+    store.after("show", harness.lock_path.unlink, nth=1)
+    run = harness.reap()
+    assert run.code == 1
+    [error] = [e for e in run.events if e["level"] == "error"]
+    assert error["event"] == "lock.lost"
+    assert "is no longer held by this run" in error["error"]
+    assert run.summary["blocked"] == []
+    assert "update" not in store.methods()
+    assert store.bead(first).status == store.bead(second).status == "in_progress"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobs/reap.py run() adds Outcome.ERROR whenever errors > 0, and a lost lock counts "
+    "as an error, so the reaper's tick.done says `error` where the dispatcher says `lock_lost`",
+)
+def test_a_lost_lock_is_the_reapers_outcome_as_it_is_the_dispatchers(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    stuck(store, 45)
+    store.after("show", harness.lock_path.unlink)
+    assert harness.reap().summary["outcome"] == "lock_lost"
+
+
+def test_sigterm_leaves_the_rest_for_the_next_run(harness: JobHarness, store: MemoryStore) -> None:
+    first = stuck(store, 45)
+    second = stuck(store, 45)
+    stop = FakeClockStop(harness.clock)
+    store.after("update", stop.request, bead=first)
+    run = harness.reap(stop=stop)
+    assert run.code == 0
+    assert run.summary["outcome"] == "stopped"
+    assert run.event("run.stopping")["detail"] == "SIGTERM: left the rest for the next run"
+    assert run.summary["blocked"] == [first]
+    assert store.bead(second).status == "in_progress"
+    assert harness.lock_is_free()
+
+
+def test_a_refused_write_is_a_skip_not_an_error(harness: JobHarness, store: MemoryStore) -> None:
+    bead = stuck(store, 45)
+    store.fail("update", error=BdRejected, message="bd update: issue already claimed by alice")
+    run = harness.reap()
+    assert run.code == 0
+    assert run.event("reap.skipped")["detail"] == "bd update: issue already claimed by alice"
+    assert run.summary["errors"] == 0
+    assert store.bead(bead).status == "in_progress"
+
+
+def test_log_lines_are_json_with_the_run_id(harness: JobHarness, store: MemoryStore) -> None:
+    stuck(store, 45)
+    run = harness.reap()
+    assert {(e["job"], e["run_id"], e["ts"]) for e in run.events} == {("reap", "test-run", STAMP)}
+    assert json.loads(run.stdout.splitlines()[-1])["event"] == "tick.done"

@@ -1,4 +1,5 @@
-"""The jobs' environment contract and the stack config: defaults, and one clear line per mistake."""
+"""The jobs' environment and the stack config: defaults, one clear line per mistake, and the
+spellings of a setting that are derived from its field (env var, config key)."""
 
 from __future__ import annotations
 
@@ -6,63 +7,75 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError as StackConfigError
-from components.config import settings_from_strings
+from components.config import CONFIG_KEYS, settings_from
 from components.cron import CronError, parse_schedule
-from jobs.settings import ConfigError, load_settings
+from jobs.settings import ConfigError, RuntimeSettings, config_key, env_name, load_settings
 
 
 def test_defaults_match_the_documented_contract() -> None:
     settings = load_settings({})
-    assert settings.beadboard_url is None
+    assert settings.dispatcher_enabled is True
+    assert settings.beadboard_url == "http://beadboard.beads-server.svc.cluster.local"
+    assert settings.agent_assignee == "agent"
+    assert settings.reaper_threshold_minutes == 30
+    assert settings.max_dispatch_attempts == 3
+    assert (settings.http_timeout_seconds, settings.bd_timeout_seconds) == (10, 60)
+    assert (settings.dispatcher_window_seconds, settings.poll_interval_seconds) == (0, 10)
+    assert (settings.agent_health_url, settings.max_in_flight) == ("", 10)
     assert settings.bd_bin == "bd"
     assert settings.beads_db == Path("/tmp/.beads")
     assert settings.beads_metadata_file is None
-    assert settings.agent_assignee == "agent"
-    assert settings.reaper_threshold_minutes == 30
-    assert settings.dispatch_max_attempts == 3
-    assert settings.enabled is True
-    assert settings.http_timeout_seconds == 10
+    assert settings.runtime_config_dir is None
 
 
 def test_values_are_read_and_normalised() -> None:
     settings = load_settings(
         {
             "BEADBOARD_URL": " http://beadboard.beads-server.svc.cluster.local/ ",
-            "AUTODISPATCH_ENABLED": "FALSE",
+            "DISPATCHER_ENABLED": "FALSE",
             "REAPER_THRESHOLD_MINUTES": "45",
+            "MAX_DISPATCH_ATTEMPTS": " 5 ",
             "BEADS_METADATA_FILE": "/etc/bd/metadata.json",
+            "RUNTIME_CONFIG_DIR": "/etc/beads-autodispatch/runtime",
+            # Blank is unset: the default stands.
+            "POLL_INTERVAL_SECONDS": "  ",
         }
     )
     assert settings.beadboard_url == "http://beadboard.beads-server.svc.cluster.local"
-    assert settings.enabled is False
+    assert settings.dispatcher_enabled is False
     assert settings.reaper_threshold_minutes == 45
+    assert settings.max_dispatch_attempts == 5
     assert settings.beads_metadata_file == Path("/etc/bd/metadata.json")
+    assert settings.runtime_config_dir == Path("/etc/beads-autodispatch/runtime")
+    assert settings.poll_interval_seconds == 10
 
 
 @pytest.mark.parametrize(
     ("env", "starts"),
     [
-        ({"BEADBOARD_URL": "ftp://x"}, "BEADBOARD_URL must be an http"),
+        ({"BEADBOARD_URL": "ftp://x"}, "BEADBOARD_URL must be an http:// or https:// URL"),
+        ({"BEADBOARD_URL": "http://bb:99999"}, "BEADBOARD_URL must be an http:// or https:// URL"),
+        ({"AGENT_HEALTH_URL": "agent:8080/health"}, "AGENT_HEALTH_URL must be an http"),
         (
             {"REAPER_THRESHOLD_MINUTES": "0"},
-            "REAPER_THRESHOLD_MINUTES Input should be greater than 0",
+            "REAPER_THRESHOLD_MINUTES Input should be greater than or equal to 1, got '0'",
         ),
-        ({"DISPATCH_MAX_ATTEMPTS": "1.5"}, "DISPATCH_MAX_ATTEMPTS"),
+        ({"MAX_DISPATCH_ATTEMPTS": "1.5"}, "MAX_DISPATCH_ATTEMPTS Input should be a valid integer"),
+        ({"MAX_IN_FLIGHT": "1001"}, "MAX_IN_FLIGHT Input should be less than or equal to 1000"),
         ({"AGENT_ASSIGNEE": "a=b"}, "AGENT_ASSIGNEE must be one word"),
         ({"AGENT_ASSIGNEE": 'agent"'}, "AGENT_ASSIGNEE must be one word"),
         # bd's query language reads these as "no assignee": every unassigned bead would match.
         ({"AGENT_ASSIGNEE": "none"}, "AGENT_ASSIGNEE must name a user"),
         ({"AGENT_ASSIGNEE": "Null"}, "AGENT_ASSIGNEE must name a user"),
-        ({"AUTODISPATCH_ENABLED": "2"}, "AUTODISPATCH_ENABLED must be true or false"),
-        ({"AUTODISPATCH_NOW": "yesterday"}, "AUTODISPATCH_NOW"),
-        ({"AUTODISPATCH_NOW": "2026-01-01T00:00:00"}, "AUTODISPATCH_NOW"),
+        ({"DISPATCHER_ENABLED": "2"}, "DISPATCHER_ENABLED Input should be a valid boolean"),
+        # Several bad: the first declared is named.
+        ({"MAX_IN_FLIGHT": "x", "AGENT_ASSIGNEE": "none"}, "AGENT_ASSIGNEE must name a user"),
     ],
 )
 def test_bad_env_names_the_variable(env: dict[str, str], starts: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(env)
-    assert str(caught.value).startswith(starts)
+    assert str(caught.value).startswith(starts), str(caught.value)
     assert "\n" not in str(caught.value)
 
 
@@ -72,12 +85,64 @@ def test_an_assignee_may_be_any_plain_bd_user_name(name: str) -> None:
     assert load_settings({"AGENT_ASSIGNEE": name}).agent_assignee == name
 
 
+def test_a_setting_is_spelled_from_its_field() -> None:
+    assert env_name("max_dispatch_attempts") == "MAX_DISPATCH_ATTEMPTS"
+    assert config_key("max_dispatch_attempts") == "maxDispatchAttempts"
+    by_name = {key.name: key for key in CONFIG_KEYS}
+    attempts = by_name["maxDispatchAttempts"]
+    assert (attempts.field, attempts.type, attempts.default) == (
+        "max_dispatch_attempts",
+        "integer",
+        3,
+    )
+    assert attempts.env == "MAX_DISPATCH_ATTEMPTS"
+    assert attempts.description == "Failed dispatches of one bead before it is blocked."
+    # Runtime knobs reach the jobs through the env; deploy-only keys have no env var.
+    assert {key.field for key in CONFIG_KEYS if key.env} == set(RuntimeSettings.model_fields)
+    assert (by_name["namespace"].env, by_name["doltTls"].type) == (None, "boolean")
+
+
+def test_the_runtime_configmap_reads_back_as_the_stack_set_it() -> None:
+    stack = settings_from(
+        {"dispatcherEnabled": "false", "maxInFlight": "7", "agentAssignee": "bot"}
+    )
+    carried = stack.as_env()
+    assert carried["DISPATCHER_ENABLED"] == "false"
+    assert set(carried) == {env_name(field) for field in RuntimeSettings.model_fields}
+    loaded = load_settings(carried)
+    assert (loaded.dispatcher_enabled, loaded.max_in_flight, loaded.agent_assignee) == (
+        False,
+        7,
+        "bot",
+    )
+
+
 def test_stack_config_strings_are_typed_and_validated() -> None:
-    settings = settings_from_strings({"doltPort": "3307", "dispatcherEnabled": "false"})
+    settings = settings_from({"doltPort": "3307", "dispatcherEnabled": "false"})
     assert settings.dolt_port == 3307
     assert settings.dispatcher_enabled is False
-    with pytest.raises(StackConfigError, match="unknown config key 'dispatcherEnabeld'"):
-        settings_from_strings({"dispatcherEnabeld": "false"})
+    with pytest.raises(ConfigError, match="unknown config key 'dispatcherEnabeld'"):
+        settings_from({"dispatcherEnabeld": "false"})
+    with pytest.raises(ConfigError, match=r"^config key 'doltPort': Input should be less than"):
+        settings_from({"doltPort": "70000"})
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"dispatcherSchedule": "*/2 * * * *", "dispatcherDeadlineSeconds": "120"}, "Deadline"),
+        (
+            {"dispatcherWindowSeconds": "90", "pollIntervalSeconds": "10"},
+            "dispatcherWindowSeconds': a 90 s window needs dispatcherDeadlineSeconds of at least "
+            "130 s",
+        ),
+    ],
+    ids=["deadline-past-the-interval", "window-past-the-deadline"],
+)
+def test_a_run_must_end_before_the_next_is_due(config: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(config)
+    assert named in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""pytest fixtures for the bd fake and the BeadBoard stub.
+"""pytest fixtures: the in-process job harness, the BeadBoard stub, and the bd fake.
 
 Load with `pytest_plugins = ["tests.support.fixtures"]` (root conftest or a test module).
 """
@@ -14,15 +14,51 @@ import pytest
 
 from localservices.beadboard import BeadBoardStub
 from tests.support.fake_bd import FakeBd
+from tests.support.harness import FakeClock, JobHarness
+from tests.support.memory_store import MemoryStore
+
+
+@pytest.fixture(scope="session")
+def beadboard_server() -> Iterator[BeadBoardStub]:
+    with BeadBoardStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def beadboard(beadboard_server: BeadBoardStub) -> BeadBoardStub:
+    """The stub, fresh for each test: one server per worker (stopping one takes 50 ms)."""
+    beadboard_server.reset()
+    return beadboard_server
+
+
+@pytest.fixture
+def harness(beadboard: BeadBoardStub, tmp_path: Path) -> JobHarness:
+    """A fresh memory store and fake clock; a lock file and BeadBoard stub of the test's own."""
+    clock = FakeClock()
+    beads_dir = tmp_path / "beads"
+    beads_dir.mkdir()
+    return JobHarness(MemoryStore(clock), clock, beadboard, beads_dir)
+
+
+@pytest.fixture
+def store(harness: JobHarness) -> MemoryStore:
+    return harness.store
+
+
+@pytest.fixture
+def clock(harness: JobHarness) -> FakeClock:
+    return harness.clock
 
 
 @dataclass(frozen=True)
 class FakeBdEnv:
     """A fresh, initialised fake bd database plus everything needed to run it.
 
+    Still run as a process by the pod-view tests and the fake's own tests (test_support.py);
+    the jobs' unit tests use the memory store, the integration tests the real bd.
+
     api: direct state access (seed beads, backdate stamps, read results).
-    bin: an executable `bd` shim (runs the fake with this interpreter); pass it wherever
-        a bd binary path is expected, or put `bin_dir` on PATH.
+    bin: an executable `bd` shim (runs the fake with this interpreter).
     db_dir: the directory to give bd as `--db`.
     call_log: a file to point FAKE_BD_CALL_LOG at; `calls()` reads it back.
     """
@@ -59,9 +95,3 @@ def fake_bd(tmp_path: Path) -> FakeBdEnv:
         db_dir=db_dir,
         call_log=tmp_path / "bd-calls.jsonl",
     )
-
-
-@pytest.fixture
-def beadboard() -> Iterator[BeadBoardStub]:
-    with BeadBoardStub() as stub:
-        yield stub

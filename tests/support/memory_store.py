@@ -1,0 +1,260 @@
+"""An in-memory BeadStore: bd 1.0.2's semantics where the jobs rely on them (docs/bd-contract.md).
+
+Rows are kept as `bd --json` prints them and read through BdClient's own parsing (each Bead made
+by Bead.model_validate), so a row the jobs cannot read (`add(raw=...)`, `edit`) is `unreadable`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+# What BdClient makes of the rows bd prints: the double stands in for bd, not for the client.
+from jobs.beads import BdError, BdRejected, Bead, QueryResult, _beads_from
+from jobs.log import Clock, iso_utc
+from jobs.protocol import Status, queue_expression
+
+Method = Literal["queue", "show", "update", "comment"]
+# The bd subcommand behind each method, so injected errors read like BdClient's.
+SUBCOMMAND = {"queue": "query", "show": "show", "update": "update", "comment": "comments"}
+# bd's toJSONValue: `--set-metadata k=2` stores the number 2 (true/false/null likewise).
+_JSON_LITERAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Call:
+    method: Method
+    bead: str | None  # None for a queue query
+    args: dict[str, Any]  # what the job passed (for update: only the arguments it set)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A fault or a hook: `effect` runs on each matching call, before or after its work."""
+
+    method: Method | None
+    nth: int | None  # 1-based, among calls of `method` (of any method when it is None)
+    bead: str | None
+    after_work: bool
+    effect: Callable[[Call], object]
+
+    def matches(self, call: Call, counts: Counter[str]) -> bool:
+        count = counts[call.method] if self.method else counts.total()
+        return (
+            self.method in (None, call.method)
+            and self.nth in (None, count)
+            and self.bead in (None, call.bead)
+        )
+
+
+class MemoryStore:
+    def __init__(self, clock: Clock, actor: str = "agent") -> None:
+        self.clock = clock
+        self.actor = actor  # who BdClient runs bd as: the claimer, the comments' author
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.log: list[Call] = []
+        self._counts: Counter[str] = Counter()
+        self._rules: list[_Rule] = []
+
+    # -- seeding and inspection: not calls, so never logged and never faulted ---------------
+
+    def add(
+        self,
+        title: str = "task",
+        *,
+        assignee: str = "agent",
+        acceptance: str = "it works",
+        priority: int = 2,
+        status: str = "open",
+        metadata: Mapping[str, Any] | None = None,
+        created_at: datetime | None = None,
+        updated_at: datetime | None = None,
+        raw: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A bead as bd prints it; `raw` fields go in as given (say, metadata that is a list)."""
+        bead_id = f"tb-{len(self.rows) + 1:03d}"
+        created = created_at or self.clock()
+        self.rows[bead_id] = {
+            "id": bead_id,
+            "title": title,
+            "status": str(status),
+            "priority": priority,
+            "assignee": assignee,
+            "acceptance_criteria": acceptance,
+            "notes": "",
+            "created_at": iso_utc(created),
+            "updated_at": iso_utc(updated_at or created),
+            "metadata": dict(metadata or {}),
+            "comments": [],
+        }
+        self.edit(bead_id, **(raw or {}))
+        return bead_id
+
+    def edit(self, bead_id: str, **fields: Any) -> None:
+        """Change a row behind the jobs' back: a human's write, or a shape bd should not print."""
+        self.rows[bead_id].update(
+            {k: iso_utc(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+        )
+
+    def bead(self, bead_id: str) -> Bead:
+        return Bead.model_validate(self.rows[bead_id])
+
+    def notes(self, bead_id: str) -> list[str]:
+        return str(self.rows[bead_id]["notes"]).splitlines()
+
+    def comments(self, bead_id: str) -> list[str]:
+        return [str(comment["text"]) for comment in self.rows[bead_id]["comments"]]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(self.rows)
+
+    def methods(self) -> list[str]:
+        return [call.method for call in self.log]
+
+    # -- faults and hooks ------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: Method | None = None,
+        *,
+        nth: int | None = None,
+        bead: str | None = None,
+        land: bool = False,
+        error: type[BdError] = BdError,
+        message: str | None = None,
+    ) -> None:
+        """Matching calls raise `error`; with `land` the write is done first (bd died after it)."""
+
+        def fault(call: Call) -> None:
+            raise error(message or f"bd {SUBCOMMAND[call.method]} exited 1: injected failure")
+
+        self._rules.append(_Rule(method, nth, bead, land, fault))
+
+    def after(
+        self,
+        method: Method | None,
+        action: Callable[[], object],
+        *,
+        nth: int | None = None,
+        bead: str | None = None,
+    ) -> None:
+        """Run `action` once a matching call has done its work: the world moving in between."""
+        self._rules.append(_Rule(method, nth, bead, True, lambda call: action()))
+
+    # -- the BeadStore protocol --------------------------------------------------------------
+
+    @property
+    def calls(self) -> int:
+        return len(self.log)
+
+    def queue(self, assignee: str, status: Status) -> QueryResult:
+        def read() -> QueryResult:
+            # `bd query` counts a bead's comments but does not list them; `bd show` does.
+            rows = [
+                {k: v for k, v in row.items() if k != "comments"}
+                for row in self.rows.values()
+                if row.get("assignee") == assignee and row.get("status") == status
+            ]
+            return _beads_from(
+                copy.deepcopy(rows), f"bd query {queue_expression(assignee, status)}"
+            )
+
+        return self._call("queue", None, {"assignee": assignee, "status": status}, read)
+
+    def show(self, bead_id: str) -> Bead:
+        def read() -> Bead:
+            # bd 1.0.2's words for *any* failed lookup, which BdClient reads as a refusal.
+            row = self._row(bead_id, "show", "no issues found matching the provided IDs")
+            result = _beads_from([copy.deepcopy(row)], f"bd show {bead_id}")
+            if not result.beads:
+                raise BdError(f"bd show {bead_id}: {result.unreadable[bead_id]}")
+            return result.beads[0]
+
+        return self._call("show", bead_id, {}, read)
+
+    def update(
+        self,
+        bead_id: str,
+        *,
+        claim: bool = False,
+        status: Status | None = None,
+        note: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> None:
+        def write() -> None:
+            row, now = self._row(bead_id, "update"), iso_utc(self.clock())
+            if claim:
+                # A transaction of its own, a CAS on the assignee alone: a bead already
+                # assigned to the actor "succeeds" and is left as it was.
+                holder, who = row.get("assignee") or "", actor or self.actor
+                if holder not in ("", who):
+                    raise BdRejected(f"bd update {bead_id}: issue already claimed by {holder}")
+                if not holder:
+                    row.update(assignee=who, status=Status.IN_PROGRESS.value, updated_at=now)
+            changes: dict[str, Any] = {} if status is None else {"status": status.value}
+            if note is not None:
+                changes["notes"] = f"{row['notes']}\n{note}" if row.get("notes") else note
+            if set_metadata or unset_metadata:
+                changes["metadata"] = _edit_metadata(row, set_metadata or {}, unset_metadata)
+            if changes:
+                row.update(changes, updated_at=now)
+
+        given: dict[str, Any] = {"claim": claim, "status": status, "note": note, "actor": actor}
+        given |= {"set_metadata": set_metadata, "unset_metadata": list(unset_metadata)}
+        self._call("update", bead_id, {k: v for k, v in given.items() if v}, write)
+
+    def comment(self, bead_id: str, text: str) -> None:
+        def write() -> None:
+            # A row of its own: the bead's notes and updated_at stay as they were.
+            comments = self._row(bead_id, "comments add").setdefault("comments", [])
+            stamp = iso_utc(self.clock())
+            number = f"c-{self._counts['comment']}"
+            comments.append({"id": number, "author": self.actor, "text": text, "created_at": stamp})
+
+        self._call("comment", bead_id, {"text": text}, write)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _row(self, bead_id: str, command: str, missing: str = "") -> dict[str, Any]:
+        if bead_id not in self.rows:
+            raise BdRejected(f"bd {command} {bead_id}: {missing or 'no issue found matching'}")
+        return self.rows[bead_id]
+
+    def _call(
+        self, method: Method, bead: str | None, args: dict[str, Any], work: Callable[[], Result]
+    ) -> Result:
+        call = Call(method, bead, args)
+        self.log.append(call)
+        self._counts[method] += 1
+        rules = [rule for rule in self._rules if rule.matches(call, self._counts)]
+        for rule in rules:
+            if not rule.after_work:
+                rule.effect(call)
+        result = work()
+        for rule in rules:
+            if rule.after_work:
+                rule.effect(call)
+        return result
+
+
+def _edit_metadata(
+    row: dict[str, Any], set_values: Mapping[str, str], unset: Sequence[str]
+) -> dict[str, Any]:
+    if not isinstance(row.get("metadata"), dict):
+        # bd reads the stored JSON into a map first; an array, a string... cannot be edited.
+        raise BdError(f"bd update exited 1: metadata edit failed for {row['id']}: not an object")
+    edited = dict(row["metadata"])
+    for key, value in set_values.items():
+        edited[key] = json.loads(value) if _JSON_LITERAL.fullmatch(value) else value
+    for key in unset:
+        edited.pop(key, None)
+    return edited
