@@ -332,7 +332,8 @@ class Dispatcher:
             # A reaper that took the lock meanwhile may have requeued this bead: never POST it.
             ensure_held(self.lock)
         except LockLost as exc:
-            self._comment_best_effort(bead.id, notes.lost_lock(str(exc), self.clock()))
+            note = notes.lost_lock(str(exc), self.settings.reaper_threshold_minutes, self.clock())
+            self._comment_best_effort(bead.id, note)
             raise
         outcome = self.board.dispatch(bead.id)
         try:

@@ -49,10 +49,14 @@ def dispatch_unknown(reason: str, threshold_minutes: int, now: datetime) -> str:
     )
 
 
-def lost_lock(reason: str, now: datetime) -> str:
+def lost_lock(reason: str, threshold_minutes: int, now: datetime) -> str:
+    # Written without the lock (a comment is a row of its own, it races with nothing); the
+    # stage stays `sending`, because only a lock holder may change the bead.
     return (
-        f"{DISPATCHER} lost its dispatch lock ({reason}) before sending; not sent, "
-        f"the reaper hands this bead back ({DISPATCHER}, {iso_utc(now)})"
+        f"{DISPATCHER} lost its dispatch lock ({reason}) before sending: NOT sent to "
+        f"BeadBoard. The bead stays in_progress; the reaper blocks it after "
+        f"{threshold_minutes}m, then set it back to open to dispatch it "
+        f"({DISPATCHER}, {iso_utc(now)})"
     )
 
 

@@ -69,7 +69,8 @@ class Reaper:
             self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
             self.tally.errors += 1
             self.tally.outcomes.add(Outcome.ERROR)
-        if self.tally.errors:
+        if self.tally.errors and not self.tally.outcomes & {Outcome.LOCK_LOST, Outcome.ERROR}:
+            # A bd failure on one bead: the run went on, but it did not go well.
             self.tally.outcomes.add(Outcome.ERROR)
         code = ExitCode.FAILED if self.tally.errors else ExitCode.OK
         self.log.event(

@@ -189,7 +189,7 @@ def test_schedules_come_from_config() -> None:
         ("beadboardUrl", "beadboard.svc", "http:// or https://"),
         ("namespace", "Beads_Server", "config key 'namespace': must be a DNS label"),
         ("namespace", "x" * 64, "must be a DNS label"),
-        ("dispatcherEnabled", "maybe", "config key 'dispatcherEnabled': Input should be a valid boolean"),
+        ("dispatcherEnabled", "maybe", "config key 'dispatcherEnabled': Input should be a valid"),
         ("agentAssignee", "agent OR 1", "config key 'agentAssignee'"),
         ("doltPort", "70000", "config key 'doltPort'"),
         ("doltPasswordSecretName", "Bad Name", "config key 'doltPasswordSecretName'"),

@@ -22,8 +22,8 @@ from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from pods.process import base_env, start_jobs
 from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from pods.process import base_env, start_jobs
 from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
 from tests.support.memory_store import MemoryStore
 
@@ -495,18 +495,12 @@ def test_lock_lost_before_the_post_sends_nothing_and_stops_the_run(
     assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
     [comment] = store.comments(first)
     assert comment.startswith("beads-dispatcher lost its dispatch lock (")
-    assert "before sending; not sent" in comment
+    assert "before sending: NOT sent to BeadBoard" in comment
     assert store.bead(second).status == "open"
     # Nothing written after the loss but that one comment.
     assert store.methods()[-3:] == ["update", "update", "comment"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/notes.py lost_lock() promises 'the reaper hands this bead back', but the bead "
-    "is left at stage `sending`, which the reaper blocks after the threshold (as the runbook "
-    "says), never requeues",
-)
 def test_the_lost_lock_comment_says_what_the_reaper_will_do(
     harness: JobHarness, store: MemoryStore, clock: FakeClock
 ) -> None:
@@ -517,7 +511,7 @@ def test_the_lost_lock_comment_says_what_the_reaper_will_do(
     reaped = harness.reap()
     assert reaped.summary["blocked"] == [bead]  # what the runbook promises, and what happens
     [comment] = store.comments(bead)
-    assert "the reaper hands this bead back" not in comment, comment
+    assert "NOT sent" in comment and "the reaper blocks it after 30m" in comment, comment
 
 
 def test_lock_lost_during_the_post_records_nothing_more(

@@ -356,11 +356,6 @@ def test_lock_lost_mid_run_stops_every_write(harness: JobHarness, store: MemoryS
     assert store.bead(first).status == store.bead(second).status == "in_progress"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/reap.py run() adds Outcome.ERROR whenever errors > 0, and a lost lock counts "
-    "as an error, so the reaper's tick.done says `error` where the dispatcher says `lock_lost`",
-)
 def test_a_lost_lock_is_the_reapers_outcome_as_it_is_the_dispatchers(
     harness: JobHarness, store: MemoryStore
 ) -> None:

@@ -1,21 +1,33 @@
-"""The rendered metadata.json is a valid bd server-mode config; the fake bd matches the real one."""
+"""The rendered metadata.json is a valid bd server-mode config; the unit tests' memory store
+ends where the real bd does."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
 import subprocess
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from components.names import BD_CONFIG_NAME
+from jobs.beadboard import BeadBoard
+from jobs.beads import BdClient, BeadStore
+from jobs.dispatch import Dispatcher
+from jobs.lock import LOCK_FILE_NAME, FileLock
+from jobs.log import Clock, EventLog, utc_now
+from jobs.reap import Reaper
+from jobs.run import RunContext
+from jobs.settings import JobSettings
 from localservices.bd import RealBd
 from localservices.beadboard import BeadBoardStub, Reply
 from manifests.mocks import render_program
-from pods.process import base_env, run_jobs
-from tests.support.fake_bd import FakeBd
+from tests.support.harness import FakeClock
+from tests.support.memory_store import MemoryStore
 
 
 def unused_loopback_port() -> int:
@@ -73,81 +85,75 @@ def _normalise(bead: dict[str, Any]) -> dict[str, Any]:
         "status": bead["status"],
         "assignee": bead.get("assignee", ""),
         "priority": bead["priority"],
-        "metadata": bead.get("metadata", {}),
+        "metadata": bead.get("metadata") or {},
         "notes": [stamp.sub("<ts>", line) for line in str(bead.get("notes", "")).splitlines()],
-        "comments": [
-            (c.get("author"), stamp.sub("<ts>", str(c.get("text"))))
-            for c in bead.get("comments") or []
-        ],
-        "has_started_at": "started_at" in bead,
-        "has_closed_at": "closed_at" in bead,
+        "comments": [stamp.sub("<ts>", str(c.get("text"))) for c in bead.get("comments") or []],
     }
 
 
-def _scenario(bd_bin: str, beads_dir: Path, home: Path, create: Any, show: Any) -> dict[str, Any]:
-    """Same steps for either bd: seed, dispatch ok, dispatch fail, reap 31 minutes later."""
-    ok = create("dispatch me", 1, "agent", "works")
-    failing = create("fail me", 2, "agent", "works")
-    create("no criteria", 0, "agent", None)
-    create("human", 0, "alice", "works")
-    with BeadBoardStub() as board:
-        board.program(
-            "/api/agent-dispatch",
-            Reply(json={"job_id": "job-ok"}),
-            Reply(status=502, json={"error": "down"}),
+SEED = (  # title, priority, assignee, acceptance criteria
+    ("dispatch me", 1, "agent", "works"),
+    ("fail me", 2, "agent", "works"),
+    ("no criteria", 0, "agent", ""),
+    ("human", 0, "alice", "works"),
+)
+
+
+def _run_jobs(store: BeadStore, clock: Clock, beads_dir: Path, board_url: str) -> list[int]:
+    """Dispatch twice (one slot: one bead a run), then reap 31 minutes later, in-process."""
+    settings = JobSettings(beadboard_url=board_url, beads_db=beads_dir)
+    lock = FileLock(beads_dir / LOCK_FILE_NAME)
+    codes = []
+    for _ in range(2):
+        context = RunContext(
+            settings, store, lock, clock, EventLog("dispatch", "t", clock, io.StringIO())
         )
-        env = base_env(
-            HOME=str(home),
-            BD_BIN=bd_bin,
-            BEADS_DB=str(beads_dir),
-            BEADBOARD_URL=board.url,
-            BEADS_ACTOR="tester",
-        )
-        codes = [run_jobs(["dispatch"], env).code for _ in range(2)]
-        later = (datetime.now().astimezone() + timedelta(minutes=31)).isoformat()
-        codes.append(run_jobs(["reap"], {**env, "AUTODISPATCH_NOW": later}).code)
-    beads = {
-        title: _normalise(show(title))
-        for title in ("dispatch me", "fail me", "no criteria", "human")
-    }
-    return {"exit_codes": codes, "beads": beads, "ids": (ok, failing)}
+        with BeadBoard(board_url, settings.http_timeout_seconds) as board:
+            codes.append(Dispatcher(context, board).run())
+    later = shifted(clock, timedelta(minutes=31))
+    context = RunContext(settings, store, lock, later, EventLog("reap", "t", later, io.StringIO()))
+    codes.append(Reaper(context).run())
+    return codes
 
 
-def test_fake_and_real_bd_end_in_the_same_states(bd_binary: Path, tmp_path: Path) -> None:
-    real = RealBd(bd_binary, tmp_path / "real").init()
-    by_title_real: dict[str, str] = {}
+def shifted(clock: Clock, by: timedelta) -> Clock:
+    return lambda: clock() + by
 
-    def real_create(title: str, priority: int, assignee: str, acceptance: str | None) -> str:
-        by_title_real[title] = real.create(
-            title, priority=priority, assignee=assignee, acceptance=acceptance
-        )
-        return by_title_real[title]
 
-    def real_show(title: str) -> dict[str, Any]:
-        return real.show(by_title_real.get(title, title))
-
-    real_result = _scenario(
-        str(bd_binary), real.beads_dir, tmp_path / "real" / "home", real_create, real_show
-    )
-
-    fake_dir = tmp_path / "fake-beads"
-    fake = FakeBd(fake_dir)
-    fake.init(prefix="tb")
-    shim = FakeBd.write_wrapper(tmp_path / "fake-bin")
-    by_title_fake: dict[str, str] = {}
-
-    def fake_create(title: str, priority: int, assignee: str, acceptance: str | None) -> str:
-        by_title_fake[title] = fake.create(
-            title, priority=priority, assignee=assignee, acceptance=acceptance
-        )
-        return by_title_fake[title]
-
-    def fake_show(title: str) -> dict[str, Any]:
-        return fake.get(by_title_fake.get(title, title))
-
-    home = tmp_path / "fake-home"
-    home.mkdir()
-    fake_result = _scenario(str(shim), fake_dir, home, fake_create, fake_show)
-
-    assert real_result["exit_codes"] == fake_result["exit_codes"] == [0, 1, 0]
-    assert fake_result["beads"] == real_result["beads"]
+def test_the_memory_store_and_the_real_bd_end_in_the_same_states(
+    bd_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit tests' in-memory store against the real bd 1.0.2, driven by the same jobs."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # real bd writes state under HOME
+    (tmp_path / "home").mkdir()
+    results = {}
+    for name in ("real", "memory"):
+        with BeadBoardStub() as board:
+            board.program(
+                "/api/agent-dispatch",
+                Reply(json={"job_id": "job-ok"}),
+                Reply(status=502, json={"error": "down"}),
+            )
+            if name == "real":
+                real = RealBd(bd_binary, tmp_path / "real").init()
+                ids = {t: real.create(t, priority=p, assignee=a, acceptance=c or None)
+                       for t, p, a, c in SEED}  # fmt: skip
+                store: BeadStore = BdClient(
+                    str(bd_binary), real.beads_dir, actor="agent", timeout_seconds=60
+                )
+                codes = _run_jobs(store, utc_now, real.beads_dir, board.url)
+                beads = {t: _normalise(real.show(i)) for t, i in ids.items()}
+            else:
+                clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+                memory = MemoryStore(clock)
+                ids = {t: memory.add(t, priority=p, assignee=a, acceptance=c)
+                       for t, p, a, c in SEED}  # fmt: skip
+                beads_dir = tmp_path / "memory"
+                beads_dir.mkdir()
+                codes = _run_jobs(memory, clock, beads_dir, board.url)
+                beads = {t: _normalise(memory.rows[i]) for t, i in ids.items()}
+            posts = [r.json for r in board.requests_to("/api/agent-dispatch")]
+        results[name] = {"codes": codes, "beads": beads, "posts": len(posts)}
+    assert results["real"]["codes"] == [0, 1, 0]
+    assert results["real"]["posts"] == 2
+    assert results["memory"] == results["real"]

@@ -213,7 +213,8 @@ def test_reaper_stale_vs_fresh_and_others_untouched(
     assert stale.summary["blocked"] == [mine]
     state = bd.show(mine)
     assert state["status"] == "blocked"
-    assert notes(bd, mine)[-1].startswith("beads-reaper: no progress for 31m (threshold 30m) — blocking")
+    blocked_note = "beads-reaper: no progress for 31m (threshold 30m) — blocking"
+    assert notes(bd, mine)[-1].startswith(blocked_note)
     assert [bd.show(human), bd.show(open_agent)] == before_others
     assert beadboard.requests == []
 

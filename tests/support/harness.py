@@ -25,8 +25,8 @@ from jobs.log import EventLog
 from jobs.reap import Reaper
 from jobs.run import RunContext, StopSignal
 from jobs.settings import JobSettings
-from pods.process import JobRun
 from localservices.beadboard import BeadBoardStub
+from pods.process import JobRun
 from tests.support.memory_store import MemoryStore
 
 # Whole seconds, as bd stamps: a note's time can be asserted exactly.

@@ -1,7 +1,7 @@
 """The pod's view: the rendered ConfigMaps, mounted as the pod spec mounts them, are enough.
 
 The container runs in a fresh virtualenv holding only pydantic (as the agent image does:
-no httpx), with the pod's env and PYTHONPATH, against the fake bd and the BeadBoard stub.
+no httpx), with the pod's env and PYTHONPATH, against the real bd and the BeadBoard stub.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import pytest
 
 from components.names import DISPATCHER_NAME, REAPER_NAME
 from jobs.lock import LOCK_FILE_NAME
+from localservices.bd import RealBd
 from localservices.beadboard import BeadBoardStub
+from localservices.dolt import DOLT_PASSWORD, DoltServer
 from manifests.mocks import Recorder, render_program
 from pods.runner import Pod, make_image_like_venv, materialise
-from tests.support.fake_bd import FakeBd
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,28 @@ def events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+def pod_database(bd_binary: Path, pod: Pod) -> RealBd:
+    """A real embedded-mode database where the pod's BEADS_DB points (`<dir>/.beads`)."""
+    beads_dir = Path(pod.env["BEADS_DB"])
+    assert beads_dir.name == ".beads", beads_dir
+    return RealBd(bd_binary, beads_dir.parent).init()
+
+
+def stuck_bead(bd: RealBd) -> str:
+    """An agent bead in progress, untouched for two hours."""
+    bead = bd.create("stuck", assignee="agent", acceptance="x")
+    bd.update(bead, "--status", "in_progress")
+    bd.backdate(bead, 120)
+    return bead
+
+
+def own_metadata(bd: RealBd, directory: Path) -> Path:
+    """The embedded database's own metadata.json, as a file outside the pod to copy in."""
+    path = directory / "metadata.json"
+    path.write_text((bd.beads_dir / "metadata.json").read_text())
+    return path
+
+
 def metadata_like_the_mount(pod: Pod, directory: Path, **changes: object) -> Path:
     """The mounted metadata.json with some keys changed, as a file outside the pod."""
     metadata = json.loads(pod.host_path(MOUNTED_METADATA).read_text())
@@ -80,75 +103,92 @@ def metadata_like_the_mount(pod: Pod, directory: Path, **changes: object) -> Pat
 
 
 @pytest.mark.parametrize("cronjob", [DISPATCHER_NAME, REAPER_NAME])
-def test_shipped_bundle_asks_dolt_for_the_dispatch_lock(
-    rendered: Recorder, image_python: Path, tmp_path: Path, fake_bd: Any, cronjob: str
+def test_shipped_bundle_takes_the_dolt_lock_in_server_mode(
+    rendered: Recorder,
+    image_python: Path,
+    tmp_path: Path,
+    dolt_server: DoltServer,
+    cronjob: str,
 ) -> None:
-    pod = pod_for(rendered, cronjob, tmp_path / "pod")
+    spec = rendered.cronjob(cronjob)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod = materialise(
+        spec, configmaps(rendered), tmp_path / "pod", secrets={"dolt": {"pw": DOLT_PASSWORD}}
+    )
     mounted = pod.host_path(MOUNTED_METADATA)
     assert pod.env["BEADS_METADATA_FILE"] == str(mounted)
     assert json.loads(mounted.read_text())["dolt_mode"] == "server"
-    # No Dolt here: only its address is swapped, for a local port nobody answers on.
-    port = closed_port()
+    # The test server stands in for dolt.beads-server: only its address is swapped.
     swapped = metadata_like_the_mount(
-        pod, tmp_path, dolt_server_host="127.0.0.1", dolt_server_port=port
+        pod, tmp_path, dolt_server_host="127.0.0.1", dolt_server_port=dolt_server.port
     )
-    api = FakeBd(Path(pod.env["BEADS_DB"]))
-    api.init()
-    # A bead each job would act on, so each asks for the lock.
-    api.create("ship it", assignee="agent", acceptance="done", priority=1)
-    api.create(
-        "stuck",
-        assignee="agent",
-        status="in_progress",
-        acceptance="x",
-        updated_at=datetime.now(UTC) - timedelta(hours=2),
-    )
-    before = api.all()
+    client = dolt_server.client_dir(tmp_path / "client")
+    bead = dolt_server.bd_run(
+        client, "create", f"ship it ({cronjob})", "--assignee", "agent", "--acceptance", "x",
+        "--priority", "0", "--silent",
+    ).strip()  # fmt: skip
+    stuck = dolt_server.bd_run(
+        client, "create", f"stuck ({cronjob})", "--assignee", "agent", "--acceptance", "x",
+        "--silent",
+    ).strip()  # fmt: skip
+    dolt_server.bd_run(client, "update", stuck, "--status", "in_progress")
+    backdate_in_server_mode(dolt_server, client, stuck, minutes=120)
     with BeadBoardStub() as board:
         completed = pod.run(
             image_python,
             {
                 "BEADBOARD_URL": board.url,
-                "BD_BIN": str(fake_bd.bin),
+                "BD_BIN": str(dolt_server.bd),
                 "BEADS_METADATA_FILE": str(swapped),
             },
         )
-        assert board.requests_to("/api/agent-dispatch") == []
-    # PyMySQL came from vendor.zip (the image has none) and tried the server: a clean failure.
-    assert completed.returncode == 1, completed.stdout + completed.stderr
+        posts = [r.json for r in board.requests_to("/api/agent-dispatch")]
+    # PyMySQL came from vendor.zip (the image has none) and took the named lock on Dolt.
+    assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stderr == ""
-    [failed] = [e for e in events(completed.stdout) if e["level"] == "error"]
-    assert failed["kind"] == "LockError"
-    assert f"cannot connect to Dolt at 127.0.0.1:{port}" in failed["error"]
-    assert api.all() == before
-    assert pod.env["BEADS_DOLT_PASSWORD"] == "s3cret"
-    assert "s3cret" not in completed.stdout + completed.stderr
+    acquired = [e for e in events(completed.stdout) if e["event"] == "lock.acquired"]
+    assert acquired and "GET_LOCK" in acquired[0]["lock"], completed.stdout
+    if cronjob == DISPATCHER_NAME:
+        assert {"taskId": bead} in posts
+    else:
+        assert posts == []
+        assert stuck in events(completed.stdout)[-1]["blocked"]
+    assert pod.env["BEADS_DOLT_PASSWORD"] == DOLT_PASSWORD
+    assert DOLT_PASSWORD not in completed.stdout + completed.stderr
+
+
+def backdate_in_server_mode(server: DoltServer, client: Path, bead: str, minutes: float) -> None:
+    """`bd import` of the bead's row with an old updated_at, through the server."""
+    [row] = json.loads(server.bd_run(client, "show", bead, "--json"))
+    then = datetime.now(UTC) - timedelta(minutes=minutes)
+    row["updated_at"] = then.strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = client.parent / f"{bead}.jsonl"
+    source.write_text(json.dumps(row) + "\n")
+    server.bd_run(client, "import", str(source))
 
 
 def test_shipped_bundle_runs_the_dispatcher(
-    rendered: Recorder, image_python: Path, tmp_path: Path, fake_bd: Any
+    rendered: Recorder, image_python: Path, tmp_path: Path, bd_binary: Path
 ) -> None:
     pod = pod_for(rendered, DISPATCHER_NAME, tmp_path / "pod")
     beads_dir = Path(pod.env["BEADS_DB"])
+    bd = pod_database(bd_binary, pod)
     # Embedded mode (as the local stack runs): the lock is a flock beside the database.
-    embedded = metadata_like_the_mount(pod, tmp_path, dolt_mode="embedded")
-    api = FakeBd(beads_dir)
-    api.init()
-    bead = api.create("ship it", assignee="agent", acceptance="done", priority=1)
+    embedded = own_metadata(bd, tmp_path)
+    bead = bd.create("ship it", assignee="agent", acceptance="done", priority=1)
     with BeadBoardStub() as board:
         # The cluster URL does not resolve here: only the BeadBoard address is swapped.
         completed = pod.run(
             image_python,
             {
                 "BEADBOARD_URL": board.url,
-                "BD_BIN": str(fake_bd.bin),
+                "BD_BIN": str(bd_binary),
                 "BEADS_METADATA_FILE": str(embedded),
             },
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
         assert [r.json for r in board.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
-    assert api.get(bead)["status"] == "in_progress"
-    assert api.comments(bead)[0]["text"].startswith("dispatched: job=job-1 ")
+    assert bd.show(bead)["status"] == "in_progress"
+    assert bd.show(bead)["comments"][0]["text"].startswith("dispatched: job=job-1 ")
     # The metadata.json named by the env was copied into the writable beads dir.
     assert (beads_dir / "metadata.json").read_text() == embedded.read_text()
     assert (beads_dir / LOCK_FILE_NAME).exists()
@@ -167,21 +207,14 @@ def test_httpx_is_imported_from_the_shipped_zip(
 
 
 def test_shipped_bundle_runs_the_reaper(
-    rendered: Recorder, image_python: Path, tmp_path: Path, fake_bd: Any
+    rendered: Recorder, image_python: Path, tmp_path: Path, bd_binary: Path
 ) -> None:
     pod = pod_for(rendered, REAPER_NAME, tmp_path / "pod")
-    api = FakeBd(Path(pod.env["BEADS_DB"]))
-    api.init()
-    bead = api.create(
-        "stuck",
-        assignee="agent",
-        status="in_progress",
-        acceptance="x",
-        updated_at=datetime.now(UTC) - timedelta(hours=2),
-    )
-    embedded = metadata_like_the_mount(pod, tmp_path, dolt_mode="embedded")
+    bd = pod_database(bd_binary, pod)
+    bead = stuck_bead(bd)
+    embedded = own_metadata(bd, tmp_path)
     completed = pod.run(
-        image_python, {"BD_BIN": str(fake_bd.bin), "BEADS_METADATA_FILE": str(embedded)}
+        image_python, {"BD_BIN": str(bd_binary), "BEADS_METADATA_FILE": str(embedded)}
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert api.get(bead)["status"] == "blocked"
+    assert bd.show(bead)["status"] == "blocked"

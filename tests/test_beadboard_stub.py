@@ -1,0 +1,99 @@
+"""The BeadBoard stand-in the tests, the demo and the bench talk to: it must behave."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from localservices.beadboard import (
+    AGENT_DISPATCH,
+    AGENT_STATUS,
+    HEALTH,
+    BeadBoardStub,
+    RecordedRequest,
+    Reply,
+)
+
+
+def _call(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_stub_defaults_and_records_requests(beadboard: BeadBoardStub) -> None:
+    assert _call(beadboard.url + AGENT_STATUS) == (200, {"busy": False})
+    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "bd-1"}) == (
+        200,
+        {"job_id": "job-1"},
+    )
+    assert _call(beadboard.url + HEALTH) == (
+        200,
+        {"status": "ok", "busy": False, "active": 0, "queued": 0, "capacity": 1},
+    )
+    assert _call(beadboard.url + "/nope")[0] == 404
+
+    dispatches = beadboard.requests_to(AGENT_DISPATCH)
+    assert [(r.method, r.json) for r in dispatches] == [("POST", {"taskId": "bd-1"})]
+    assert len(beadboard.requests) == 4
+    beadboard.clear()
+    assert beadboard.requests == []
+
+
+def test_stub_replays_programmed_replies_then_falls_back(beadboard: BeadBoardStub) -> None:
+    beadboard.program(
+        AGENT_DISPATCH,
+        Reply(status=409, json={"error": "Agent is busy"}),
+        Reply(status=502, body=b"upstream exploded"),
+    )
+    beadboard.set_handler(
+        AGENT_STATUS, lambda request: Reply(json={"busy": request.query.get("x") == ["1"]})
+    )
+
+    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "a"}) == (
+        409,
+        {"error": "Agent is busy"},
+    )
+    with pytest.raises(json.JSONDecodeError):
+        _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "b"})
+    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "c"}) == (
+        200,
+        {"job_id": "job-1"},
+    )
+    assert _call(beadboard.url + AGENT_STATUS + "?x=1") == (200, {"busy": True})
+    assert beadboard.pending(AGENT_DISPATCH) == 0
+
+
+def test_stub_delay_stall_and_drop(beadboard: BeadBoardStub) -> None:
+    beadboard.program(AGENT_STATUS, Reply(delay=2.0, json={"busy": False}))
+    started = time.monotonic()
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        _call(beadboard.url + AGENT_STATUS, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+
+    beadboard.program(AGENT_STATUS, Reply(stall=2.0, json={"busy": False}))
+    connection = http.client.HTTPConnection("127.0.0.1", beadboard.port, timeout=0.3)
+    connection.request("GET", AGENT_STATUS)
+    response = connection.getresponse()  # headers arrive promptly...
+    assert response.status == 200
+    with pytest.raises(TimeoutError):
+        response.read()  # ...the body does not
+    connection.close()
+
+    beadboard.program(AGENT_DISPATCH, Reply(drop=True))
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError, urllib.error.URLError)):
+        _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "x"})
+
+    seen: list[RecordedRequest] = beadboard.requests
+    assert [r.path for r in seen] == [AGENT_STATUS, AGENT_STATUS, AGENT_DISPATCH]
