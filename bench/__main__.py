@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 
 from bench.agent_sim import AgentSimulator
-from components.names import DISPATCHER_NAME, REAPER_NAME
 from components.config import settings_from
 from components.cron import parse_schedule
+from components.names import DISPATCHER_NAME, REAPER_NAME
 from localservices.bd import RealBd
 from localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
 from manifests.mocks import render_program
