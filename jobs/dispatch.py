@@ -30,9 +30,9 @@ from jobs.beadboard import (
 )
 from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, LockLost, ensure_held
-from jobs.log import EventLog, peak_memory
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, ExitCode, Outcome, Stage, Status, worst
-from jobs.run import RunContext
+from jobs.log import EventLog
+from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
+from jobs.run import RunContext, finish, log_fault
 from jobs.settings import env_name
 
 
@@ -119,6 +119,7 @@ class Dispatcher:
         load: LoadSource | None = None,
         switch: RuntimeSwitch | None = None,
     ) -> None:
+        self.context = context
         self.settings = settings = context.settings
         self.store = context.store
         self.lock = context.lock
@@ -162,11 +163,10 @@ class Dispatcher:
                 self.log.event("run.stopping", detail="SIGTERM while idle")
                 self.tally.outcomes.add(Outcome.STOPPED)
                 break
-        failed = self.tally.failed or self.tally.errors
-        code = ExitCode.FAILED if failed else ExitCode.OK
-        self.log.event(
-            "tick.done",
-            outcome=self.tally.outcome,
+        return finish(
+            self.context,
+            self.tally.outcome,
+            run_failed=bool(self.tally.failed or self.tally.errors),
             polls=self.tally.polls,
             idle_polls=self.tally.idle_polls,
             dispatched=self.tally.dispatched,
@@ -175,26 +175,15 @@ class Dispatcher:
             returned_to_queue=self.tally.returned,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
-            bd_calls=self.store.calls,
-            dry_run=self.dry_run,
-            exit_code=int(code),
-            **peak_memory(),
         )
-        return int(code)
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
         try:
             outcome = self.poll()
-        except LockLost as exc:
-            self.log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
-            self.tally.errors += 1
-            outcome = Outcome.LOCK_LOST
         except (BdError, BeadBoardError, LockError) as exc:
-            # A fault of the world: one log line; bead states stay consistent (see runbook).
-            self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
             self.tally.errors += 1
-            outcome = Outcome.ERROR
+            outcome = log_fault(self.log, exc)
         if outcome == Outcome.QUEUE_EMPTY:
             self.tally.idle_polls += 1
         self.tally.outcomes.add(outcome)

@@ -12,10 +12,9 @@ from datetime import datetime, timedelta
 
 from jobs import notes
 from jobs.beads import BdError, BdRejected, Bead
-from jobs.lock import LockError, LockLost, ensure_held
-from jobs.log import peak_memory
-from jobs.protocol import STAGE_KEY, ExitCode, Outcome, ReapAction, Stage, Status, worst
-from jobs.run import RunContext
+from jobs.lock import LockError, ensure_held
+from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status, worst
+from jobs.run import RunContext, finish, log_fault
 
 # A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
 # timeouts); waiting this long for it costs the reaper nothing and saves a run.
@@ -47,6 +46,7 @@ class Reaper:
     def __init__(
         self, context: RunContext, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS
     ) -> None:
+        self.context = context
         self.settings = context.settings
         self.store = context.store
         self.lock = context.lock
@@ -61,33 +61,23 @@ class Reaper:
     def run(self) -> int:
         try:
             self.tally.outcomes.add(self._tick())
-        except LockLost as exc:
-            self.log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
-            self.tally.errors += 1
-            self.tally.outcomes.add(Outcome.LOCK_LOST)
         except (BdError, LockError) as exc:
-            self.log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
             self.tally.errors += 1
-            self.tally.outcomes.add(Outcome.ERROR)
+            self.tally.outcomes.add(log_fault(self.log, exc))
         if self.tally.errors and not self.tally.outcomes & {Outcome.LOCK_LOST, Outcome.ERROR}:
             # A bd failure on one bead: the run went on, but it did not go well.
             self.tally.outcomes.add(Outcome.ERROR)
-        code = ExitCode.FAILED if self.tally.errors else ExitCode.OK
-        self.log.event(
-            "tick.done",
-            outcome=self.tally.outcome,
+        return finish(
+            self.context,
+            self.tally.outcome,
+            run_failed=bool(self.tally.errors),
             in_progress=self.tally.in_progress,
             stale=self.tally.due,
             blocked=self.tally.blocked,
             requeued=self.tally.requeued,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
-            bd_calls=self.store.calls,
-            dry_run=self.dry_run,
-            exit_code=int(code),
-            **peak_memory(),
         )
-        return int(code)
 
     def _tick(self) -> Outcome:
         working = self.store.queue(self.settings.agent_assignee, Status.IN_PROGRESS)

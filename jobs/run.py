@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs.beads import BeadStore
-from jobs.lock import DispatchLock
-from jobs.log import Clock, EventLog
+from jobs.lock import DispatchLock, LockLost
+from jobs.log import Clock, EventLog, peak_memory
+from jobs.protocol import ExitCode, Outcome
 from jobs.settings import JobSettings
 
 
@@ -41,3 +43,28 @@ class RunContext:
     log: EventLog
     dry_run: bool = False
     stop: StopSignal = field(default_factory=StopSignal)
+
+
+def log_fault(log: EventLog, exc: Exception) -> Outcome:
+    """One error line for a fault that ends a poll or a run (see the runbook's log table)."""
+    if isinstance(exc, LockLost):
+        log.error("lock.lost", error=str(exc), detail="stopping; no further bead writes")
+        return Outcome.LOCK_LOST
+    # A fault of the world: bead states stay consistent, the next run looks again.
+    log.error("tick.failed", error=str(exc), kind=type(exc).__name__)
+    return Outcome.ERROR
+
+
+def finish(context: RunContext, outcome: Outcome, *, run_failed: bool, **counts: Any) -> int:
+    """The run's last line, `tick.done`, the same for every job; returns the exit code."""
+    code = ExitCode.FAILED if run_failed else ExitCode.OK
+    context.log.event(
+        "tick.done",
+        outcome=outcome,
+        **counts,
+        bd_calls=context.store.calls,
+        dry_run=context.dry_run,
+        exit_code=int(code),
+        **peak_memory(),
+    )
+    return int(code)
