@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from jobs.lock import LOCK_FILE_NAME
 from localservices.bd import RealBd
 from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from pods.process import ROOT, JobRun, base_env, run_jobs
@@ -380,7 +381,7 @@ class Template:
     def copy(self, workdir: Path) -> RealBd:
         target = workdir / "project"
         shutil.copytree(self.bd.workdir, target, symlinks=True)
-        (target / ".beads" / "autodispatch.lock").unlink(missing_ok=True)
+        (target / ".beads" / LOCK_FILE_NAME).unlink(missing_ok=True)
         return RealBd(self.bd.binary, target)
 
 
