@@ -7,7 +7,7 @@ export TOOLS_CACHE ?= $(HOME)/.cache/beads-autodispatch/bin
 # pytest-xdist workers: the slow tests are real bd and dolt processes, one core each.
 TEST_WORKERS ?= $(shell nproc)
 
-.PHONY: setup tools test-tools test lint scan demo bench clean
+.PHONY: setup tools test-tools test lint scan demo bench cluster clean
 
 setup: $(VENV)/.installed
 
@@ -25,10 +25,10 @@ tools:
 	tools/build-bd.sh >/dev/null & bd=$$!; tools/build-pulumi.sh >/dev/null; pulumi=$$?; \
 	  wait $$bd && exit $$pulumi
 
-# The tests also run dolt sql-server (server mode).
+# The tests also run dolt sql-server (server mode) and a Kubernetes control plane.
 test-tools:
-	tools/build-go-tool.sh dolt >/dev/null & dolt=$$!; $(MAKE) --no-print-directory tools; \
-	  rest=$$?; wait $$dolt && exit $$rest
+	tools/build-go-tool.sh dolt >/dev/null & dolt=$$!; tools/build-kube.sh >/dev/null & kube=$$!; \
+	  $(MAKE) --no-print-directory tools; rest=$$?; wait $$dolt && wait $$kube && exit $$rest
 
 lint: setup
 	$(PY) -m ruff check .
@@ -50,6 +50,11 @@ demo: setup tools
 # Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
 bench: setup tools
 	$(PY) -m bench --bd "$$(tools/build-bd.sh)"
+
+# A Kubernetes control plane on loopback in .localcluster/ until Ctrl-C (no kubelet; run
+# `$(PY) -m pods` beside it to run pods).
+cluster: setup
+	$(PY) -m localcluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,11 @@ must stay as it is while other people use the checkout.
     pod_spec = manifests.pod_spec("beads-dispatcher")
 
 By hand: `python -m localdeploy up|preview|config-set KEY VALUE` (on .pulumi-local/demo).
+
+`ClusterStack` is the same engine on the `cluster` stack (Pulumi.cluster.yaml): no
+renderYamlToDirectory, so the provider applies every object to the API server named by the
+`kubernetes:kubeconfig` the work dir's copy of the stack file is given (tests/cluster/ use
+the loopback control plane of localcluster/).
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from jobs.settings import env_name
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "beads-autodispatch"
 STACK = "local"
+CLUSTER_STACK = "cluster"
 LOCAL_DIR = ROOT / ".pulumi-local"  # gitignored
 RENDER_KEY = "kubernetes:renderYamlToDirectory"
+KUBECONFIG_KEY = "kubernetes:kubeconfig"
 # The file backend encrypts secrets with a passphrase; the local stack holds none, so a
 # fixed, public one is fine.
 PASSPHRASE = "beads-autodispatch-local-stack"  # noqa: S105 (public on purpose, above)
@@ -120,56 +127,42 @@ def load_manifests(directory: Path) -> Manifests:
     return Manifests(documents)
 
 
-class LocalStack:
-    """The `local` stack in its own work dir: copies of the project and stack files, the
-    file backend's state, the rendered manifests."""
+def _prepare_work_dir(work_dir: Path, stack_name: str, cli: Path | None) -> None:
+    """Copies of Pulumi.yaml and the stack file, an empty file backend, the CLI linked in."""
+    if work_dir.exists() and any(work_dir.iterdir()):
+        raise FileExistsError(f"{work_dir} is not empty")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Pulumi.yaml", f"Pulumi.{stack_name}.yaml"):
+        shutil.copyfile(ROOT / name, work_dir / name)
+    (work_dir / "state").mkdir()
+    # PulumiCommand runs <root>/bin/pulumi (or whatever `pulumi` PATH finds): give it
+    # a root of its own that points at the CLI from the tools cache.
+    cli_root = work_dir / "cli"
+    (cli_root / "bin").mkdir(parents=True)
+    (cli_root / "bin" / "pulumi").symlink_to(cli or pulumi_cli())
+
+
+def _select_stack(work_dir: Path, stack_name: str) -> auto.Stack:
+    return auto.create_or_select_stack(
+        stack_name,
+        project_name=PROJECT,
+        program=program,
+        opts=auto.LocalWorkspaceOptions(
+            work_dir=str(work_dir),
+            env_vars=offline_env(work_dir / "state"),
+            pulumi_command=auto.PulumiCommand(root=str(work_dir / "cli"), skip_version_check=True),
+        ),
+    )
+
+
+class EngineStack:
+    """A stack in its own work dir, driven through the Automation API: what every stack of
+    this project can do (the local one and the one deployed into a cluster)."""
 
     def __init__(self, work_dir: Path, stack: auto.Stack, output: Output | None) -> None:
         self.work_dir = work_dir
         self.stack = stack
         self.output = output
-
-    @classmethod
-    def create(
-        cls, work_dir: Path, cli: Path | None = None, output: Output | None = None
-    ) -> LocalStack:
-        """A new stack with empty state in `work_dir` (which must not exist or be empty)."""
-        if work_dir.exists() and any(work_dir.iterdir()):
-            raise FileExistsError(f"{work_dir} is not empty")
-        work_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("Pulumi.yaml", f"Pulumi.{STACK}.yaml"):
-            shutil.copyfile(ROOT / name, work_dir / name)
-        (work_dir / "state").mkdir()
-        # PulumiCommand runs <root>/bin/pulumi (or whatever `pulumi` PATH finds): give it
-        # a root of its own that points at the CLI from the tools cache.
-        cli_root = work_dir / "cli"
-        (cli_root / "bin").mkdir(parents=True)
-        (cli_root / "bin" / "pulumi").symlink_to(cli or pulumi_cli())
-        return cls.open(work_dir, output)
-
-    @classmethod
-    def open(cls, work_dir: Path, output: Output | None = None) -> LocalStack:
-        """The stack `create` made in `work_dir`, with its state and config as they are now."""
-        stack = auto.create_or_select_stack(
-            STACK,
-            project_name=PROJECT,
-            program=program,
-            opts=auto.LocalWorkspaceOptions(
-                work_dir=str(work_dir),
-                env_vars=offline_env(work_dir / "state"),
-                pulumi_command=auto.PulumiCommand(
-                    root=str(work_dir / "cli"), skip_version_check=True
-                ),
-            ),
-        )
-        return cls(work_dir, stack, output)
-
-    @property
-    def render_dir(self) -> Path:
-        """Where the provider writes: the stack's renderYamlToDirectory, relative to the
-        project dir the engine (and so the provider) runs in."""
-        value = self.stack.get_config(RENDER_KEY).value
-        return self.work_dir / value
 
     def up(self) -> auto.UpResult:
         return self.stack.up(on_output=self.output, color="never")
@@ -189,8 +182,80 @@ class LocalStack:
     def outputs(self) -> dict[str, Any]:
         return {name: output.value for name, output in self.stack.outputs().items()}
 
+
+class LocalStack(EngineStack):
+    """The `local` stack in its own work dir: copies of the project and stack files, the
+    file backend's state, the rendered manifests."""
+
+    @classmethod
+    def create(
+        cls, work_dir: Path, cli: Path | None = None, output: Output | None = None
+    ) -> LocalStack:
+        """A new stack with empty state in `work_dir` (which must not exist or be empty)."""
+        _prepare_work_dir(work_dir, STACK, cli)
+        return cls.open(work_dir, output)
+
+    @classmethod
+    def open(cls, work_dir: Path, output: Output | None = None) -> LocalStack:
+        """The stack `create` made in `work_dir`, with its state and config as they are now."""
+        return cls(work_dir, _select_stack(work_dir, STACK), output)
+
+    @property
+    def render_dir(self) -> Path:
+        """Where the provider writes: the stack's renderYamlToDirectory, relative to the
+        project dir the engine (and so the provider) runs in."""
+        value = self.stack.get_config(RENDER_KEY).value
+        return self.work_dir / value
+
     def manifests(self) -> Manifests:
         return load_manifests(self.render_dir)
+
+
+class ClusterStack(EngineStack):
+    """The `cluster` stack (Pulumi.cluster.yaml): applied to a real API server with the
+    provider's server-side apply, e.g. the loopback control plane of localcluster/.
+
+        stack = ClusterStack.create(work_dir, cluster.kubeconfig, {"namespace": "ns", ...})
+        stack.up()
+
+    The work dir's copy of the stack file gets `kubernetes:kubeconfig` and the given config
+    (keys without a namespace are the project's); the committed file stays as it is.
+    """
+
+    @classmethod
+    def create(
+        cls,
+        work_dir: Path,
+        kubeconfig: Path,
+        config: Mapping[str, str],
+        cli: Path | None = None,
+        output: Output | None = None,
+    ) -> ClusterStack:
+        """A new stack with empty state in `work_dir` (which must not exist or be empty)."""
+        _prepare_work_dir(work_dir, CLUSTER_STACK, cli)
+        # Written into the file rather than `pulumi config set` key by key: one CLI call
+        # each, and the file is what a reader of the work dir looks at.
+        stack_file = work_dir / f"Pulumi.{CLUSTER_STACK}.yaml"
+        document = yaml.safe_load(stack_file.read_text()) or {}
+        values: dict[str, Any] = document.setdefault("config", {})
+        if RENDER_KEY in values:
+            raise ValueError(f"Pulumi.{CLUSTER_STACK}.yaml must not set {RENDER_KEY}")
+        values[KUBECONFIG_KEY] = str(kubeconfig)
+        for key, value in config.items():
+            values[key if ":" in key else f"{PROJECT}:{key}"] = value
+        stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        return cls.open(work_dir, output)
+
+    @classmethod
+    def open(cls, work_dir: Path, output: Output | None = None) -> ClusterStack:
+        """The stack `create` made in `work_dir`, with its state and config as they are now."""
+        return cls(work_dir, _select_stack(work_dir, CLUSTER_STACK), output)
+
+    def refresh(self) -> auto.RefreshResult:
+        return self.stack.refresh(on_output=self.output, color="never")
+
+    def destroy(self) -> auto.DestroyResult:
+        return self.stack.destroy(on_output=self.output, color="never")
 
 
 def local_run_overrides(bd_binary: Path, beads_dir: Path, beadboard_url: str) -> dict[str, str]:

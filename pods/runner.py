@@ -90,7 +90,7 @@ class Pod:
         )
 
 
-def _translate(value: str, pod: Pod) -> str:
+def translate_path_value(value: str, pod: Pod) -> str:
     """Absolute paths (and ':'-joined lists of them) in env values, mapped into the temp root."""
     if not value.startswith("/"):
         return value
@@ -105,9 +105,11 @@ def _write_read_only(path: Path, content: bytes) -> None:
     path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
-def _configmap_files(
+def configmap_files(
     configmap: dict[str, Any], items: list[dict[str, Any]] | None
 ) -> dict[str, bytes]:
+    """A ConfigMap volume's files: every key of data and binaryData, or only `items`
+    (key -> relative path). A missing item key raises KeyError."""
     everything: dict[str, bytes] = {k: v.encode() for k, v in (configmap.get("data") or {}).items()}
     for key, value in (configmap.get("binaryData") or {}).items():
         everything[key] = base64.b64decode(value)
@@ -132,7 +134,7 @@ def materialise(
         pod.mounts[mount["mountPath"]] = host
         if "configMap" in volume:
             source = volume["configMap"]
-            for relative, content in _configmap_files(
+            for relative, content in configmap_files(
                 configmaps[source["name"]], source.get("items")
             ).items():
                 _write_read_only(host / relative, content)
@@ -153,7 +155,7 @@ def materialise(
         else:
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = (secrets or {})[ref["name"]][ref["key"]]
-    pod.env = {name: _translate(value, pod) for name, value in env.items()}
+    pod.env = {name: translate_path_value(value, pod) for name, value in env.items()}
     pod.command = list(container["command"]) + list(container.get("args", []))
     pod.working_dir = pod.host_path(container.get("workingDir", "/"))
     return pod

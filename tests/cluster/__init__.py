@@ -1,0 +1,1 @@
+"""`pulumi up` into a real Kubernetes API server; the CronJobs run by the real controllers."""
