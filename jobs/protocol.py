@@ -49,13 +49,13 @@ class Outcome(StrEnum):
     REAPED = "reaped"
     AGENT_BUSY_ON_DISPATCH = "agent_busy_on_dispatch"
     STOPPED = "stopped"
+    PAUSED = "paused"  # the kill switch ended the run (a window sees it at its next poll)
     LOCK_BUSY = "lock_busy"
     AGENT_BUSY = "agent_busy"
     DRY_RUN = "dry_run"
     NOTHING_CLAIMABLE = "nothing_claimable"
     NOTHING_DUE = "nothing_due"
     QUEUE_EMPTY = "queue_empty"
-    PAUSED = "paused"
 
 
 _RANK = {outcome: index for index, outcome in enumerate(Outcome)}

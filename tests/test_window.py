@@ -152,6 +152,7 @@ def test_pause_reaches_a_running_window(
     assert run.code == 0
     assert run.summary["polls"] == 2
     assert run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
+    assert run.summary["outcome"] == "paused"  # not the idle polls before it
     assert store.bead(late[0]).status == "open"
     assert posted(beadboard) == []
     assert store.methods() == ["queue", "queue"]

@@ -443,9 +443,9 @@ def test_kill_switch_reaches_a_running_watch_window(
     run = jobs.wait("window", timeout=WINDOW_SECONDS + 30)
     assert_succeeded(run)
     events = [e["event"] for e in run.events]
-    # Paused at a poll, not at the start (a pause ranks lowest among a run's outcomes, so
-    # tick.done reports the idle polls before it).
+    # Paused at a poll, not at the start.
     assert events[0] == "run.start" and events[-2:] == ["run.paused", "tick.done"], run.output
+    assert run.event("tick.done")["outcome"] == "paused", run.output
     assert run.event("tick.done")["polls"] >= 2, run.output
     [status] = run.pod["status"]["containerStatuses"]
     terminated = status["state"]["terminated"]
