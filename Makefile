@@ -40,7 +40,7 @@ scan: setup
 	PYTHON=$(PY) tools/scan-manifests.sh
 
 test: setup test-tools lint scan
-	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest -n $(TEST_WORKERS)
+	BD_REAL="$$(tools/build-bd.sh)" $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools
