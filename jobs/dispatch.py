@@ -32,7 +32,7 @@ from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
-from jobs.run import RunContext, finish, log_fault
+from jobs.run import RunContext, Tally, finish, log_fault
 from jobs.settings import env_name
 
 
@@ -73,20 +73,12 @@ class RuntimeSwitch:
 
 
 @dataclass
-class RunTally:
+class RunTally(Tally):
     polls: int = 0
     idle_polls: int = 0
     dispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    outcomes: set[Outcome] = field(default_factory=set)
-    errors: int = 0
-
-    @property
-    def outcome(self) -> Outcome:
-        return worst(*self.outcomes) if self.outcomes else Outcome.QUEUE_EMPTY
 
 
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from jobs import notes
 from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, ensure_held
-from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status, worst
-from jobs.run import RunContext, finish, log_fault
+from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status
+from jobs.run import RunContext, Tally, finish, log_fault
 
 # A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
 # timeouts); waiting this long for it costs the reaper nothing and saves a run.
@@ -22,18 +22,10 @@ LOCK_WAIT_SECONDS = 30.0
 
 
 @dataclass
-class ReapTally:
+class ReapTally(Tally):
     in_progress: int = 0
     due: int = 0
-    blocked: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    outcomes: set[Outcome] = field(default_factory=set)
-    errors: int = 0
-
-    @property
-    def outcome(self) -> Outcome:
-        return worst(*self.outcomes) if self.outcomes else Outcome.QUEUE_EMPTY
 
 
 def idle_minutes(bead: Bead, now: datetime) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from jobs.beads import BeadStore
 from jobs.lock import DispatchLock, LockLost
 from jobs.log import Clock, EventLog, peak_memory
-from jobs.protocol import ExitCode, Outcome
+from jobs.protocol import ExitCode, Outcome, worst
 from jobs.settings import JobSettings
 
 
@@ -43,6 +43,20 @@ class RunContext:
     log: EventLog
     dry_run: bool = False
     stop: StopSignal = field(default_factory=StopSignal)
+
+
+@dataclass
+class Tally:
+    """What a run did so far; each job's tally adds its own counts."""
+
+    blocked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    outcomes: set[Outcome] = field(default_factory=set)
+    errors: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        return worst(*self.outcomes) if self.outcomes else Outcome.QUEUE_EMPTY
 
 
 def log_fault(log: EventLog, exc: Exception) -> Outcome:
