@@ -44,8 +44,7 @@ from tests.cluster.conftest import (
     wait_until,
 )
 
-# One worker runs them all: each worker that ran any would start a control plane of its own.
-pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 OURS = f"app.kubernetes.io/name={APP_NAME}"
 # A scheduled run is due at the top of a minute; the controller, the scheduler, the

@@ -12,7 +12,9 @@ from pods.process import start_jobs
 from tests.integration.conftest import real_env
 
 DISPATCHERS = 4
-ROUNDS = 20
+# Without the lock 3 of 5 rounds went wrong: 8 rounds miss a regression with p < 0.001. The
+# server-mode lock gets 20 rounds with a reaper in test_dolt_lock.py.
+ROUNDS = 8
 
 
 def test_concurrent_dispatchers_never_dispatch_a_bead_twice(
