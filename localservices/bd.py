@@ -131,6 +131,11 @@ class RealBd:
         row: dict[str, Any] = rows[0]
         return row
 
+    def show_many(self, bead_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Several beads, comments included, in one bd process (each costs ~0.4 s embedded)."""
+        rows = json.loads(self.run("show", *bead_ids, "--json"))
+        return {row["id"]: row for row in rows}
+
     def backdate(self, bead_id: str, minutes: float) -> None:
         """Make a bead look untouched for `minutes`: `bd import` upserts a row with its stamps.
 

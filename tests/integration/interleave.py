@@ -262,6 +262,10 @@ class Scenario:
     def state(self, bead_id: str) -> dict[str, Any]:
         return self.bd.show(bead_id)
 
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Every bead of the scenario, read in one bd call."""
+        return self.bd.show_many(self.beads)
+
 
 def short_call(argv: list[str]) -> str:
     """A bd call as the matrix shows it: flags kept, free text elided."""
@@ -331,9 +335,9 @@ def settle(scenario: Scenario) -> list[JobRun]:
     its 30-minute threshold (a bead left at stage `sending` is blocked with a note).
     """
     runs = [scenario.run("reap", 11), scenario.run("dispatch", 12)]
-    posts = scenario.posts()
+    posts, states = scenario.posts(), scenario.states()
     for bead in scenario.beads:
-        state = scenario.state(bead)
+        state = states[bead]
         once = posts[bead] == 1 and dispatch_records(state) and not _stage(state)
         if state["status"] == "in_progress" and not once:
             runs.append(scenario.run("reap", 45))
@@ -347,16 +351,17 @@ def _stage(state: dict[str, Any]) -> str | None:
     return str(stage) if stage else None
 
 
-def verdict(scenario: Scenario) -> dict[str, str]:
+def verdict(scenario: Scenario, states: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """The beads whose state breaks the promise, with what broke it.
 
     Allowed: dispatched once (in_progress, one POST, a dispatch record), open with no POST
-    and no record of one, blocked with a note saying why.
+    and no record of one, blocked with a note saying why. `states`: as read by the caller.
     """
     posts = scenario.posts()
+    states = states if states is not None else scenario.states()
     broken: dict[str, str] = {}
     for bead in scenario.beads:
-        state = scenario.state(bead)
+        state = states[bead]
         status, sent = state["status"], posts[bead]
         if sent > 1:
             broken[bead] = f"POSTed {sent} times"

@@ -47,9 +47,10 @@ def test_every_bead_ends_dispatched_once_requeued_or_blocked(
     )
     assert fired is not None, f"call {boundary} never happened: {calls}"
     settle(scenario)
-    broken = verdict(scenario)
+    states = scenario.states()
+    broken = verdict(scenario, states)
     posts = scenario.posts()
-    ends = sorted(scenario.state(b)["status"] for b in scenario.beads)
+    ends = sorted(state["status"] for state in states.values())
     record_matrix_cell(
         boundary,
         injection,
