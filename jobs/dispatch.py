@@ -32,7 +32,7 @@ from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
-from jobs.run import RunContext, Tally, finish, log_fault
+from jobs.run import Job, RunContext, Tally, finish, log_fault
 from jobs.settings import env_name
 
 
@@ -100,7 +100,7 @@ def attempts_so_far(bead: Bead) -> int:
         return 0
 
 
-class Dispatcher:
+class Dispatcher(Job):
     """One dispatcher run: `Dispatcher(context, board, ...).run()` -> exit code."""
 
     def __init__(
@@ -111,17 +111,10 @@ class Dispatcher:
         load: LoadSource | None = None,
         switch: RuntimeSwitch | None = None,
     ) -> None:
-        self.context = context
-        self.settings = settings = context.settings
-        self.store = context.store
-        self.lock = context.lock
-        self.clock = context.clock
-        self.log = context.log
-        self.stop = context.stop
-        self.dry_run = context.dry_run
+        super().__init__(context)
         self.board = board
         self.load = load
-        self.switch = switch or RuntimeSwitch(settings.dispatcher_enabled, None, self.log)
+        self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
         self.tally = RunTally()
         # Beads this run will not touch again, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.

@@ -14,7 +14,7 @@ from jobs import notes
 from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, ensure_held
 from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status
-from jobs.run import RunContext, Tally, finish, log_fault
+from jobs.run import Job, RunContext, Tally, finish, log_fault
 
 # A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
 # timeouts); waiting this long for it costs the reaper nothing and saves a run.
@@ -32,20 +32,13 @@ def idle_minutes(bead: Bead, now: datetime) -> int:
     return int((now - bead.last_activity).total_seconds() // 60)
 
 
-class Reaper:
+class Reaper(Job):
     """One reaper run: `Reaper(context).run()` -> exit code."""
 
     def __init__(
         self, context: RunContext, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS
     ) -> None:
-        self.context = context
-        self.settings = context.settings
-        self.store = context.store
-        self.lock = context.lock
-        self.clock = context.clock
-        self.log = context.log
-        self.stop = context.stop
-        self.dry_run = context.dry_run
+        super().__init__(context)
         self.lock_wait_seconds = lock_wait_seconds
         self.threshold = timedelta(minutes=self.settings.reaper_threshold_minutes)
         self.tally = ReapTally()

@@ -45,6 +45,20 @@ class RunContext:
     stop: StopSignal = field(default_factory=StopSignal)
 
 
+class Job:
+    """What both jobs take from their context; each adds its own clients and `run()`."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.store = context.store
+        self.lock = context.lock
+        self.clock = context.clock
+        self.log = context.log
+        self.stop = context.stop
+        self.dry_run = context.dry_run
+
+
 @dataclass
 class Tally:
     """What a run did so far; each job's tally adds its own counts."""
