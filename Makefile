@@ -39,15 +39,18 @@ lint: setup
 scan: setup
 	PYTHON=$(PY) tools/scan-manifests.sh
 
-test: setup test-tools lint scan
+test: setup test-tools
 	@mkdir -p build
-	@# The cluster suite mostly waits on real minutes: it runs beside the rest, in a process of
-	@# its own (one control plane), its report printed after the other's.
+	@# Lint and scan, and the cluster suite (which mostly waits on real minutes, in a process
+	@# of its own: one control plane), run beside the xdist run; their reports follow its.
 	export BD_REAL="$$(tools/build-bd.sh)"; \
+	  $(MAKE) --no-print-directory lint scan >build/lint-scan.log 2>&1 & checks=$$!; \
 	  $(PY) -m pytest tests/cluster >build/cluster-tests.log 2>&1 & cluster=$$!; \
 	  $(PY) -m pytest -n $(TEST_WORKERS) --ignore=tests/cluster; rest=$$?; \
 	  wait $$cluster; clusters=$$?; echo "== tests/cluster (build/cluster-tests.log)"; \
-	  cat build/cluster-tests.log; exit $$(( rest || clusters ))
+	  cat build/cluster-tests.log; \
+	  wait $$checks; lint=$$?; echo "== make lint scan (build/lint-scan.log)"; \
+	  cat build/lint-scan.log; exit $$(( rest || clusters || lint ))
 
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools

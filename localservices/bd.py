@@ -17,6 +17,16 @@ class ToolBuildError(RuntimeError):
     pass
 
 
+# The Go runtime's own knobs, passed on to the bd (and dolt) processes started here when the
+# caller set them: the test suite turns the collector off for its thousands of short-lived
+# bd processes (tests/conftest.py), which saves a quarter of their CPU; nothing else does.
+GO_RUNTIME_KNOBS = ("GOGC", "GOMEMLIMIT")
+
+
+def go_runtime_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in GO_RUNTIME_KNOBS if name in os.environ}
+
+
 def build_tool(name: str) -> Path:
     """bd or dolt from tools/build-go-tool.sh: built once into the tools cache, then reused."""
     script = Path(__file__).resolve().parent.parent / "tools" / "build-go-tool.sh"
@@ -53,6 +63,7 @@ class RealBd:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
             "BEADS_ACTOR": self.actor,
+            **go_runtime_env(),
         }
 
     def run(
@@ -121,6 +132,20 @@ class RealBd:
         if description:
             args += ["--description", description]
         return self.run(*args).strip()
+
+    def create_many(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Create beads in one `bd import` (bd gives them ids and stamps, as `create` does);
+        their ids, in the order given. Titles must be new and distinct: they find the ids."""
+        titles = [str(row["title"]) for row in rows]
+        assert len(set(titles)) == len(titles), "create_many needs distinct titles"
+        source = self.workdir / f"create-many-{len(rows)}.jsonl"
+        lines = [json.dumps({"status": "open", "issue_type": "task"} | row) for row in rows]
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.run("import", str(source))
+        source.unlink()
+        listed = json.loads(self.run("list", "--all", "--limit", "0", "--json"))
+        ids = {str(row["title"]): str(row["id"]) for row in listed}
+        return [ids[title] for title in titles]
 
     def update(self, bead_id: str, *args: str) -> None:
         self.run("update", bead_id, *args)

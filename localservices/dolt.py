@@ -17,7 +17,7 @@ from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from
-from localservices.bd import build_tool
+from localservices.bd import build_tool, go_runtime_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DOLT_USER = "beads"
@@ -39,6 +39,7 @@ class DoltServer:
             "HOME": str(self.home),
             "BEADS_DOLT_PASSWORD": DOLT_PASSWORD,
             "BEADS_ACTOR": "tester",
+            **go_runtime_env(),
         }
 
     def client_dir(self, path: Path) -> Path:

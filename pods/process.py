@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localservices.bd import go_runtime_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,5 +70,6 @@ def base_env(**extra: str) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(ROOT),
+        **go_runtime_env(),
         **extra,
     }

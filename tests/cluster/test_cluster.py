@@ -15,7 +15,9 @@ import base64
 import copy
 import json
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -39,6 +41,7 @@ from tests.cluster.conftest import (
     Jobs,
     Run,
     ServerBeads,
+    job_finished,
     posts_for,
     seconds_to_next_minute,
     wait_until,
@@ -610,6 +613,115 @@ def test_executor_kills_a_container_that_ignores_sigterm_after_its_grace(
     assert f"{namespace}/ignores-sigterm: SIGKILL after 2s" in log, log
     assert f"{namespace}/ignores-sigterm: exited -9" in log, log
     assert timedelta(seconds=2) <= gone - deleted < timedelta(seconds=10), (deleted, gone)
+
+
+# ---------------------------------------------------------------------------------------
+# Forbid: a schedule that comes due while a run is still going is skipped
+# ---------------------------------------------------------------------------------------
+
+PROBE = "forbid-probe"
+PROBE_LABELS = {"app.kubernetes.io/name": PROBE}
+# Longer than the one-minute interval: check_timing refuses such a config for our stack
+# (a run must end before the next is due), so the probe is a copy of the live dispatcher
+# CronJob with only the run's length changed, made with kubectl rather than `pulumi up`.
+PROBE_WINDOW_SECONDS = 90
+PROBE_DEADLINE_SECONDS = 150
+
+
+def _probe_cronjob(ours: dict[str, Any]) -> dict[str, Any]:
+    """Our dispatcher CronJob (schedule `* * * * *`, Forbid, startingDeadlineSeconds as
+    deployed) whose runs watch an empty queue for 90 s, blind to the kill switch (the
+    kill-switch tests flip it while this runs) and to every other test's beads."""
+    spec = copy.deepcopy(ours["spec"])
+    spec["successfulJobsHistoryLimit"] = 10
+    job = spec["jobTemplate"]
+    job["metadata"] = {"labels": PROBE_LABELS}
+    job["spec"]["activeDeadlineSeconds"] = PROBE_DEADLINE_SECONDS
+    template = job["spec"]["template"]
+    template["metadata"]["labels"] = PROBE_LABELS
+    [container] = template["spec"]["containers"]
+    overrides = {
+        "AGENT_ASSIGNEE": PROBE,
+        "DISPATCHER_ENABLED": "true",
+        "DISPATCHER_WINDOW_SECONDS": str(PROBE_WINDOW_SECONDS),
+        "POLL_INTERVAL_SECONDS": "10",
+    }
+    container["env"] = [
+        e for e in container["env"] if e["name"] not in ("RUNTIME_CONFIG_DIR", *overrides)
+    ] + [{"name": name, "value": value} for name, value in overrides.items()]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": PROBE, "labels": PROBE_LABELS},
+        "spec": spec,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forbid_probe(cluster_stack: DeployedStack, cluster: Cluster, namespace: str) -> Iterator[str]:
+    """Started with the module, so that the minutes the probe needs pass while the other
+    tests run; its test, near the end, reads what the controllers made of it."""
+    ours = live_cronjob(cluster, namespace, DISPATCHER)
+    assert ours["spec"]["schedule"] == "* * * * *", ours["spec"]
+    cluster.kubectl(
+        "-n", namespace, "create", "-f", "-", stdin=json.dumps(_probe_cronjob(ours))
+    )  # fmt: skip
+    yield PROBE
+    cluster.kubectl(
+        "-n", namespace, "delete", "cronjob", PROBE, "--cascade=foreground", "--wait=false",
+        check=False,
+    )  # fmt: skip
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_forbid_skips_a_schedule_due_while_a_run_is_active(
+    forbid_probe: str, cluster: Cluster, namespace: str, jobs: Jobs
+) -> None:
+    def already_active() -> list[dict[str, Any]]:
+        listed = live(
+            cluster, "-n", namespace, "events",
+            "--field-selector", f"involvedObject.name={forbid_probe},reason=JobAlreadyActive",
+        )["items"]  # fmt: skip
+        return listed or []
+
+    # The first run starts at the top of a minute and is still going at the next one.
+    events = wait_until(
+        "the CronJob controller to skip a schedule (event JobAlreadyActive)",
+        already_active,
+        timeout=PROBE_DEADLINE_SECONDS + 60,
+        interval=2.0,
+    )
+    first = min(_stamp(e.get("firstTimestamp") or e["eventTime"]) for e in events)
+    assert {e["involvedObject"]["kind"] for e in events} == {"CronJob"}, events
+    skipped_at = first
+
+    runs = sorted(jobs.owned_by(forbid_probe), key=lambda j: j["metadata"]["creationTimestamp"])
+    spans = [
+        (
+            job["metadata"]["name"],
+            _stamp(job["metadata"]["creationTimestamp"]),
+            _stamp(job["status"]["completionTime"])
+            if job.get("status", {}).get("completionTime")
+            else None,
+        )
+        for job in runs
+    ]
+    # The run that was going when the schedule came due, and it ran past the minute.
+    active = [s for s in spans if s[1] <= skipped_at and (s[2] is None or s[2] >= skipped_at)]
+    assert len(active) == 1, (skipped_at, spans)
+    assert active[0][1] <= skipped_at.replace(second=0) <= skipped_at, (skipped_at, spans)
+    # Never two at once: each Job was created after the one before it had completed.
+    for (before, _, completed), (after, created, _) in pairwise(spans):
+        assert completed is not None and created >= completed, (before, after, spans)
+    # Runs the controller did make went the whole window and succeeded.
+    finished = [j for j in runs if job_finished(j)]
+    assert finished, spans
+    for job in finished:
+        conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
+        assert conditions.get("Complete") == "True", job["status"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -166,9 +166,14 @@ def test_attempts_exhausted_blocks(
 def test_sixty_beads_only_the_sixtieth_eligible(
     bd: RealBd, beadboard: BeadBoardStub, run_real: RealJobRunner
 ) -> None:
-    for index in range(59):
-        bd.create(f"no criteria {index}", assignee="agent", priority=index % 4)
-    last = bd.create("the 60th", assignee="agent", acceptance="ok", priority=4)
+    rows = [
+        {"title": f"no criteria {index}", "assignee": "agent", "priority": index % 4}
+        for index in range(59)
+    ]
+    rows.append({"title": "the 60th", "assignee": "agent", "acceptance_criteria": "ok"})
+    rows[-1]["priority"] = 4
+    *_, last = bd.create_many(rows)
+    assert bd.show(last)["acceptance_criteria"] == "ok"
     default_cap = json.loads(bd.run("query", "assignee=agent AND status=open", "--json"))
     assert len(default_cap) == 50 and last not in {row["id"] for row in default_cap}
     result = run_real("dispatch")
@@ -187,8 +192,10 @@ def test_priority_then_age_with_real_created_at(
     p2_oldest, p1_older, p1_newer, p0_newest = created
     stamps = [bd.show(b)["created_at"] for b in created]
     assert stamps == sorted(stamps) and len(set(stamps)) == 4
-    for _ in range(4):
-        assert run_real("dispatch").code == 0
+    # One run with four free agent slots sends all four, best first.
+    beadboard.health.capacity = 4
+    run = run_real("dispatch", AGENT_HEALTH_URL=f"{beadboard.url}/health")
+    assert run.code == 0, run.stdout
     order = [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)]
     assert order == [p0_newest, p1_older, p1_newer, p2_oldest]
 
