@@ -5,7 +5,8 @@
 #   tools/build-go-tool.sh bd      # bd 1.0.2 (beads CLI, embedded Dolt)   ~3-4 min first time
 #   tools/build-go-tool.sh dolt    # dolt 1.84.0 (sql-server for server mode) ~3 min first time
 #
-# Prints the path of the binary on stdout. CGO on with -tags gms_pure_go, as upstream
+# Prints the path of the binary on stdout. Knobs: TOOLS_CACHE, TOOLS_BUILD_JOBS (go build -p,
+# default: every core), TOOLS_NICE (default 0). CGO on with -tags gms_pure_go, as upstream
 # builds them (embedded Dolt needs CGO; the tag drops the ICU dependency).
 set -euo pipefail
 
@@ -49,6 +50,7 @@ start=$(date +%s)
 (
   cd "$TOOLS_DIR/$NAME"
   GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=1 \
+    nice -n "${TOOLS_NICE:-0}" \
     go build -p "${TOOLS_BUILD_JOBS:-$(nproc)}" -tags gms_pure_go -trimpath -ldflags "-s -w" \
       -o "$BIN.tmp" "$PACKAGE"
 )
