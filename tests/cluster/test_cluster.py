@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -21,10 +22,10 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from pulumi.automation import OpType
+from pulumi.automation import EngineEvent, OpType, StepEventMetadata
 
-from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME, build_bundle
-from components.names import APP_NAME, RUNTIME_CONFIG_NAME, VENDOR_NAME
+from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME, Bundle, build_bundle
+from components.names import APP_NAME, CHECKSUM_ANNOTATION, RUNTIME_CONFIG_NAME, VENDOR_NAME
 from localcluster import Cluster
 from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from localservices.dolt import DOLT_PASSWORD
@@ -182,6 +183,44 @@ def test_refresh_is_clean(deployed: DeployedStack) -> None:
     assert set(changes) <= {"same", "update"}, changes
     assert sum(changes.values()) == 9, changes
     assert deployed.stack.preview(diff=True).change_summary == {OpType.SAME: 9}
+
+
+def test_a_code_change_diffs_only_the_code_configmap_and_the_pod_template_checksum(
+    deployed: DeployedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to one jobs/ file, previewed against the live objects: the code ConfigMap's
+    data, and in each CronJob nothing but the pod template's checksum annotation."""
+
+    def changed_code() -> Bundle:
+        bundle = build_bundle()
+        sources = dict(bundle.sources)
+        sources["dispatch.py"] += "\n# a code change\n"
+        return dataclasses.replace(bundle, sources=sources)
+
+    # The inline program runs in this process, so the component builds this bundle instead.
+    monkeypatch.setattr("components.auto_dispatch.build_bundle", changed_code)
+    steps: list[StepEventMetadata] = []
+
+    def collect(event: EngineEvent) -> None:
+        if event.resource_pre_event is not None:
+            steps.append(event.resource_pre_event.metadata)
+
+    preview = deployed.stack.stack.preview(diff=True, on_event=collect, color="never")
+    assert preview.change_summary == {OpType.SAME: 6, OpType.UPDATE: 3}, preview.stdout
+    updated = {
+        step.urn.rsplit("::", 1)[1]: sorted(step.detailed_diff or {})
+        for step in steps
+        if step.op == OpType.UPDATE
+    }
+    shown = (updated, preview.stdout)
+    code, dispatcher, reaper = (f"{APP_NAME}-{part}" for part in ("code", "dispatcher", "reaper"))
+    assert set(updated) == {code, dispatcher, reaper}, shown
+    [changed_file] = updated[code]
+    assert changed_file.startswith("data") and "dispatch.py" in changed_file, shown
+    for cronjob in (dispatcher, reaper):
+        [path] = updated[cronjob]
+        assert path.startswith("spec.jobTemplate.spec.template.metadata.annotations"), shown
+        assert CHECKSUM_ANNOTATION in path, shown
 
 
 # ---------------------------------------------------------------------------------------
