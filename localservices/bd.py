@@ -138,11 +138,7 @@ class RealBd:
         their ids, in the order given. Titles must be new and distinct: they find the ids."""
         titles = [str(row["title"]) for row in rows]
         assert len(set(titles)) == len(titles), "create_many needs distinct titles"
-        source = self.workdir / f"create-many-{len(rows)}.jsonl"
-        lines = [json.dumps({"status": "open", "issue_type": "task"} | row) for row in rows]
-        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.run("import", str(source))
-        source.unlink()
+        self._import([{"status": "open", "issue_type": "task"} | row for row in rows])
         listed = json.loads(self.run("list", "--all", "--limit", "0", "--json"))
         ids = {str(row["title"]): str(row["id"]) for row in listed}
         return [ids[title] for title in titles]
@@ -169,8 +165,12 @@ class RealBd:
         row = self.show(bead_id)
         then = datetime.now(UTC) - timedelta(minutes=minutes)
         row["updated_at"] = then.strftime("%Y-%m-%dT%H:%M:%SZ")
-        source = self.workdir / f"backdate-{bead_id}.jsonl"
-        source.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        self._import([row])
+
+    def _import(self, rows: list[dict[str, Any]]) -> None:
+        """`bd import` of `rows`: new ones are created, existing ones (by id) upserted."""
+        source = self.workdir / "import.jsonl"
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         self.run("import", str(source))
         source.unlink()
 
