@@ -55,15 +55,18 @@ class Bead(BaseModel):
     notes: str = ""
     created_at: datetime
     updated_at: datetime
+    # `bd create --defer` keeps the status `open`: only this stamp keeps it out of `bd ready`.
+    defer_until: datetime | None = None
+    issue_type: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     # Only `bd show` prints them; `bd comments add` leaves updated_at alone.
     comments: list[Comment] = Field(default_factory=list)
 
-    @field_validator("created_at", "updated_at")
+    @field_validator("created_at", "updated_at", "defer_until")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
+    def _aware(cls, value: datetime | None) -> datetime | None:
         # bd writes UTC; a naive stamp would make age arithmetic silently wrong.
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -79,6 +82,10 @@ class Bead(BaseModel):
     @property
     def has_acceptance_criteria(self) -> bool:
         return bool(self.acceptance_criteria.strip())
+
+    def deferred_at(self, now: datetime) -> bool:
+        """Still hidden from `bd ready` by a `defer_until` in the future."""
+        return self.defer_until is not None and self.defer_until > now
 
     @property
     def last_activity(self) -> datetime:
@@ -115,6 +122,13 @@ class BeadStore(Protocol):
 
     def queue(self, assignee: str, status: Status) -> QueryResult:
         """Every bead of `assignee` in `status`, without a cap."""
+        ...
+
+    def ready(self, assignee: str) -> QueryResult:
+        """What `bd ready` offers `assignee`: open, unblocked, not deferred, without a cap.
+
+        bd prints these rows without `metadata` and `notes`: a filter, not a full read.
+        """
         ...
 
     def show(self, bead_id: str) -> Bead:
@@ -176,6 +190,36 @@ class BdClient:
         expression = queue_expression(assignee, status)
         payload = self._json(["query", expression, "--limit", "0"])
         return _beads_from(payload, f"bd query {expression!r}")
+
+    def ready(self, assignee: str) -> QueryResult:
+        """`bd ready`: bd's own rule for "can start now" (docs/bd-contract.md, "Ready").
+
+        `--limit 0`, because bd's default cap of 10 would hide the rest; the order is ours
+        (jobs/dispatch.py), so bd's sort policy does not matter.
+        """
+        args = ["ready", "--assignee", assignee, "--limit", "0", "--sort", "priority"]
+        payload = self._json(args)
+        return _beads_from(payload, f"bd ready --assignee {assignee}")
+
+    def blocked(self) -> dict[str, list[str]]:
+        """`bd blocked`: every bead bd holds back by a dependency (or a blocked parent), with
+        the ids bd names as its blockers. Whole database; for `explain`, not for polls."""
+        payload = self._json(["blocked"])
+        if not isinstance(payload, list):
+            raise BdError(f"bd blocked printed {type(payload).__name__}, expected a JSON array")
+        return {
+            str(row["id"]): [str(blocker) for blocker in row.get("blocked_by") or []]
+            for row in payload
+            if isinstance(row, dict) and row.get("id")
+        }
+
+    def show_raw(self, bead_id: str) -> dict[str, Any]:
+        """`bd show` as printed: with its dependencies, dependents and parent (for `explain`)."""
+        payload = self._json(["show", bead_id])
+        for row in payload if isinstance(payload, list) else []:
+            if isinstance(row, dict) and row.get("id") == bead_id:
+                return row
+        raise BdError(f"bd show {bead_id}: not in its output")
 
     def show(self, bead_id: str) -> Bead:
         """The bead as it is now, comments included.

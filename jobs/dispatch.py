@@ -1,8 +1,13 @@
 """The dispatcher run: one poll, or polls for a watch window.
 
-A poll reads like the runbook: query -> (nothing? done) -> free slots? -> lock -> re-query
--> for each bead: claim -> mark sending -> POST -> record. Idle polls cost one bd call and
-no HTTP request, and never touch the lock.
+A poll reads like the runbook: ready? (bd's own rule) -> (nothing? done) -> free slots? ->
+lock -> full read (ready again + query) -> for each bead: claim -> mark sending -> POST ->
+record. Idle polls cost one bd call (`bd ready`) and no HTTP request, and never touch the lock.
+
+Eligible = what `bd ready` offers the assignee (open; no open blocker through blocks,
+conditional-blocks or waits-for; not deferred; parent neither blocked nor deferred; not
+pinned, ephemeral or of a bd-internal type), with non-blank acceptance criteria; attempts
+are bounded because a bead that used them up is `blocked`. Best first: priority, then oldest.
 
 The lock is held from the re-query until the last bead of the poll is recorded, so a reaper
 that holds it knows no live dispatcher is between claiming a bead and sending it. Only one
@@ -82,9 +87,18 @@ class RunTally(Tally):
 
 
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
-    """Open agent beads with acceptance criteria, best first: priority 0 first, then oldest."""
+    """Open agent beads with acceptance criteria, best first: priority 0 first, then oldest.
+
+    None of bd's sort policies is this order: `--sort priority` puts the newest first within
+    a priority, `oldest` ignores priority, and the default `hybrid` ranks beads older than
+    48 h by age alone. A queue is served first come, first served within a priority.
+    """
     keep = [bead for bead in beads if _is_eligible(bead, assignee)]
     return sorted(keep, key=lambda bead: (bead.priority, bead.created_at, bead.id))
+
+
+def _without_acceptance(beads: list[Bead]) -> list[str]:
+    return [b.id for b in beads if not b.has_acceptance_criteria]
 
 
 def _is_eligible(bead: Bead, assignee: str) -> bool:
@@ -177,21 +191,24 @@ class Dispatcher(Job):
 
     def poll(self) -> Outcome:
         assignee = self.settings.agent_assignee
-        queue = self.store.queue(assignee, Status.OPEN)
-        self._hold_back_unreadable(queue.unreadable)
+        # bd's own answer to "what can start now": its dependency, deferral and hierarchy
+        # rules, in the one bd call an idle poll makes.
+        ready = self.store.ready(assignee)
+        self._hold_back_unreadable(ready.unreadable)
         candidates = [
-            b for b in eligible_in_order(queue.beads, assignee) if b.id not in self._held_back
+            b for b in eligible_in_order(ready.beads, assignee) if b.id not in self._held_back
         ]
-        if candidates or self.tally.polls == 1:
-            self.log.event(
-                "queue.read",
-                matched=len(queue.beads),
-                eligible=len(candidates),
-                skipped_no_acceptance=[b.id for b in queue.beads if not b.has_acceptance_criteria],
-            )
         if not candidates:
+            if self.tally.polls == 1:
+                # `bd ready` prints only what it offers: what it holds back, and why, is
+                # counted by the full read a poll with work makes (`explain` says it per bead).
+                self.log.event(
+                    "queue.read",
+                    ready=len(ready.beads),
+                    eligible=0,
+                    skipped_no_acceptance=_without_acceptance(ready.beads),
+                )
             return Outcome.QUEUE_EMPTY
-
         # Only now talk to BeadBoard / the agent: an empty queue leaves them free to scale to zero.
         slots = self._free_slots()
         if slots == 0:
@@ -199,7 +216,10 @@ class Dispatcher(Job):
             return Outcome.AGENT_BUSY
 
         if self.dry_run:
-            chosen = [b.id for b in candidates[:slots]]
+            fresh = self._read_queue()  # what a real run would re-read under the lock
+            chosen = [b.id for b in candidates if b.id in fresh][:slots]
+            if not chosen:
+                return Outcome.NOTHING_CLAIMABLE
             self.log.event("dry_run.would_dispatch", beads=chosen, bead=chosen[0], slots=slots)
             return Outcome.DRY_RUN
 
@@ -212,6 +232,33 @@ class Dispatcher(Job):
         finally:
             self.lock.release()
             self.log.event("lock.released", lock=self.lock.description)
+
+    def _read_queue(self) -> dict[str, Bead]:
+        """The full read: the eligible beads bd still offers, as whole rows, by id.
+
+        `bd ready` again (the first read's rule, now current), then one query for the rows
+        (`bd ready` prints no metadata) instead of a `bd show` per bead. Logs `queue.read`
+        with what waits and what bd holds back, by reason.
+        """
+        assignee = self.settings.agent_assignee
+        ready = self.store.ready(assignee)
+        queued = self.store.queue(assignee, Status.OPEN)
+        self._hold_back_unreadable(queued.unreadable)
+        offered = {b.id for b in ready.beads}
+        fresh = {b.id: b for b in eligible_in_order(queued.beads, assignee) if b.id in offered}
+        now = self.clock()
+        waiting = [b for b in queued.beads if b.id not in offered]
+        deferred = [b.id for b in waiting if b.deferred_at(now)]
+        self.log.event(
+            "queue.read",
+            matched=len(queued.beads),
+            ready=len(ready.beads),
+            eligible=len(fresh),
+            skipped_no_acceptance=_without_acceptance(queued.beads),
+            held_back_deferred=deferred,
+            held_back_dependencies=[b.id for b in waiting if b.id not in deferred],
+        )
+        return fresh
 
     def _free_slots(self) -> int:
         if self.load is None:
@@ -226,8 +273,7 @@ class Dispatcher(Job):
     def _hand_off(self, candidates: list[Bead], slots: int) -> Outcome:
         """Under the lock: one fresh read, then each bead claimed, sent and recorded in turn."""
         assignee = self.settings.agent_assignee
-        # One fresh query instead of a `bd show` per candidate: the lock makes it current.
-        fresh = {b.id: b for b in self.store.queue(assignee, Status.OPEN).beads}
+        fresh = self._read_queue()
         outcomes: list[Outcome] = []
         sent = 0
         for candidate in candidates:

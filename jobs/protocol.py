@@ -19,6 +19,11 @@ class Status(StrEnum):
     BLOCKED = "blocked"
 
 
+# Issue types `bd ready` never offers (bd 1.0.2, issueops.GetReadyWorkInTx): bd's own plumbing.
+NOT_WORK_TYPES = frozenset({"merge-request", "gate", "molecule", "message", "agent", "role", "rig"})
+# Dependency types through which an open bead holds another back (bd's blocked set).
+BLOCKING_DEPENDENCIES = ("blocks", "conditional-blocks", "waits-for")
+
 # Failed attempts are counted on the bead itself, so the count survives pods.
 ATTEMPTS_KEY = "auto_dispatch_attempts"
 # Where a claimed bead is in its hand-off. Lets the reaper tell "never sent" (safe to

@@ -64,9 +64,10 @@ def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
     assert seen_at_post == [("sending", False)]
     assert [(r.method, r.path) for r in beadboard.requests] == [("GET", STATUS), ("POST", DISPATCH)]
     assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": bead}
-    # query, fresh query under the lock, claim, stage=sending, comment, clear the stage.
-    assert store.methods() == ["queue", "queue", "update", "update", "comment", "update"]
-    claim = store.log[2]
+    # bd ready, under the lock bd ready + the full query, claim, stage=sending, comment,
+    # clear the stage.
+    assert store.methods() == ["ready", "ready", "queue", "update", "update", "comment", "update"]
+    claim = store.log[3]
     assert claim.args == {
         "claim": True,
         "status": "in_progress",
@@ -89,7 +90,7 @@ def test_empty_queue_makes_no_http_request_and_never_touches_the_lock(
     assert run.summary["outcome"] == "queue_empty"
     assert (run.summary["polls"], run.summary["idle_polls"], run.summary["bd_calls"]) == (1, 1, 1)
     assert beadboard.requests == []
-    assert store.methods() == ["queue"]
+    assert store.methods() == ["ready"]
     assert not harness.lock_path.exists()
 
 
@@ -101,8 +102,8 @@ def test_the_queue_is_the_configured_assignees_and_claims_are_made_as_it(
     run = harness.dispatch(agent_assignee="bot@corp.example")
     assert run.code == 0, run.stdout
     assert posted(beadboard) == [mine]
-    queries = [call.args["assignee"] for call in store.log if call.method == "queue"]
-    assert queries == ["bot@corp.example"] * 2
+    reads = [call.args["assignee"] for call in store.log if call.method in ("ready", "queue")]
+    assert reads == ["bot@corp.example"] * 3
     [claim] = [call for call in store.log if call.args.get("claim")]
     assert (claim.bead, claim.args["actor"]) == (mine, "bot@corp.example")
 
@@ -116,7 +117,7 @@ def test_beads_without_acceptance_criteria_are_not_eligible(
     run = harness.dispatch()
     assert run.code == 0
     queue = run.event("queue.read")
-    assert (queue["matched"], queue["eligible"]) == (2, 0)
+    assert (queue["ready"], queue["eligible"]) == (2, 0)
     assert set(queue["skipped_no_acceptance"]) == {blank, missing}
     assert beadboard.requests == []
     assert store.snapshot() == before
@@ -376,7 +377,7 @@ def test_dry_run_changes_nothing_and_posts_nothing(
     assert run.summary["outcome"] == "dry_run"
     assert later not in would["beads"]
     assert store.snapshot() == before
-    assert store.methods() == ["queue"]  # a read, never a write
+    assert store.methods() == ["ready", "ready", "queue"]  # reads, never a write
     assert posted(beadboard) == []
     assert not harness.lock_path.exists()
 
@@ -418,7 +419,7 @@ def test_a_claim_bd_refuses_is_lost_quietly_and_nothing_is_sent(
 ) -> None:
     bead = store.add()
     # After the fresh query under the lock, before the claim: someone assigns it elsewhere.
-    store.after("queue", lambda: store.edit(bead, assignee="alice"), nth=2)
+    store.after("queue", lambda: store.edit(bead, assignee="alice"), nth=1)
     run = harness.dispatch()
     assert run.code == 0, run.stdout
     lost = run.event("claim.lost")
@@ -440,7 +441,7 @@ def test_a_held_lock_ends_the_poll_without_claiming(
     assert run.summary["outcome"] == "lock_busy"
     assert LOCK_FILE_NAME in run.event("lock.busy")["lock"]
     assert store.snapshot() == before
-    assert store.methods() == ["queue"]
+    assert store.methods() == ["ready"]
     assert posted(beadboard) == []
     # Released: the next run dispatches.
     assert harness.dispatch().summary["outcome"] == "dispatched"
@@ -544,12 +545,12 @@ def test_bd_failing_on_the_query_exits_1_with_one_log_line_and_no_request(
 ) -> None:
     store.add()
     before = store.snapshot()
-    store.fail("queue")
+    store.fail("ready")
     run = harness.dispatch()
     assert run.code == 1
     [error] = [e for e in run.events if e["level"] == "error"]
     assert (error["event"], error["kind"]) == ("tick.failed", "BdError")
-    assert error["error"] == "bd query exited 1: injected failure"
+    assert error["error"] == "bd ready exited 1: injected failure"
     assert run.summary["outcome"] == "error"
     assert beadboard.requests == []
     assert store.snapshot() == before
@@ -767,6 +768,6 @@ def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
     assert (summary["outcome"], summary["polls"], summary["bd_calls"]) == ("stopped", 1, 1)
     assert "run.stopping" in [e["event"] for e in events]
     assert argv_log.read_text().splitlines() == [
-        f'--db {beads_dir} --actor agent --json query assignee="agent" AND status=open --limit 0'
+        f"--db {beads_dir} --actor agent --json ready --assignee agent --limit 0 --sort priority"
     ]
     assert beadboard.requests == []

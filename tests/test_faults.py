@@ -209,8 +209,15 @@ DISPATCH_FAULTS = (
         bd=lambda store, bead: store.fail("queue"),
     ),
     Fault(
+        "bd-ready-fails",
+        "bd ready exited 1: injected failure",
+        1,
+        "unchanged",
+        bd=lambda store, bead: store.fail("ready"),
+    ),
+    Fault(
         "bd-every-call-fails",
-        "bd query exited 1: injected failure",
+        "bd ready exited 1: injected failure",
         1,
         "unchanged",
         bd=lambda store, bead: store.fail(),

@@ -18,11 +18,17 @@ from typing import Any, Literal, TypeVar
 # What BdClient makes of the rows bd prints: the double stands in for bd, not for the client.
 from jobs.beads import BdError, BdRejected, Bead, QueryResult, _beads_from
 from jobs.log import Clock, iso_utc
-from jobs.protocol import Status, queue_expression
+from jobs.protocol import NOT_WORK_TYPES, Status, queue_expression
 
-Method = Literal["queue", "show", "update", "comment"]
+Method = Literal["queue", "ready", "show", "update", "comment"]
 # The bd subcommand behind each method, so injected errors read like BdClient's.
-SUBCOMMAND = {"queue": "query", "show": "show", "update": "update", "comment": "comments"}
+SUBCOMMAND = {
+    "queue": "query",
+    "ready": "ready",
+    "show": "show",
+    "update": "update",
+    "comment": "comments",
+}
 # bd's toJSONValue: `--set-metadata k=2` stores the number 2 (true/false/null likewise).
 _JSON_LITERAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null")
 Result = TypeVar("Result")
@@ -33,6 +39,16 @@ class Call:
     method: Method
     bead: str | None  # None for a queue query
     args: dict[str, Any]  # what the job passed (for update: only the arguments it set)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """`bd dep add ISSUE ON --type KIND`: ISSUE depends on ON."""
+
+    issue: str
+    on: str
+    kind: str = "blocks"  # blocks, conditional-blocks, waits-for, parent-child, related...
+    gate: str = "all-children"  # waits-for only: all-children or any-children
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class MemoryStore:
         self.clock = clock
         self.actor = actor  # who BdClient runs bd as: the claimer, the comments' author
         self.rows: dict[str, dict[str, Any]] = {}
+        self.dependencies: list[Dependency] = []
         self.log: list[Call] = []
         self._counts: Counter[str] = Counter()
         self._rules: list[_Rule] = []
@@ -76,6 +93,9 @@ class MemoryStore:
         metadata: Mapping[str, Any] | None = None,
         created_at: datetime | None = None,
         updated_at: datetime | None = None,
+        defer_until: datetime | None = None,
+        issue_type: str = "task",
+        parent: str | None = None,
         raw: Mapping[str, Any] | None = None,
     ) -> str:
         """A bead as bd prints it; `raw` fields go in as given (say, metadata that is a list)."""
@@ -91,11 +111,20 @@ class MemoryStore:
             "notes": "",
             "created_at": iso_utc(created),
             "updated_at": iso_utc(updated_at or created),
+            "issue_type": issue_type,
             "metadata": dict(metadata or {}),
             "comments": [],
         }
+        if defer_until is not None:
+            self.rows[bead_id]["defer_until"] = iso_utc(defer_until)
+        if parent is not None:
+            self.depend(bead_id, parent, "parent-child")
         self.edit(bead_id, **(raw or {}))
         return bead_id
+
+    def depend(self, issue: str, on: str, kind: str = "blocks", gate: str = "all-children") -> None:
+        """`bd dep add issue on --type kind`."""
+        self.dependencies.append(Dependency(issue, on, kind, gate))
 
     def edit(self, bead_id: str, **fields: Any) -> None:
         """Change a row behind the jobs' back: a human's write, or a shape bd should not print."""
@@ -168,6 +197,19 @@ class MemoryStore:
 
         return self._call("queue", None, {"assignee": assignee, "status": status}, read)
 
+    def ready(self, assignee: str) -> QueryResult:
+        def read() -> QueryResult:
+            # bd prints ready rows without metadata, notes or comments.
+            hidden = {"metadata", "notes", "comments"}
+            rows = [
+                {k: v for k, v in row.items() if k not in hidden}
+                for bead_id, row in self.rows.items()
+                if row.get("assignee") == assignee and self._offered(bead_id)
+            ]
+            return _beads_from(copy.deepcopy(rows), f"bd ready --assignee {assignee}")
+
+        return self._call("ready", None, {"assignee": assignee}, read)
+
     def show(self, bead_id: str) -> Bead:
         def read() -> Bead:
             # bd 1.0.2's words for *any* failed lookup, which BdClient reads as a refusal.
@@ -221,6 +263,55 @@ class MemoryStore:
             comments.append({"id": number, "author": self.actor, "text": text, "created_at": stamp})
 
         self._call("comment", bead_id, {"text": text}, write)
+
+    # -- bd ready's rules (docs/bd-contract.md, "Ready") --------------------------------------
+
+    def _offered(self, bead_id: str) -> bool:
+        row = self.rows[bead_id]
+        held_back = self._blocked() | self._children_of(self._deferred())
+        return (
+            row.get("status") == Status.OPEN.value
+            and not row.get("pinned")
+            and not row.get("ephemeral")
+            and row.get("issue_type") not in NOT_WORK_TYPES
+            and bead_id not in self._deferred()
+            and bead_id not in held_back
+        )
+
+    def _active(self, bead_id: str) -> bool:
+        return bead_id in self.rows and self.rows[bead_id].get("status") not in ("closed", "pinned")
+
+    def _children_of(self, parents: set[str]) -> set[str]:
+        return {d.issue for d in self.dependencies if d.kind == "parent-child" and d.on in parents}
+
+    def _deferred(self) -> set[str]:
+        now = self.clock()
+        return {
+            bead_id
+            for bead_id, row in self.rows.items()
+            if row.get("defer_until") and datetime.fromisoformat(row["defer_until"]) > now
+        }
+
+    def _blocked(self) -> set[str]:
+        """bd's blocked set: blocks / conditional-blocks on an active bead; waits-for on a
+        spawner while its children are unfinished; then the direct children of all of those."""
+        blocked = {dep.issue for dep in self.dependencies if self._holds_back(dep)}
+        return blocked | self._children_of(blocked)
+
+    def _holds_back(self, dep: Dependency) -> bool:
+        if not self._active(dep.issue):
+            return False
+        if dep.kind in ("blocks", "conditional-blocks"):
+            return self._active(dep.on)
+        return dep.kind == "waits-for" and self._waiting(dep)
+
+    def _waiting(self, dep: Dependency) -> bool:
+        children = self._children_of({dep.on})
+        active = any(self._active(child) for child in children)
+        if dep.gate == "any-children":
+            closed = any(self.rows.get(c, {}).get("status") == "closed" for c in children)
+            return active and not closed
+        return active
 
     # -- plumbing ------------------------------------------------------------------------------
 
