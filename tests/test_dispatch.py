@@ -76,7 +76,7 @@ def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
         "actor": "agent",
     }
     assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
-    assert run.summary["bd_calls"] == 6
+    assert run.summary["bd_calls"] == 7
     assert list(store.rows) == [bead]  # no lock bead, nothing created
     assert harness.lock_is_free()
 
