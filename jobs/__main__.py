@@ -1,4 +1,7 @@
-"""`python3 -m jobs dispatch|reap [--dry-run]`: exit 0 ok, 1 failed run, 2 bad configuration."""
+"""`python3 -m jobs dispatch|reap [--dry-run]`: exit 0 ok, 1 failed run, 2 bad configuration.
+
+`python3 -m jobs explain <bead-id>` prints why that bead is not going out (jobs/explain.py).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 from jobs.beadboard import AgentHealth, BeadBoard
-from jobs.beads import BdClient, resolve_bd_bin
+from jobs.beads import BdClient, BdError, BdRejected, resolve_bd_bin
 from jobs.dispatch import Dispatcher, RuntimeSwitch
+from jobs.explain import Explainer
 from jobs.lock import LockError, lock_for
 from jobs.log import Clock, EventLog, new_run_id, utc_now
 from jobs.protocol import ExitCode
@@ -44,16 +48,55 @@ def run_reap(context: RunContext) -> int:
 JOBS: dict[str, Callable[[RunContext], int]] = {"dispatch": run_dispatch, "reap": run_reap}
 
 
+EXPLAIN = "explain"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m jobs",
-        description="Auto-dispatch beads assigned to the agent, or reap stuck ones.",
+        description="Auto-dispatch beads assigned to the agent, or reap stuck ones; "
+        "`explain <bead-id>` says why a bead is not going out.",
     )
-    parser.add_argument("job", choices=sorted(JOBS), help="which job to run once")
+    parser.add_argument("job", choices=[*sorted(JOBS), EXPLAIN], help="which job to run once")
+    parser.add_argument("bead", nargs="?", help="with explain: the bead to explain")
     parser.add_argument(
         "--dry-run", action="store_true", help="decide and log, change no bead, dispatch nothing"
     )
     return parser
+
+
+def run_explain(context: RunContext, bead_id: str, out: IO[str]) -> int:
+    """Reads only: no lock, no write, no dispatch. Exit 2 for an id bd does not know."""
+    settings = context.settings
+    switch = RuntimeSwitch(settings.dispatcher_enabled, settings.runtime_config_dir, context.log)
+    health = (
+        AgentHealth(settings.agent_health_url, settings.http_timeout_seconds)
+        if settings.agent_health_url
+        else None
+    )
+    with BeadBoard(settings.beadboard_url, settings.http_timeout_seconds) as board:
+
+        def free_slots() -> int:
+            if health is None:
+                return 0 if board.agent_busy() else 1
+            return health.load().free_slots(settings.max_in_flight)
+
+        assert isinstance(context.store, BdClient)  # explain reads what only bd can tell
+        explainer = Explainer(settings, context.store, free_slots, switch.enabled(), context.clock)
+        try:
+            reasons = explainer.explain(bead_id)
+        except BdRejected as exc:
+            print(f"explain: bd does not know bead {bead_id!r} ({exc})", file=sys.stderr)
+            return int(ExitCode.CONFIG)
+        except BdError as exc:
+            print(f"explain: {exc}", file=sys.stderr)
+            return int(ExitCode.FAILED)
+        finally:
+            if health is not None:
+                health.close()
+    for reason in reasons:
+        print(f"{bead_id}: {reason}", file=out)
+    return int(ExitCode.OK)
 
 
 def prepare_beads_dir(settings: JobSettings) -> None:
@@ -83,16 +126,22 @@ def main(
     clock: Clock = utc_now,
     stream: IO[str] | None = None,
 ) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explaining = args.job == EXPLAIN
+    if explaining != bool(args.bead):
+        parser.error("a bead id goes with explain, and only with explain")
     env = os.environ if environ is None else environ
     run_id = new_run_id()
-    log = EventLog(args.job, run_id, clock, stream)
+    # explain prints its answer on stdout; its log lines (config errors...) go to stderr.
+    log = EventLog(args.job, run_id, clock, sys.stderr if explaining else stream)
     try:
         settings = load_settings(env)
     except ConfigError as exc:
         return _config_error(log, exc)
-    log.event("run.start", dry_run=args.dry_run, assignee=settings.agent_assignee)
-    if not settings.dispatcher_enabled:
+    if not explaining:
+        log.event("run.start", dry_run=args.dry_run, assignee=settings.agent_assignee)
+    if not settings.dispatcher_enabled and not explaining:
         # The kill switch: nothing read, nothing written, nothing sent.
         log.event("run.paused", detail=f"{env_name('dispatcher_enabled')} is false; nothing done")
         return 0
@@ -114,6 +163,8 @@ def main(
         timeout_seconds=settings.bd_timeout_seconds,
     )
     context = RunContext(settings, store, lock, clock, log, dry_run=args.dry_run)
+    if explaining:
+        return run_explain(context, args.bead, stream or sys.stdout)
     # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: context.stop.request())
     try:

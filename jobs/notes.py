@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from jobs.log import iso_utc
@@ -25,6 +26,15 @@ def dispatched(job_id: str | None, http_status: int, now: datetime) -> str:
     )
 
 
+_DISPATCHED = re.compile(r"^dispatched: job=(?P<job>\S+) \(" + DISPATCHER + r", (?P<at>[^)]+)\)$")
+
+
+def dispatched_job(text: str) -> tuple[str, str] | None:
+    """(job id, when) from a `dispatched` record, or None for any other text."""
+    match = _DISPATCHED.match(text)
+    return (match["job"], match["at"]) if match else None
+
+
 def agent_busy(detail: str, now: datetime) -> str:
     return (
         f"agent busy ({detail}); back to open, not counted as a failed attempt "
@@ -39,6 +49,21 @@ def dispatch_failed(attempt: int, max_attempts: int, reason: str, now: datetime)
     else:
         text += "; back to open"
     return f"{text} ({DISPATCHER}, {iso_utc(now)})"
+
+
+_GAVE_UP = re.compile(
+    r"dispatch failed \(attempt (?P<attempt>\d+)/\d+\): (?P<reason>.*) — blocking"
+)
+
+
+def gave_up(notes: str) -> tuple[int, str] | None:
+    """(attempts, last reason) when the dispatcher's last note blocked the bead, else None."""
+    for line in reversed(notes.splitlines()):
+        if match := _GAVE_UP.search(line):
+            return int(match["attempt"]), match["reason"]
+        if DISPATCHER in line or REAPER in line:
+            return None
+    return None
 
 
 def dispatch_unknown(reason: str, threshold_minutes: int, now: datetime) -> str:

@@ -123,8 +123,10 @@ class RealBd:
         assignee: str | None = None,
         acceptance: str | None = None,
         description: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> str:
-        args = ["create", title, "--priority", str(priority), "--silent"]
+        """`extra`: more `bd create` flags (`--defer +2h`, `--type epic`, `--parent ID`)."""
+        args = ["create", title, "--priority", str(priority), "--silent", *extra]
         if assignee:
             args += ["--assignee", assignee]
         if acceptance:
@@ -132,6 +134,13 @@ class RealBd:
         if description:
             args += ["--description", description]
         return self.run(*args).strip()
+
+    def depend(self, bead_id: str, on: str, kind: str = "blocks") -> None:
+        """`bd dep add`: `bead_id` now depends on `on`."""
+        self.run("dep", "add", bead_id, on, "--type", kind)
+
+    def close(self, bead_id: str) -> None:
+        self.run("close", bead_id)
 
     def create_many(self, rows: list[dict[str, Any]]) -> list[str]:
         """Create beads in one `bd import` (bd gives them ids and stamps, as `create` does);
