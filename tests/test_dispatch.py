@@ -724,6 +724,16 @@ def test_the_runtime_switch_pauses_a_run_after_its_setup(
     assert beadboard.requests == []
 
 
+@pytest.mark.parametrize("argv", [["explain"], ["dispatch", "tb-1"]])
+def test_a_bead_id_goes_with_explain_only(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv, environ={})
+    assert exit_info.value.code == 2
+    assert "a bead id goes with explain, and only with explain" in capsys.readouterr().err
+
+
 def test_an_unknown_job_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["dispatchh"], environ={}, stream=io.StringIO())
