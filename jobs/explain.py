@@ -17,7 +17,7 @@ from jobs.beadboard import BeadBoardError
 from jobs.beads import BdClient, Bead
 from jobs.dispatch import eligible_in_order
 from jobs.log import Clock, iso_utc
-from jobs.protocol import NOT_WORK_TYPES, Status
+from jobs.protocol import BLOCKING_DEPENDENCIES, NOT_WORK_TYPES, Status
 from jobs.settings import JobSettings, env_name
 
 # How many agent slots are free right now; raises BeadBoardError when it cannot be told.
@@ -146,8 +146,11 @@ def _last_dispatch(bead: Bead) -> tuple[str, str] | None:
 
 
 def _blocking(linked: dict[str, dict[str, Any]]) -> set[str]:
-    kinds = ("blocks", "conditional-blocks", "waits-for")
-    return {bead_id for bead_id, dep in linked.items() if dep.get("dependency_type") in kinds}
+    return {
+        bead_id
+        for bead_id, dep in linked.items()
+        if dep.get("dependency_type") in BLOCKING_DEPENDENCIES
+    }
 
 
 def _describe(blocker: str, linked: dict[str, dict[str, Any]]) -> str:
