@@ -17,7 +17,7 @@ bead is in hand at a time: a failure or a 409 never leaves a pile of claimed bea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -137,15 +137,17 @@ class Dispatcher(Job):
     # -- the run -----------------------------------------------------------------------
 
     def run(self) -> int:
-        started = self.clock()
-        window = timedelta(seconds=self.settings.dispatcher_window_seconds)
+        # Durations on the monotonic clock: a wall clock stepped by NTP or by hand must
+        # neither stretch a window past its pod's deadline nor put a poll off for an hour.
+        started = self.monotonic()
+        window = self.settings.dispatcher_window_seconds
         interval = self.settings.poll_interval_seconds
         while True:
             if not self.switch.enabled():
                 self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
                 self.tally.outcomes.add(Outcome.PAUSED)
                 break
-            poll_started = self.clock()
+            poll_started = self.monotonic()
             self._poll_safely()
             if Outcome.LOCK_LOST in self.tally.outcomes:
                 break  # whoever holds the lock now owns the queue; this run must not go on
@@ -154,9 +156,9 @@ class Dispatcher(Job):
                 self.tally.outcomes.add(Outcome.STOPPED)
                 break
             # Polls start every `interval` seconds: time spent dispatching is not added on top.
-            pause = interval - (self.clock() - poll_started).total_seconds()
-            remaining = window - (self.clock() - started)
-            if remaining.total_seconds() < max(pause, 0.0) + 1.0:
+            pause = interval - (self.monotonic() - poll_started)
+            remaining = window - (self.monotonic() - started)
+            if remaining < max(pause, 0.0) + 1.0:
                 break
             if pause > 0 and self.stop.wait(pause):
                 self.log.event("run.stopping", detail="SIGTERM while idle")

@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
 from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
@@ -232,3 +235,33 @@ def test_polls_start_every_interval_however_long_a_poll_takes(
 def slow_reply(clock: FakeClock, seconds: float) -> Reply:
     clock.advance(seconds)
     return Reply(json={"job_id": "job-1"})
+
+
+@pytest.mark.parametrize("during", ["poll", "pause"])
+@pytest.mark.parametrize("step", [-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
+def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+    clock: FakeClock,
+    step: int,
+    during: str,
+) -> None:
+    """Windows and pauses run on the monotonic clock; only what is written uses wall time."""
+    late: list[str] = []
+
+    def between_polls(wait: int) -> None:
+        if wait == 2:
+            if during == "pause":
+                clock.step_wall(step)
+            late.append(store.add("assigned after the step"))
+
+    if during == "poll":
+        store.after("ready", lambda: clock.step_wall(step), nth=2)  # inside the second poll
+    stop = FakeClockStop(clock, between_polls)
+    run = harness.dispatch(stop=stop, **WINDOW)
+    assert run.summary["polls"] == 6
+    assert stop.asked == [10.0] * 5
+    assert posted(beadboard) == late
+    # Sent at the third poll, 20 s into the window; the record carries the wall time.
+    assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
