@@ -1,8 +1,9 @@
 """The dispatcher run: one poll, or polls for a watch window.
 
 A poll reads like the runbook: ready? (bd's own rule) -> (nothing? done) -> free slots? ->
-lock -> full read (ready again + query) -> for each bead: claim -> mark sending -> POST ->
-record. Idle polls cost one bd call (`bd ready`) and no HTTP request, and never touch the lock.
+lock -> full read (ready again + query) -> for each bead: claim -> switch still on? -> mark
+sending -> POST -> record. Idle polls cost one bd call (`bd ready`) and no HTTP request, and
+never touch the lock.
 
 Eligible = what `bd ready` offers the assignee (open; no open blocker through blocks,
 conditional-blocks or waits-for; not deferred; parent neither blocked nor deferred; not
@@ -151,6 +152,8 @@ class Dispatcher(Job):
             self._poll_safely()
             if Outcome.LOCK_LOST in self.tally.outcomes:
                 break  # whoever holds the lock now owns the queue; this run must not go on
+            if Outcome.PAUSED in self.tally.outcomes:
+                break  # the kill switch went off mid-poll
             if self.stop.requested:
                 self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
                 self.tally.outcomes.add(Outcome.STOPPED)
@@ -290,6 +293,9 @@ class Dispatcher(Job):
                 continue
             if not self._claim(current):
                 continue
+            if not self.switch.enabled():
+                outcomes.append(self._stand_down(current))
+                break
             outcome = self._send(current)
             outcomes.append(outcome)
             if outcome in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN):
@@ -315,17 +321,17 @@ class Dispatcher(Job):
             return False
         except BdError as exc:
             # The write may have landed before bd failed: hand the bead back either way.
-            returned = self._hand_back(bead, f"bd failed while claiming it ({exc})")
+            returned = self._hand_back(bead, f"bd failed while claiming it ({exc})") is None
             self._bd_failed(bead.id, "claim", exc, handed_back=returned)
             return False
         self.log.event("claim.done", bead=bead.id, priority=bead.priority)
         return True
 
-    def _hand_back(self, bead: Bead, reason: str) -> bool:
+    def _hand_back(self, bead: Bead, reason: str) -> BdError | None:
         """A claimed bead that was never POSTed goes back to the queue, in this run.
 
-        False when bd refused that too: the bead stays at stage `claimed`, and the reaper
-        requeues it once it holds the lock. The caller reports the failure in one line.
+        bd's error when it refused that too: the bead stays at stage `claimed`, and the
+        reaper requeues it once it holds the lock. The caller reports the failure in one line.
         """
         ensure_held(self.lock)
         try:
@@ -335,11 +341,24 @@ class Dispatcher(Job):
                 note=notes.not_sent(reason, self.clock()),
                 unset_metadata=[STAGE_KEY],
             )
-        except BdError:
-            return False
+        except BdError as exc:
+            return exc
         self.tally.returned.append(bead.id)
         self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
-        return True
+        return None
+
+    def _stand_down(self, bead: Bead) -> Outcome:
+        """The kill switch went off after the claim: the bead goes back unsent, the run ends.
+
+        Read again before every POST, so a flip mid-poll costs no further dispatch.
+        """
+        detail = f"{ENABLED_ENV} is false"
+        refused = self._hand_back(bead, f"the kill switch was turned off ({detail})")
+        if refused is not None:
+            self._bd_failed(bead.id, "hand_back", refused, handed_back=False)
+        self.log.event("run.paused", detail=f"{detail}: {bead.id} went back unsent, run ends")
+        self.tally.outcomes.add(Outcome.PAUSED)
+        return Outcome.PAUSED
 
     def _send(self, bead: Bead) -> Outcome:
         ensure_held(self.lock)
@@ -347,7 +366,7 @@ class Dispatcher(Job):
             # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
             self.store.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
         except BdError as exc:
-            returned = self._hand_back(bead, f"bd failed before the send ({exc})")
+            returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
             return Outcome.ERROR
         try:

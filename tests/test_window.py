@@ -265,3 +265,39 @@ def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
     assert posted(beadboard) == late
     # Sent at the third poll, 20 s into the window; the record carries the wall time.
     assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
+
+
+def test_the_switch_is_read_before_every_post(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, tmp_path: Path
+) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    switch = runtime / "DISPATCHER_ENABLED"
+    switch.write_text("true", encoding="utf-8")
+    first, second, *rest = [store.add(f"b{i}", priority=i) for i in range(5)]
+    untouched = {bead: store.snapshot()[bead] for bead in rest}
+    beadboard.health.capacity = 10
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        switch.write_text("false", encoding="utf-8")  # flipped while the first POST is answered
+        return Reply(json={"job_id": "job-1"})
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    run = harness.dispatch(
+        agent_health_url=f"{beadboard.url}/health",
+        max_in_flight=10,
+        runtime_config_dir=runtime,
+        **WINDOW,
+    )
+    assert posted(beadboard) == [first]
+    assert run.code == 0
+    # The second bead was claimed when the switch was seen off: handed back, not counted.
+    state = store.bead(second)
+    assert (state.status, state.metadata) == ("open", {})
+    assert store.notes(second)[-1].startswith(
+        "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
+        "back to open, not counted as a failed attempt"
+    )
+    assert {bead: store.snapshot()[bead] for bead in rest} == untouched
+    assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
+    assert (run.summary["polls"], run.summary["returned_to_queue"]) == (1, [second])
