@@ -124,7 +124,7 @@ DISPATCH_FAULTS = (
     Fault("post-refused", "connection failed", 1, "failed", refused_post=True),
     Fault(
         "post-timeout",
-        "timeout (ReadTimeout)",
+        "timeout (no whole answer within 0.3s)",
         1,
         "unknown",
         Reply(delay=1),
@@ -134,7 +134,7 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "post-slow-body",
-        "timeout (ReadTimeout)",
+        "timeout (no whole answer within 0.3s)",
         1,
         "unknown",
         Reply(stall=1, json={"job_id": "job-late"}),
@@ -157,6 +157,15 @@ DISPATCH_FAULTS = (
         0,
         "dispatched",
         Reply(status=200, body='{"job_id": "job-1"'),
+        posts=1,
+    ),
+    # Nested deeper than json.loads recurses: once a RecursionError and a traceback.
+    Fault(
+        "post-200-nested-json",
+        None,
+        0,
+        "dispatched",
+        Reply(status=200, body="[" * 200_000),
         posts=1,
     ),
     Fault(
