@@ -28,11 +28,22 @@ class BeadBoardError(Exception):
 
 
 @dataclass(frozen=True)
+class Unconfirmed:
+    """A 2xx whose body is not BeadBoard's answer (a JSON object): a misrouted ingress or a
+    proxy may have said it. Still taken as sent, since sending again risks double work."""
+
+    body: str  # what came instead, in a few words: "a non-JSON body", "an empty body"...
+    content_type: str
+    excerpt: str
+
+
+@dataclass(frozen=True)
 class Dispatched:
     """Any 2xx: BeadBoard took the bead. Never send it again, with or without a job id."""
 
     job_id: str | None
     http_status: int = 200
+    unconfirmed: Unconfirmed | None = None
 
 
 @dataclass(frozen=True)
@@ -71,14 +82,34 @@ class Answer:
 
     def json_object(self) -> dict[str, object] | None:
         """The body as a JSON object, or None: not JSON, not an object, or not read whole."""
+        value = self._json()
+        return value if isinstance(value, dict) else None
+
+    def not_an_object(self) -> str | None:
+        """What the body is instead of a JSON object, in a few words; None for an object."""
         if self.cut:
-            return None
+            return f"a body longer than {BODY_LIMIT_BYTES // 1024} KiB"
+        if not self.body.strip():
+            return "an empty body"
+        value = self._json()
+        if value is _NOT_JSON:
+            return "a non-JSON body"
+        return None if isinstance(value, dict) else "a JSON body that is not an object"
+
+    def excerpt(self, limit: int = 120) -> str:
+        return _short(self.body[: limit * 4].decode("utf-8", errors="replace"), limit)
+
+    def _json(self) -> object:
+        if self.cut:
+            return _NOT_JSON
         try:
-            value = json.loads(self.body)
+            return json.loads(self.body)
         except (ValueError, RecursionError):
             # RecursionError: `[[[[…` nested deeper than the parser recurses.
-            return None
-        return value if isinstance(value, dict) else None
+            return _NOT_JSON
+
+
+_NOT_JSON = object()
 
 
 class _NoAnswer(Exception):
@@ -260,11 +291,18 @@ class BeadBoard:
         body = answer.json_object()
         error = _short(str(body.get("error"))) if body and body.get("error") else ""
         if 200 <= answer.status < 300:
-            return Dispatched(_job_id(body), answer.status)
+            return Dispatched(_job_id(body), answer.status, _unconfirmed(answer))
         if answer.status == 409:
             return AgentBusy(error or "Agent is busy")
         suffix = f" {error}" if error else ""
         return DispatchFailed(f"HTTP {answer.status}{suffix}")
+
+
+def _unconfirmed(answer: Answer) -> Unconfirmed | None:
+    instead = answer.not_an_object()
+    if instead is None:
+        return None
+    return Unconfirmed(instead, _short(answer.content_type, 80), answer.excerpt())
 
 
 def _job_id(body: dict[str, object] | None) -> str | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,6 +33,7 @@ from jobs.beadboard import (
     DispatchFailed,
     DispatchOutcome,
     DispatchUnknown,
+    Unconfirmed,
 )
 from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, LockLost, ensure_held
@@ -392,50 +393,81 @@ class Dispatcher(Job):
 
     def _record(self, bead: Bead, outcome: DispatchOutcome) -> Outcome:
         now = self.clock()
-        if isinstance(outcome, Dispatched):
-            self.tally.dispatched.append(bead.id)
-            self.log.event(
-                "dispatch.done", bead=bead.id, job_id=outcome.job_id, http=outcome.http_status
+        match outcome:
+            case Dispatched():
+                return self._record_dispatched(bead, outcome, now)
+            case DispatchUnknown():
+                return self._record_unknown(bead, outcome, now)
+            case AgentBusy():
+                return self._record_agent_busy(bead, outcome, now)
+            case DispatchFailed():
+                return self._record_failure(bead, outcome, now)
+            case _:
+                assert_never(outcome)
+
+    def _record_dispatched(self, bead: Bead, outcome: Dispatched, now: datetime) -> Outcome:
+        self.tally.dispatched.append(bead.id)
+        self.log.event(
+            "dispatch.done", bead=bead.id, job_id=outcome.job_id, http=outcome.http_status
+        )
+        odd = outcome.unconfirmed
+        if odd is None:
+            record = notes.dispatched(outcome.job_id, outcome.http_status, now)
+        else:
+            self._flag_suspicious(bead.id, outcome.http_status, odd)
+            record = notes.dispatched_unconfirmed(
+                outcome.http_status, odd.body, odd.content_type, now
             )
-            # A comment, not a note: the agent's first `bd note` may land at this very moment,
-            # and --append-notes would rewrite the notes field from a read taken before it.
-            self.store.comment(bead.id, notes.dispatched(outcome.job_id, outcome.http_status, now))
-            ensure_held(self.lock)
-            clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
-            self.store.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
-            return Outcome.DISPATCHED
-        if isinstance(outcome, DispatchUnknown):
-            # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
-            self.store.comment(
-                bead.id,
-                notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
-            )
-            self.tally.failed.append(bead.id)
-            self._hold_back(bead.id, "dispatch outcome unknown")
-            self.log.error(
-                "dispatch.unknown",
-                bead=bead.id,
-                reason=outcome.reason,
-                bead_status=Status.IN_PROGRESS,
-            )
-            return Outcome.DISPATCH_UNKNOWN
+        # A comment, not a note: the agent's first `bd note` may land at this very moment,
+        # and --append-notes would rewrite the notes field from a read taken before it.
+        self.store.comment(bead.id, record)
         ensure_held(self.lock)
-        if isinstance(outcome, AgentBusy):
-            self.store.update(
-                bead.id,
-                status=Status.OPEN,
-                note=notes.agent_busy(outcome.detail, now),
-                unset_metadata=[STAGE_KEY],
-            )
-            # Backed off for the rest of the run: one "agent busy" note per bead per run.
-            self._hold_back(bead.id, "agent busy (409)", quiet=True)
-            self.tally.returned.append(bead.id)
-            self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
-            return Outcome.AGENT_BUSY_ON_DISPATCH
-        assert isinstance(outcome, DispatchFailed)
-        return self._record_failure(bead, outcome, now)
+        clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
+        self.store.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
+        return Outcome.DISPATCHED
+
+    def _flag_suspicious(self, bead_id: str, http_status: int, odd: Unconfirmed) -> None:
+        """A 2xx that is not BeadBoard's answer (a JSON object): something else may have said
+        it. Taken as sent all the same (a resend risks double work), so a human is asked."""
+        self.log.warning(
+            "dispatch.suspicious",
+            bead=bead_id,
+            http=http_status,
+            content_type=odd.content_type,
+            body=odd.body,
+            excerpt=odd.excerpt,
+            detail="check BeadBoard's ingress",
+        )
+
+    def _record_unknown(self, bead: Bead, outcome: DispatchUnknown, now: datetime) -> Outcome:
+        # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
+        self.store.comment(
+            bead.id,
+            notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
+        )
+        self.tally.failed.append(bead.id)
+        self._hold_back(bead.id, "dispatch outcome unknown")
+        self.log.error(
+            "dispatch.unknown", bead=bead.id, reason=outcome.reason, bead_status=Status.IN_PROGRESS
+        )
+        return Outcome.DISPATCH_UNKNOWN
+
+    def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
+        ensure_held(self.lock)
+        self.store.update(
+            bead.id,
+            status=Status.OPEN,
+            note=notes.agent_busy(outcome.detail, now),
+            unset_metadata=[STAGE_KEY],
+        )
+        # Backed off for the rest of the run: one "agent busy" note per bead per run.
+        self._hold_back(bead.id, "agent busy (409)", quiet=True)
+        self.tally.returned.append(bead.id)
+        self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
+        return Outcome.AGENT_BUSY_ON_DISPATCH
 
     def _record_failure(self, bead: Bead, outcome: DispatchFailed, now: datetime) -> Outcome:
+        ensure_held(self.lock)
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.max_dispatch_attempts
         note = notes.dispatch_failed(attempt, limit, outcome.reason, now)

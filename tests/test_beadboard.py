@@ -18,11 +18,13 @@ from jobs.beadboard import (
     DispatchFailed,
     DispatchOutcome,
     DispatchUnknown,
+    Unconfirmed,
 )
 from tests.support.harness import plain_http
 from tests.support.raw_http import ScriptedAnswer
 
-NESTED = b"[" * 200_000  # json.loads: RecursionError
+NESTED = b"[" * 50_000  # within BODY_LIMIT_BYTES, and json.loads raises RecursionError
+EMPTY = Unconfirmed("an empty body", "", "")
 
 
 def board_answering(handler: httpx.MockTransport) -> BeadBoard:
@@ -46,16 +48,38 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
         (answering(200, json={"job_id": "j-1"}), Dispatched("j-1")),
         # Any 2xx is BeadBoard taking the bead: a missing or odd job id never makes it a failure.
         (answering(201, json={"job_id": 42}), Dispatched("42", 201)),
-        (answering(202), Dispatched(None, 202)),
+        (answering(202), Dispatched(None, 202, EMPTY)),
         (answering(200, json={"job_id": "  "}), Dispatched(None)),
         (answering(200, json={"job_id": True}), Dispatched(None)),
         (answering(200, json={"status": "queued"}), Dispatched(None)),
-        (answering(200, text="<html>ok</html>"), Dispatched(None)),
-        (answering(204), Dispatched(None, 204)),
+        # A 2xx that is not a JSON object is not BeadBoard's answer: taken, but flagged.
+        (
+            answering(200, html="<html>ok</html>"),
+            Dispatched(
+                None,
+                200,
+                Unconfirmed("a non-JSON body", "text/html; charset=utf-8", "<html>ok</html>"),
+            ),
+        ),
+        (
+            answering(200, json=["j-1"]),
+            Dispatched(
+                None,
+                200,
+                Unconfirmed("a JSON body that is not an object", "application/json", '["j-1"]'),
+            ),
+        ),
+        (answering(204), Dispatched(None, 204, EMPTY)),
         (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 79 + "…")),
-        (answering(200, content=NESTED), Dispatched(None)),
+        (
+            answering(200, content=NESTED),
+            Dispatched(None, 200, Unconfirmed("a non-JSON body", "", "[" * 119 + "…")),
+        ),
         # Read no further than the limit: what is cut is not read as an answer.
-        (answering(200, content=b'{"job_id": "j"}' + b" " * BODY_LIMIT_BYTES), Dispatched(None)),
+        (
+            answering(200, content=b'{"job_id": "j"}' + b" " * BODY_LIMIT_BYTES),
+            Dispatched(None, 200, Unconfirmed("a body longer than 64 KiB", "", '{"job_id": "j"}')),
+        ),
         (answering(302, headers={"location": "/login"}), DispatchFailed("HTTP 302")),
         (answering(409, json={"error": "Agent is busy"}), AgentBusy("Agent is busy")),
         (answering(409, text="busy"), AgentBusy("Agent is busy")),
@@ -189,5 +213,7 @@ def test_a_huge_answer_is_read_no_further_than_the_limit() -> None:
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert outcome == Dispatched(None)
+    assert outcome == Dispatched(
+        None, 200, Unconfirmed("a body longer than 64 KiB", "", "x" * 119 + "…")
+    )
     assert peak < 2**20  # the whole body would be 32 MiB

@@ -249,10 +249,17 @@ NO_JOB_ID = "dispatched: BeadBoard answered HTTP {} without a job id"
     [
         (Reply(status=200, json={"job_id": "job-9"}), "dispatched: job=job-9 ("),
         (Reply(status=201, json={"job_id": 42}), "dispatched: job=42 ("),
-        (Reply(status=202), NO_JOB_ID.format(202)),
+        (
+            Reply(status=202),
+            "dispatched, unconfirmed: HTTP 202 with an empty body (application/octet-stream); ",
+        ),
         (Reply(status=200, json={"status": "queued"}), NO_JOB_ID.format(200)),
         (Reply(status=200, json={"job_id": "  "}), NO_JOB_ID.format(200)),
-        (Reply(status=200, body="<html>oops</html>"), NO_JOB_ID.format(200)),
+        (
+            Reply(status=200, body="<html>oops</html>", headers={"Content-Type": "text/html"}),
+            "dispatched, unconfirmed: HTTP 200 with a non-JSON body (text/html); check "
+            "BeadBoard's ingress. Not sent again (beads-dispatcher, ",
+        ),
     ],
     ids=["200", "201-numeric-job-id", "202-empty-body", "200-no-job-id", "200-blank", "200-html"],
 )
@@ -274,6 +281,32 @@ def test_any_2xx_is_dispatched_and_never_sent_again(
     [text] = store.comments(bead)
     assert text.startswith(comment), text
     assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
+
+
+def test_a_misrouted_200_is_dispatched_and_flagged_for_a_human(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    """An ingress answering for BeadBoard: the bead is taken as sent (a resend risks double
+    work), and the record and a warning say the answer was not BeadBoard's."""
+    bead = store.add()
+    page = "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
+    beadboard.program(DISPATCH, Reply(body=page, headers={"Content-Type": "text/html"}))
+    run = harness.dispatch()
+    assert (run.code, run.summary["dispatched"]) == (0, [bead])
+    suspicious = run.event("dispatch.suspicious")
+    assert suspicious["level"] == "warning"
+    assert (suspicious["bead"], suspicious["http"], suspicious["content_type"]) == (
+        bead,
+        200,
+        "text/html",
+    )
+    assert suspicious["excerpt"] == page
+    assert store.comments(bead) == [
+        "dispatched, unconfirmed: HTTP 200 with a non-JSON body (text/html); check BeadBoard's "
+        f"ingress. Not sent again (beads-dispatcher, {STAMP})"
+    ]
+    assert harness.dispatch().code == 0
+    assert posted(beadboard) == [bead]
 
 
 @pytest.mark.parametrize(

@@ -75,8 +75,9 @@ class Fault:
     stage cleared, the dispatch commented), "unknown" (the request went out and no answer
     came back: stays in_progress with stage=sending, never sent again), "unrecorded" (sent
     and taken, but bd failed recording it: stays at stage=sending, never resent) or
-    "handed_back" (claimed, then bd failed before the POST: back to open, not counted).
-    warning: a fragment of the one `bead.skipped` warning the run must log, if any.
+    "handed_back" (claimed, then bd failed before the POST: back to open, not counted) or
+    "unconfirmed" (a 2xx that is not a JSON object: dispatched, and flagged for a human).
+    warning: a fragment of the one warning the run must log, if any; warned: its event.
     """
 
     id: str
@@ -92,6 +93,7 @@ class Fault:
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
     posts: int = 0
     warning: str | None = None
+    warned: str = "bead.skipped"
 
 
 DISPATCH_FAULTS = (
@@ -150,23 +152,28 @@ DISPATCH_FAULTS = (
         Reply(status=500, body="<html>Internal Server Error</html>"),
         posts=1,
     ),
-    # Any 2xx is BeadBoard taking the bead, whatever its body: no fault, never resent.
+    # Any 2xx is BeadBoard taking the bead, whatever its body: no fault, never resent; a
+    # body that is not a JSON object is not BeadBoard's answer, so a human is asked to look.
     Fault(
         "post-200-invalid-json",
         None,
         0,
-        "dispatched",
+        "unconfirmed",
         Reply(status=200, body='{"job_id": "job-1"'),
         posts=1,
+        warning="a non-JSON body",
+        warned="dispatch.suspicious",
     ),
     # Nested deeper than json.loads recurses: once a RecursionError and a traceback.
     Fault(
         "post-200-nested-json",
         None,
         0,
-        "dispatched",
-        Reply(status=200, body="[" * 200_000),
+        "unconfirmed",
+        Reply(status=200, body="[" * 50_000),
         posts=1,
+        warning="a non-JSON body",
+        warned="dispatch.suspicious",
     ),
     Fault(
         "post-200-no-job-id",
@@ -176,7 +183,16 @@ DISPATCH_FAULTS = (
         Reply(status=200, json={"status": "queued"}),
         posts=1,
     ),
-    Fault("post-202-empty", None, 0, "dispatched", Reply(status=202), posts=1),
+    Fault(
+        "post-202-empty",
+        None,
+        0,
+        "unconfirmed",
+        Reply(status=202),
+        posts=1,
+        warning="an empty body",
+        warned="dispatch.suspicious",
+    ),
     # The status check fails before anything is claimed: the bead stays as it was.
     Fault("status-500", "GET /api/agent-status: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
     Fault(
@@ -333,9 +349,9 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
     if fault.warning is None:
         assert warning_lines(run) == []
     else:
-        [skipped] = warning_lines(run)
-        assert (skipped["event"], skipped["bead"]) == ("bead.skipped", bead)
-        assert fault.warning in error_text(skipped), skipped
+        [warning] = warning_lines(run)
+        assert (warning["event"], warning["bead"]) == (fault.warned, bead)
+        assert fault.warning in error_text(warning) + str(warning.get("body")), warning
     assert run.summary["exit_code"] == fault.exit_code
     assert len(beadboard.requests_to(DISPATCH)) == fault.posts
     if fault.lock_held:
@@ -356,9 +372,14 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
             assert store.comments(bead)[-1].startswith("dispatched: job=job-1 ")
         assert harness.dispatch().code == 0, "a bead maybe sent is never sent again"
         assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    elif fault.bead == "dispatched":
+    elif fault.bead in ("dispatched", "unconfirmed"):
         assert (state.status, state.metadata) == ("in_progress", {})
-        assert store.comments(bead)[-1].startswith("dispatched: BeadBoard answered HTTP 20")
+        record = store.comments(bead)[-1]
+        if fault.bead == "dispatched":
+            assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
+        else:
+            assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
+            assert f"with {fault.warning} (" in record and "check BeadBoard's ingress" in record
     else:
         assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
         last = store.notes(bead)[-1]
