@@ -62,13 +62,22 @@ class DispatchFailed:
 
 @dataclass(frozen=True)
 class DispatchUnknown:
-    """The request went out but no answer came back (read timeout, dropped connection):
-    BeadBoard may have started a job. Sending again could run the bead twice."""
+    """The request went out but no whole answer came back (timeout, dropped connection, a
+    gateway's 504): BeadBoard may have started a job. Sending again could run the bead twice."""
 
     reason: str
 
 
-DispatchOutcome = Dispatched | AgentBusy | DispatchFailed | DispatchUnknown
+@dataclass(frozen=True)
+class ServiceDown:
+    """No job was started because the service is down, not because of the bead: BeadBoard
+    could not be reached (nothing was sent), or it answered 5xx (other than 504) for itself
+    or for the agent service behind it. Retrying later is safe; no attempt is counted."""
+
+    reason: str
+
+
+DispatchOutcome = Dispatched | AgentBusy | DispatchFailed | DispatchUnknown | ServiceDown
 
 
 @dataclass(frozen=True)
@@ -284,18 +293,28 @@ class BeadBoard:
                 self._client, self.timeout_seconds, "POST", DISPATCH_PATH, json={"taskId": bead_id}
             )
         except _NoAnswer as exc:
-            if exc.reached:
-                return DispatchUnknown(exc.reason)
-            # Nothing reached BeadBoard: safe to count as a failed attempt and retry later.
-            return DispatchFailed(exc.reason)
-        body = answer.json_object()
-        error = _short(str(body.get("error"))) if body and body.get("error") else ""
-        if 200 <= answer.status < 300:
-            return Dispatched(_job_id(body), answer.status, _unconfirmed(answer))
-        if answer.status == 409:
-            return AgentBusy(error or "Agent is busy")
-        suffix = f" {error}" if error else ""
-        return DispatchFailed(f"HTTP {answer.status}{suffix}")
+            # Refused, or no connection in time: nothing reached BeadBoard.
+            return DispatchUnknown(exc.reason) if exc.reached else ServiceDown(exc.reason)
+        return _dispatch_outcome(answer)
+
+
+def _dispatch_outcome(answer: Answer) -> DispatchOutcome:
+    """What BeadBoard's answer to the POST means (docs/beadboard-contract.md)."""
+    body = answer.json_object()
+    error = _short(str(body.get("error"))) if body and body.get("error") else ""
+    suffix = f" {error}" if error else ""
+    status = answer.status
+    if 200 <= status < 300:
+        return Dispatched(_job_id(body), status, _unconfirmed(answer))
+    if status == 409:
+        return AgentBusy(error or "Agent is busy")
+    if status == 504:
+        # A gateway stopped waiting; BeadBoard behind it may still have started the job.
+        return DispatchUnknown(f"HTTP 504 gateway timeout{suffix}")
+    if status >= 500:
+        # BeadBoard's own words for "I or the agent service cannot take work now".
+        return ServiceDown(f"HTTP {status}{suffix}")
+    return DispatchFailed(f"HTTP {status}{suffix}")
 
 
 def _unconfirmed(answer: Answer) -> Unconfirmed | None:

@@ -33,6 +33,7 @@ from jobs.beadboard import (
     DispatchFailed,
     DispatchOutcome,
     DispatchUnknown,
+    ServiceDown,
     Unconfirmed,
 )
 from jobs.beads import BdError, BdRejected, Bead
@@ -86,6 +87,26 @@ class RunTally(Tally):
     dispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
+    service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
+
+
+class Backoff:
+    """How long to wait after a poll that found the agent service down: 30 s, then twice
+    the last wait, up to 300 s. A successful dispatch starts it over."""
+
+    FIRST_SECONDS = 30.0
+    MAX_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def lengthen(self) -> float:
+        last = self.seconds
+        self.seconds = self.FIRST_SECONDS if last is None else min(2 * last, self.MAX_SECONDS)
+        return self.seconds
+
+    def reset(self) -> None:
+        self.seconds = None
 
 
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
@@ -132,6 +153,7 @@ class Dispatcher(Job):
         self.load = load
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
         self.tally = RunTally()
+        self.backoff = Backoff()
         # Beads this run will not touch again, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
         self._held_back: dict[str, str] = {}
@@ -143,13 +165,13 @@ class Dispatcher(Job):
         # neither stretch a window past its pod's deadline nor put a poll off for an hour.
         started = self.monotonic()
         window = self.settings.dispatcher_window_seconds
-        interval = self.settings.poll_interval_seconds
         while True:
             if not self.switch.enabled():
                 self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
                 self.tally.outcomes.add(Outcome.PAUSED)
                 break
             poll_started = self.monotonic()
+            downs, sent = self.tally.service_down, len(self.tally.dispatched)
             self._poll_safely()
             if Outcome.LOCK_LOST in self.tally.outcomes:
                 break  # whoever holds the lock now owns the queue; this run must not go on
@@ -159,11 +181,15 @@ class Dispatcher(Job):
                 self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
                 self.tally.outcomes.add(Outcome.STOPPED)
                 break
-            # Polls start every `interval` seconds: time spent dispatching is not added on top.
-            pause = interval - (self.monotonic() - poll_started)
+            found_down = self.tally.service_down > downs
+            between = self._between_polls(found_down, len(self.tally.dispatched) > sent)
+            # Polls start every `between` seconds: time spent dispatching is not added on top.
+            pause = between - (self.monotonic() - poll_started)
             remaining = window - (self.monotonic() - started)
             if remaining < max(pause, 0.0) + 1.0:
                 break
+            if found_down:
+                self.log.event("run.backing_off", seconds=between, detail="agent service down")
             if pause > 0 and self.stop.wait(pause):
                 self.log.event("run.stopping", detail="SIGTERM while idle")
                 self.tally.outcomes.add(Outcome.STOPPED)
@@ -171,16 +197,26 @@ class Dispatcher(Job):
         return finish(
             self.context,
             self.tally.outcome,
-            run_failed=bool(self.tally.failed or self.tally.errors),
+            # A run that met the service down fails, so its Job shows it, though no bead did.
+            run_failed=bool(self.tally.failed or self.tally.errors or self.tally.service_down),
             polls=self.tally.polls,
             idle_polls=self.tally.idle_polls,
             dispatched=self.tally.dispatched,
             failed=self.tally.failed,
             blocked=self.tally.blocked,
             returned_to_queue=self.tally.returned,
+            service_down=self.tally.service_down,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
         )
+
+    def _between_polls(self, found_down: bool, dispatched: bool) -> float:
+        """Seconds from one poll's start to the next: the interval, or longer after a poll
+        that found the agent service down, so an outage is not hammered every interval."""
+        if dispatched:
+            self.backoff.reset()
+        interval = float(self.settings.poll_interval_seconds)
+        return max(self.backoff.lengthen(), interval) if found_down else interval
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
@@ -303,6 +339,8 @@ class Dispatcher(Job):
                 sent += 1
             if outcome == Outcome.AGENT_BUSY_ON_DISPATCH:
                 break  # the agent is full: the next bead would only be refused too
+            if outcome == Outcome.SERVICE_DOWN:
+                break  # the next bead would only meet the outage too; the lock goes at once
         return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
 
     def _claim(self, bead: Bead) -> bool:
@@ -400,6 +438,8 @@ class Dispatcher(Job):
                 return self._record_unknown(bead, outcome, now)
             case AgentBusy():
                 return self._record_agent_busy(bead, outcome, now)
+            case ServiceDown():
+                return self._record_service_down(bead, outcome, now)
             case DispatchFailed():
                 return self._record_failure(bead, outcome, now)
             case _:
@@ -465,6 +505,28 @@ class Dispatcher(Job):
         self.tally.returned.append(bead.id)
         self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
         return Outcome.AGENT_BUSY_ON_DISPATCH
+
+    def _record_service_down(self, bead: Bead, outcome: ServiceDown, now: datetime) -> Outcome:
+        ensure_held(self.lock)
+        # Not the bead's fault: it goes back uncharged, and is sent again once the service
+        # answers (the run backs off meanwhile).
+        self.store.update(
+            bead.id,
+            status=Status.OPEN,
+            note=notes.service_down(outcome.reason, now),
+            unset_metadata=[STAGE_KEY],
+        )
+        self.tally.service_down += 1
+        if bead.id not in self.tally.returned:
+            self.tally.returned.append(bead.id)
+        self.log.error(
+            "dispatch.service_down",
+            bead=bead.id,
+            reason=outcome.reason,
+            bead_status=Status.OPEN,
+            detail="no attempt counted; no further bead this poll",
+        )
+        return Outcome.SERVICE_DOWN
 
     def _record_failure(self, bead: Bead, outcome: DispatchFailed, now: datetime) -> Outcome:
         ensure_held(self.lock)

@@ -51,6 +51,13 @@ def agent_busy(detail: str, now: datetime) -> str:
     )
 
 
+def service_down(reason: str, now: datetime) -> str:
+    return (
+        f"not sent: agent service unavailable ({reason}); back to open, no attempt counted "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
 def dispatch_failed(attempt: int, max_attempts: int, reason: str, now: datetime) -> str:
     text = f"dispatch failed (attempt {attempt}/{max_attempts}): {reason}"
     if attempt >= max_attempts:

@@ -18,6 +18,7 @@ from jobs.beadboard import (
     DispatchFailed,
     DispatchOutcome,
     DispatchUnknown,
+    ServiceDown,
     Unconfirmed,
 )
 from tests.support.harness import plain_http
@@ -87,13 +88,20 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
             answering(400, json={"error": "bead not found"}),
             DispatchFailed("HTTP 400 bead not found"),
         ),
-        (answering(500, json={"error": "x" * 500}), DispatchFailed("HTTP 500 " + "x" * 159 + "…")),
-        (answering(502, text="Bad Gateway"), DispatchFailed("HTTP 502")),
+        (answering(404, text="Not Found"), DispatchFailed("HTTP 404")),
+        # BeadBoard or the agent service down: not the bead's fault, so never "failed".
+        (answering(500, json={"error": "x" * 500}), ServiceDown("HTTP 500 " + "x" * 159 + "…")),
+        (answering(502, text="Bad Gateway"), ServiceDown("HTTP 502")),
+        (answering(502, json={"error": "Queue full"}), ServiceDown("HTTP 502 Queue full")),
+        (answering(503), ServiceDown("HTTP 503")),
         (
             raising(httpx.ConnectError("[Errno 111] Connection refused")),
-            DispatchFailed("connection failed ([Errno 111] Connection refused)"),
+            ServiceDown("connection failed ([Errno 111] Connection refused)"),
         ),
-        (raising(httpx.ConnectTimeout("timed out")), DispatchFailed("timeout (ConnectTimeout)")),
+        (raising(httpx.ConnectTimeout("timed out")), ServiceDown("timeout (ConnectTimeout)")),
+        (raising(httpx.PoolTimeout("timed out")), ServiceDown("timeout (PoolTimeout)")),
+        # A gateway that stopped waiting: BeadBoard may have started the job behind it.
+        (answering(504, text="Gateway Timeout"), DispatchUnknown("HTTP 504 gateway timeout")),
         # Sent, then silence: BeadBoard may have started a job, so never "failed".
         (
             raising(httpx.ReadTimeout("timed out")),

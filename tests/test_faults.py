@@ -75,7 +75,8 @@ class Fault:
     stage cleared, the dispatch commented), "unknown" (the request went out and no answer
     came back: stays in_progress with stage=sending, never sent again), "unrecorded" (sent
     and taken, but bd failed recording it: stays at stage=sending, never resent) or
-    "handed_back" (claimed, then bd failed before the POST: back to open, not counted) or
+    "handed_back" (claimed, then bd failed before the POST: back to open, not counted),
+    "service_down" (BeadBoard unreachable or answering 5xx: back to open, not counted) or
     "unconfirmed" (a 2xx that is not a JSON object: dispatched, and flagged for a human).
     warning: a fragment of the one warning the run must log, if any; warned: its event.
     """
@@ -97,11 +98,12 @@ class Fault:
 
 
 DISPATCH_FAULTS = (
+    # BeadBoard, or the agent service behind it, down: back to open, no attempt counted.
     Fault(
         "post-500",
         "HTTP 500 no agent-service URL",
         1,
-        "failed",
+        "service_down",
         Reply(status=500, json={"error": "no agent-service URL"}),
         posts=1,
     ),
@@ -109,7 +111,7 @@ DISPATCH_FAULTS = (
         "post-502",
         "HTTP 502 agent service unreachable",
         1,
-        "failed",
+        "service_down",
         Reply(status=502, json={"error": "agent service unreachable"}),
         posts=1,
     ),
@@ -123,7 +125,17 @@ DISPATCH_FAULTS = (
     ),
     # 409 is BeadBoard saying "busy", not a fault: no error line, exit 0, not counted.
     Fault("post-409", None, 0, "busy", Reply(status=409, json={"error": "Agent is busy"}), posts=1),
-    Fault("post-refused", "connection failed", 1, "failed", refused_post=True),
+    Fault("post-refused", "connection failed", 1, "service_down", refused_post=True),
+    # A gateway gave up waiting: BeadBoard may have started a job, so never sent again.
+    Fault(
+        "post-504",
+        "HTTP 504 gateway timeout",
+        1,
+        "unknown",
+        Reply(status=504, body="<html>Gateway Time-out</html>"),
+        posts=1,
+        warning="dispatch outcome unknown",
+    ),
     Fault(
         "post-timeout",
         "timeout (no whole answer within 0.3s)",
@@ -148,7 +160,7 @@ DISPATCH_FAULTS = (
         "post-500-html",
         "HTTP 500",
         1,
-        "failed",
+        "service_down",
         Reply(status=500, body="<html>Internal Server Error</html>"),
         posts=1,
     ),
@@ -390,6 +402,12 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
         elif fault.bead == "busy":
             assert state.metadata == {}
             assert last.startswith("agent busy (Agent is busy); back to open")
+        elif fault.bead == "service_down":
+            assert state.metadata == {}
+            assert last.startswith(f"not sent: agent service unavailable ({fault.error}")
+            assert "back to open, no attempt counted" in last
+            [down] = errors
+            assert (down["event"], down["bead"]) == ("dispatch.service_down", bead)
         else:
             assert fault.bead == "handed_back"
             assert state.metadata == {}
@@ -836,7 +854,7 @@ def test_no_secret_in_logs_notes_requests_or_manifests(
     for text in [*(run.stdout for run in runs), str(lock_failure.value)]:
         assert leaks(text) == []
     notes = "\n".join(str(row["notes"]) for row in store.rows.values())
-    assert "dispatch failed" in notes  # the failure path wrote notes, and they are clean
+    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes, clean
     assert leaks(notes) == []
     comments = "\n".join("\n".join(store.comments(bead)) for bead in store.rows)
     assert "dispatched: job=job-1" in comments

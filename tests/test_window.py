@@ -122,7 +122,7 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
     bead = store.add()
-    beadboard.set_handler(DISPATCH, lambda request: Reply(status=500, json={"error": "x"}))
+    beadboard.set_handler(DISPATCH, lambda request: Reply(status=400, json={"error": "x"}))
     run = harness.dispatch(**WINDOW)
     assert run.code == 1
     assert run.summary["polls"] == 6
@@ -301,3 +301,102 @@ def test_the_switch_is_read_before_every_post(
     assert {bead: store.snapshot()[bead] for bead in rest} == untouched
     assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
     assert (run.summary["polls"], run.summary["returned_to_queue"]) == (1, [second])
+
+
+# -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------
+
+DOWN = Reply(status=502, json={"error": "agent service unreachable"})
+
+
+def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    """Every POST answers 502 for 10 minutes, then BeadBoard recovers; 150 s windows start
+    every 3 minutes. Before, the third window blocked all six (attempt 3/3)."""
+    beads = [store.add(f"b{i}", priority=i) for i in range(6)]
+    recovered = NOW + timedelta(minutes=10)
+    answers: list[tuple[str, bool]] = []  # (bead, taken)
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        taken = clock() >= recovered
+        answers.append((request.json["taskId"], taken))
+        return Reply(json={"job_id": f"job-{request.json['taskId']}"}) if taken else DOWN
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    codes = []
+    for minute in range(0, 18, 3):
+        clock.advance((NOW + timedelta(minutes=minute) - clock.now).total_seconds())
+        codes.append(harness.dispatch(dispatcher_window_seconds=150).code)
+    assert codes == [1, 1, 1, 1, 0, 0]
+    # One POST a poll while it was down (0, 30 and 90 s into each window; the fourth window's
+    # third poll, at 10m30s, found it up), all for the first bead in line; then each bead once.
+    assert [bead for bead, taken in answers if not taken] == [beads[0]] * 11
+    assert [bead for bead, taken in answers if taken] == beads
+    for bead in beads:
+        state = store.bead(bead)
+        assert (state.status, state.metadata) == ("in_progress", {})
+        assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
+        [record] = store.comments(bead)
+        assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
+    down_notes = [n for n in store.notes(beads[0]) if n.startswith("not sent:")]
+    assert len(down_notes) == 11
+    assert down_notes[0] == (
+        "not sent: agent service unavailable (HTTP 502 agent service unreachable); back to "
+        f"open, no attempt counted (beads-dispatcher, {iso_utc(NOW)})"
+    )
+
+
+def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    for i in range(3):
+        store.add(f"b{i}")
+    beadboard.health.capacity = 10
+    beadboard.set_handler(DISPATCH, lambda request: DOWN)
+    seen: list[tuple[int, bool]] = []  # (POSTs so far, lock free) in each pause
+
+    def between_polls(wait: int) -> None:
+        seen.append((len(posted(beadboard)), harness.lock_is_free()))
+
+    run = harness.dispatch(
+        stop=FakeClockStop(clock, between_polls),
+        agent_health_url=f"{beadboard.url}/health",
+        **WINDOW,
+    )
+    # One POST, then the pause: the lock was already free. Polls at 0 and 30 s; the next
+    # would be at 90 s, past the 60 s window.
+    assert seen == [(1, True)]
+    steps = [
+        e["event"]
+        for e in run.events
+        if e["event"] in ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
+    ]
+    assert steps[:4] == ["claim.done", "dispatch.service_down", "lock.released", "run.backing_off"]
+    down = run.event("dispatch.service_down")
+    assert (down["level"], down["reason"], down["bead_status"]) == (
+        "error",
+        "HTTP 502 agent service unreachable",
+        "open",
+    )
+    assert (run.code, run.summary["outcome"], run.summary["service_down"]) == (1, "service_down", 2)
+
+
+def test_the_backoff_doubles_to_five_minutes_and_a_dispatch_starts_it_over(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    store.add("first", priority=0)
+    store.add("second", priority=1)
+    recovered = NOW + timedelta(minutes=20)
+    taken: list[str] = []
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        if clock() < recovered or taken:
+            return DOWN  # down for 20 minutes, up for one POST, then down again
+        taken.append(request.json["taskId"])
+        return Reply(json={"job_id": "job-1"})
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    run = harness.dispatch(dispatcher_window_seconds=1800, poll_interval_seconds=10)
+    waits = [event["seconds"] for event in events_named(run, "run.backing_off")]
+    assert waits == [30, 60, 120, 240, 300, 300, 300, 30, 60, 120]
+    assert len(taken) == 1
