@@ -58,7 +58,8 @@ _BOOL = TypeAdapter(bool)
 
 
 class RuntimeSwitch:
-    """The kill switch as mounted from the runtime ConfigMap, re-read on every poll.
+    """The kill switch as mounted from the runtime ConfigMap, re-read on every poll and
+    before every POST.
 
     Falls back to the value the run started with when no directory is mounted.
     """
