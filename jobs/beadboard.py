@@ -55,7 +55,8 @@ class AgentBusy:
 
 @dataclass(frozen=True)
 class DispatchFailed:
-    """BeadBoard did not start a job; the reason goes into the bead's note, so it is short."""
+    """BeadBoard refused the bead (3xx, 4xx other than 409): a counted attempt. The reason
+    goes into the bead's note, so it is short."""
 
     reason: str
 
@@ -162,8 +163,8 @@ class _Deadline:
         """httpx's `trace` extension: note the socket of the connection as it is opened."""
         if not event.endswith(self._OPENED):
             return
-        stream = info.get("return_value")
-        sock = stream.get_extra_info("socket") if stream is not None else None
+        extra_info = getattr(info.get("return_value"), "get_extra_info", None)
+        sock = extra_info("socket") if callable(extra_info) else None
         if not isinstance(sock, socket.socket):
             return
         with self._guard:

@@ -165,36 +165,56 @@ class Dispatcher(Job):
         # Durations on the monotonic clock: a wall clock stepped by NTP or by hand must
         # neither stretch a window past its pod's deadline nor put a poll off for an hour.
         started = self.monotonic()
-        window = self.settings.dispatcher_window_seconds
-        while True:
-            if not self.switch.enabled():
-                self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
-                self.tally.outcomes.add(Outcome.PAUSED)
-                break
+        while self._switched_on():
             poll_started = self.monotonic()
             downs, sent = self.tally.service_down, len(self.tally.dispatched)
             self._poll_safely()
-            if Outcome.LOCK_LOST in self.tally.outcomes:
-                break  # whoever holds the lock now owns the queue; this run must not go on
-            if Outcome.PAUSED in self.tally.outcomes:
-                break  # the kill switch went off mid-poll
-            if self.stop.requested:
-                self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
-                self.tally.outcomes.add(Outcome.STOPPED)
+            if self._run_is_over():
                 break
             found_down = self.tally.service_down > downs
             between = self._between_polls(found_down, len(self.tally.dispatched) > sent)
-            # Polls start every `between` seconds: time spent dispatching is not added on top.
-            pause = between - (self.monotonic() - poll_started)
-            remaining = window - (self.monotonic() - started)
-            if remaining < max(pause, 0.0) + 1.0:
+            if not self._wait_for_next_poll(started, poll_started, between, found_down):
                 break
-            if found_down:
-                self.log.event("run.backing_off", seconds=between, detail="agent service down")
-            if pause > 0 and self.stop.wait(pause):
-                self.log.event("run.stopping", detail="SIGTERM while idle")
-                self.tally.outcomes.add(Outcome.STOPPED)
-                break
+        return self._finish()
+
+    def _switched_on(self) -> bool:
+        if self.switch.enabled():
+            return True
+        self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
+        self.tally.outcomes.add(Outcome.PAUSED)
+        return False
+
+    def _run_is_over(self) -> bool:
+        """What a poll can end the run with: a lost lock, the switch seen off, SIGTERM."""
+        if Outcome.LOCK_LOST in self.tally.outcomes:
+            return True  # whoever holds the lock now owns the queue; this run must not go on
+        if Outcome.PAUSED in self.tally.outcomes:
+            return True  # the kill switch went off mid-poll
+        if self.stop.requested:
+            self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
+            self.tally.outcomes.add(Outcome.STOPPED)
+            return True
+        return False
+
+    def _wait_for_next_poll(
+        self, started: float, poll_started: float, between: float, found_down: bool
+    ) -> bool:
+        """Sleep until the next poll is due; False when the window has no room for it, or
+        SIGTERM came meanwhile."""
+        # Polls start every `between` seconds: time spent dispatching is not added on top.
+        pause = between - (self.monotonic() - poll_started)
+        remaining = self.settings.dispatcher_window_seconds - (self.monotonic() - started)
+        if remaining < max(pause, 0.0) + 1.0:
+            return False
+        if found_down:
+            self.log.event("run.backing_off", seconds=between, detail="agent service down")
+        if pause > 0 and self.stop.wait(pause):
+            self.log.event("run.stopping", detail="SIGTERM while idle")
+            self.tally.outcomes.add(Outcome.STOPPED)
+            return False
+        return True
+
+    def _finish(self) -> int:
         return finish(
             self.context,
             self.tally.outcome,
