@@ -302,8 +302,8 @@ def measure_idle(binary: Path, root: Path, background_beads: int) -> dict[str, f
         "bd_per_poll": done["bd_calls"] / polls,
         "http_per_poll": requests / polls,
         "ms_per_poll": 1000 * busy / polls,
-        "peak_rss": done["peak_rss_mib"],
-        "bd_peak_rss": done["bd_peak_rss_mib"],
+        "peak_rss": done["python_peak_rss_mib"],
+        "child_peak_rss": done["child_peak_rss_mib"],
     }
 
 
@@ -379,8 +379,8 @@ def measure_load(binary: Path, root: Path, total: int, agent: int) -> dict[str, 
                 figures[job] = {
                     "seconds": time.monotonic() - started,
                     "exit": result.code,
-                    "python_mib": done["peak_rss_mib"],
-                    "bd_mib": done["bd_peak_rss_mib"],
+                    "python_mib": done["python_peak_rss_mib"],
+                    "child_mib": done["child_peak_rss_mib"],
                     "bd_calls": done["bd_calls"],
                     "acted": len(done.get("dispatched", done.get("blocked", []))),
                 }
@@ -566,7 +566,7 @@ def idle_section(binary: Path, root: Path) -> str:
             f"{idle['bd_per_poll']:.2f}",
             f"{idle['http_per_poll']:.2f} {mark(ok)}",
             f"{idle['ms_per_poll']:.0f}",
-            f"{idle['peak_rss']:.0f} / {idle['bd_peak_rss']:.0f}",
+            f"{idle['peak_rss']:.0f} / {idle['child_peak_rss']:.0f}",
         ]
     ]
     block = table(
@@ -576,7 +576,7 @@ def idle_section(binary: Path, root: Path) -> str:
             "bd calls / poll",
             "HTTP requests / poll",
             "wall ms / poll",
-            "peak RSS MiB (python / bd)",
+            "peak RSS MiB (python / largest child)",
         ],
         rows,
     )
@@ -615,8 +615,8 @@ def load_section(binary: Path, root: Path, total: int, agent: int) -> str:
                 f"{job} tick",
                 f"{f['seconds']:.1f} s {mark(f['seconds'] < seconds)}",
                 deadline,
-                f"{f['python_mib']:.0f} + {f['bd_mib']:.0f} MiB",
-                f"256 MiB {mark(f['python_mib'] + f['bd_mib'] < 256)}",
+                f"{f['python_mib']:.0f} + {f['child_mib']:.0f} MiB",
+                f"256 MiB {mark(f['python_mib'] + f['child_mib'] < 256)}",
                 str(f["bd_calls"]),
                 str(f["acted"]),
                 str(f["exit"]),
@@ -630,7 +630,7 @@ def load_section(binary: Path, root: Path, total: int, agent: int) -> str:
             "run",
             "wall",
             "activeDeadlineSeconds",
-            "peak RSS python + bd",
+            "peak RSS python + largest child",
             "pod limit",
             "bd calls",
             "dispatched / blocked",

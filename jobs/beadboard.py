@@ -1,17 +1,40 @@
-"""The only place that speaks HTTP: BeadBoard's two agent routes."""
+"""The only place that speaks HTTP: BeadBoard's two agent routes, and the agent's /health.
+
+Every request is bounded twice. In time, as a whole, by the configured timeout: httpx's
+timeouts apply to each read, so a server that drips one byte a second would never trip
+them. In size: at most BODY_LIMIT_BYTES of a body is read, the rest never leaves the socket.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 STATUS_PATH = "/api/agent-status"
 DISPATCH_PATH = "/api/agent-dispatch"
+# BeadBoard's answers are a few dozen bytes; anything this long is not one of them.
+BODY_LIMIT_BYTES = 64 * 1024
 
 
 class BeadBoardError(Exception):
     """BeadBoard could not be asked, or answered something we cannot use."""
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A 2xx whose body is not BeadBoard's answer (a JSON object): a misrouted ingress or a
+    proxy may have said it. Still taken as sent, since sending again risks double work."""
+
+    body: str  # what came instead, in a few words: "a non-JSON body", "an empty body"...
+    content_type: str
+    excerpt: str
 
 
 @dataclass(frozen=True)
@@ -20,6 +43,7 @@ class Dispatched:
 
     job_id: str | None
     http_status: int = 200
+    unconfirmed: Unconfirmed | None = None
 
 
 @dataclass(frozen=True)
@@ -31,20 +55,203 @@ class AgentBusy:
 
 @dataclass(frozen=True)
 class DispatchFailed:
-    """BeadBoard did not start a job; the reason goes into the bead's note, so it is short."""
+    """BeadBoard refused the bead (3xx, 4xx other than 409): a counted attempt. The reason
+    goes into the bead's note, so it is short."""
 
     reason: str
 
 
 @dataclass(frozen=True)
 class DispatchUnknown:
-    """The request went out but no answer came back (read timeout, dropped connection):
-    BeadBoard may have started a job. Sending again could run the bead twice."""
+    """The request went out but no whole answer came back (timeout, dropped connection, a
+    gateway's 504): BeadBoard may have started a job. Sending again could run the bead twice."""
 
     reason: str
 
 
-DispatchOutcome = Dispatched | AgentBusy | DispatchFailed | DispatchUnknown
+@dataclass(frozen=True)
+class ServiceDown:
+    """No job was started because the service is down, not because of the bead: BeadBoard
+    could not be reached (nothing was sent), or it answered 5xx (other than 504) for itself
+    or for the agent service behind it. Retrying later is safe; no attempt is counted."""
+
+    reason: str
+
+
+DispatchOutcome = Dispatched | AgentBusy | DispatchFailed | DispatchUnknown | ServiceDown
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response as far as it was read: the status, and at most BODY_LIMIT_BYTES of body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    cut: bool  # the body went on past BODY_LIMIT_BYTES; the rest was never read
+
+    def json_object(self) -> dict[str, object] | None:
+        """The body as a JSON object, or None: not JSON, not an object, or not read whole."""
+        value = self._json()
+        return value if isinstance(value, dict) else None
+
+    def not_an_object(self) -> str | None:
+        """What the body is instead of a JSON object, in a few words; None for an object."""
+        if self.cut:
+            return f"a body longer than {BODY_LIMIT_BYTES // 1024} KiB"
+        if not self.body.strip():
+            return "an empty body"
+        value = self._json()
+        if value is _NOT_JSON:
+            return "a non-JSON body"
+        return None if isinstance(value, dict) else "a JSON body that is not an object"
+
+    def excerpt(self, limit: int = 120) -> str:
+        return _short(self.body[: limit * 4].decode("utf-8", errors="replace"), limit)
+
+    def _json(self) -> object:
+        if self.cut:
+            return _NOT_JSON
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            # RecursionError: `[[[[…` nested deeper than the parser recurses.
+            return _NOT_JSON
+
+
+_NOT_JSON = object()
+
+
+class _NoAnswer(Exception):
+    """No whole answer came back. `reached`: the request may have reached the service."""
+
+    def __init__(self, reason: str, *, reached: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reached = reached
+
+
+# Nothing of the request left this machine when these are raised.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _Deadline:
+    """One request's total time limit. When it passes, the request's socket is shut down:
+    whatever read or write is blocked on it returns at once, whatever the server does."""
+
+    _OPENED = (".connect_tcp.complete", ".connect_unix_socket.complete", ".start_tls.complete")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.passed = False
+        self._over = False
+        self._socket: socket.socket | None = None
+        self._guard = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Before the connection closes: a socket is never shut down once it is let go."""
+        with self._guard:
+            self._over = True
+        self._timer.cancel()
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpx's `trace` extension: note the socket of the connection as it is opened."""
+        if not event.endswith(self._OPENED):
+            return
+        extra_info = getattr(info.get("return_value"), "get_extra_info", None)
+        sock = extra_info("socket") if callable(extra_info) else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._guard:
+            self._socket = sock  # a TLS socket replaces the plain one it was made from
+            if self.passed and not self._over:
+                _shut(sock)  # the deadline passed while the connection was being opened
+
+    def _expire(self) -> None:
+        with self._guard:
+            if self._over:
+                return
+            self.passed = True
+            if self._socket is not None:
+                _shut(self._socket)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        # The plain socket's shutdown, for a TLS socket too: it leaves the TLS state that
+        # the reading thread is using alone, and the kernel wakes that read with an EOF.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _exchange(client: httpx.Client, seconds: float, method: str, url: str, **kwargs: Any) -> Answer:
+    """One request, `seconds` at most from the first byte out to the last byte read.
+
+    Raises _NoAnswer when no whole answer came back in time.
+    """
+    deadline = _Deadline(seconds)
+    deadline.start()
+    try:
+        with client.stream(method, url, extensions={"trace": deadline.trace}, **kwargs) as response:
+            body, cut = _read_capped(response)
+            deadline.stop()
+    except httpx.HTTPError as exc:
+        if isinstance(exc, _NOT_SENT):
+            raise _NoAnswer(_describe_transport_error(exc), reached=False) from None
+        # httpx's own read or write timeout is no shorter than the deadline: either one says
+        # the same, and which of the two fires first is a race.
+        timed_out = deadline.passed or isinstance(exc, httpx.TimeoutException)
+        reason = _timed_out(seconds) if timed_out else _describe_transport_error(exc)
+        raise _NoAnswer(reason, reached=True) from None
+    finally:
+        deadline.stop()
+    if deadline.passed:
+        # A body that ends with the connection (no length given) ends silently when cut.
+        raise _NoAnswer(_timed_out(seconds), reached=True)
+    return Answer(response.status_code, response.headers.get("content-type", ""), body, cut)
+
+
+def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """At most BODY_LIMIT_BYTES of the body, and whether there was more."""
+    if response.is_stream_consumed:
+        # A transport that holds the whole body in memory already (httpx.MockTransport).
+        return response.content[:BODY_LIMIT_BYTES], len(response.content) > BODY_LIMIT_BYTES
+    chunks: list[bytes] = []
+    room = BODY_LIMIT_BYTES
+    # Raw bytes: with `accept-encoding: identity` asked for, nothing is decompressed here.
+    for chunk in response.iter_raw():
+        if len(chunk) > room:
+            chunks.append(chunk[:room])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        room -= len(chunk)
+    return b"".join(chunks), False
+
+
+def _timed_out(seconds: float) -> str:
+    return f"timeout (no whole answer within {seconds:g}s)"
+
+
+def _client(
+    timeout_seconds: float, transport: httpx.BaseTransport | None, **options: Any
+) -> httpx.Client:
+    return httpx.Client(
+        timeout=timeout_seconds,
+        transport=transport,
+        follow_redirects=False,
+        headers={
+            "user-agent": "beads-autodispatch",
+            # A fresh connection each request: one shut down at its deadline is never reused.
+            "connection": "close",
+            # The body is read raw and capped: a compressed one could inflate past the cap.
+            "accept-encoding": "identity",
+        },
+        **options,
+    )
 
 
 class BeadBoard:
@@ -55,13 +262,8 @@ class BeadBoard:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout_seconds,
-            transport=transport,
-            follow_redirects=False,
-            headers={"user-agent": "beads-autodispatch"},
-        )
+        self.timeout_seconds = timeout_seconds
+        self._client = _client(timeout_seconds, transport, base_url=self.base_url)
 
     def close(self) -> None:
         self._client.close()
@@ -75,12 +277,12 @@ class BeadBoard:
     def agent_busy(self) -> bool:
         """BeadBoard's own view; it fails open (busy=false) when the agent is unreachable."""
         try:
-            response = self._client.get(STATUS_PATH)
-        except httpx.HTTPError as exc:
-            raise BeadBoardError(f"GET {STATUS_PATH}: {_describe_transport_error(exc)}") from None
-        if response.status_code != 200:
-            raise BeadBoardError(f"GET {STATUS_PATH}: HTTP {response.status_code}")
-        body = _json_object(response)
+            answer = _exchange(self._client, self.timeout_seconds, "GET", STATUS_PATH)
+        except _NoAnswer as exc:
+            raise BeadBoardError(f"GET {STATUS_PATH}: {exc.reason}") from None
+        if answer.status != 200:
+            raise BeadBoardError(f"GET {STATUS_PATH}: HTTP {answer.status}")
+        body = answer.json_object()
         busy = body.get("busy") if body is not None else None
         if not isinstance(busy, bool):
             raise BeadBoardError(f"GET {STATUS_PATH}: answer has no boolean 'busy'")
@@ -88,20 +290,39 @@ class BeadBoard:
 
     def dispatch(self, bead_id: str) -> DispatchOutcome:
         try:
-            response = self._client.post(DISPATCH_PATH, json={"taskId": bead_id})
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Nothing reached BeadBoard: safe to count as a failed attempt and retry later.
-            return DispatchFailed(_describe_transport_error(exc))
-        except httpx.HTTPError as exc:
-            return DispatchUnknown(_describe_transport_error(exc))
-        body = _json_object(response)
-        error = _short(str(body.get("error"))) if body and body.get("error") else ""
-        if 200 <= response.status_code < 300:
-            return Dispatched(_job_id(body), response.status_code)
-        if response.status_code == 409:
-            return AgentBusy(error or "Agent is busy")
-        suffix = f" {error}" if error else ""
-        return DispatchFailed(f"HTTP {response.status_code}{suffix}")
+            answer = _exchange(
+                self._client, self.timeout_seconds, "POST", DISPATCH_PATH, json={"taskId": bead_id}
+            )
+        except _NoAnswer as exc:
+            # Refused, or no connection in time: nothing reached BeadBoard.
+            return DispatchUnknown(exc.reason) if exc.reached else ServiceDown(exc.reason)
+        return _dispatch_outcome(answer)
+
+
+def _dispatch_outcome(answer: Answer) -> DispatchOutcome:
+    """What BeadBoard's answer to the POST means (docs/beadboard-contract.md)."""
+    body = answer.json_object()
+    error = _short(str(body.get("error"))) if body and body.get("error") else ""
+    suffix = f" {error}" if error else ""
+    status = answer.status
+    if 200 <= status < 300:
+        return Dispatched(_job_id(body), status, _unconfirmed(answer))
+    if status == 409:
+        return AgentBusy(error or "Agent is busy")
+    if status == 504:
+        # A gateway stopped waiting; BeadBoard behind it may still have started the job.
+        return DispatchUnknown(f"HTTP 504 gateway timeout{suffix}")
+    if status >= 500:
+        # BeadBoard's own words for "I or the agent service cannot take work now".
+        return ServiceDown(f"HTTP {status}{suffix}")
+    return DispatchFailed(f"HTTP {status}{suffix}")
+
+
+def _unconfirmed(answer: Answer) -> Unconfirmed | None:
+    instead = answer.not_an_object()
+    if instead is None:
+        return None
+    return Unconfirmed(instead, _short(answer.content_type, 80), answer.excerpt())
 
 
 def _job_id(body: dict[str, object] | None) -> str | None:
@@ -111,14 +332,6 @@ def _job_id(body: dict[str, object] | None) -> str | None:
     if isinstance(value, int | str) and str(value).strip():
         return _short(str(value), 80)
     return None
-
-
-def _json_object(response: httpx.Response) -> dict[str, object] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
@@ -153,19 +366,20 @@ class AgentHealth:
         self, url: str, timeout_seconds: float, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.url = url
-        self._client = httpx.Client(timeout=timeout_seconds, transport=transport)
+        self.timeout_seconds = timeout_seconds
+        self._client = _client(timeout_seconds, transport)
 
     def close(self) -> None:
         self._client.close()
 
     def load(self) -> AgentLoad:
         try:
-            response = self._client.get(self.url)
-        except httpx.HTTPError as exc:
-            raise BeadBoardError(f"GET {self.url}: {_describe_transport_error(exc)}") from None
-        body = _json_object(response)
+            answer = _exchange(self._client, self.timeout_seconds, "GET", self.url)
+        except _NoAnswer as exc:
+            raise BeadBoardError(f"GET {self.url}: {exc.reason}") from None
+        body = answer.json_object()
         if body is None:
-            raise BeadBoardError(f"GET {self.url}: HTTP {response.status_code}, not a JSON object")
+            raise BeadBoardError(f"GET {self.url}: HTTP {answer.status}, not a JSON object")
         counts: dict[str, int] = {}
         for key in ("active", "queued", "capacity"):
             value = body.get(key)

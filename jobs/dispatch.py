@@ -1,8 +1,9 @@
 """The dispatcher run: one poll, or polls for a watch window.
 
 A poll reads like the runbook: ready? (bd's own rule) -> (nothing? done) -> free slots? ->
-lock -> full read (ready again + query) -> for each bead: claim -> mark sending -> POST ->
-record. Idle polls cost one bd call (`bd ready`) and no HTTP request, and never touch the lock.
+lock -> full read (ready again + query) -> for each bead: claim -> switch still on? -> mark
+sending -> POST -> record. Idle polls cost one bd call (`bd ready`) and no HTTP request, and
+never touch the lock.
 
 Eligible = what `bd ready` offers the assignee (open; no open blocker through blocks,
 conditional-blocks or waits-for; not deferred; parent neither blocked nor deferred; not
@@ -17,9 +18,9 @@ bead is in hand at a time: a failure or a 409 never leaves a pile of claimed bea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -32,6 +33,8 @@ from jobs.beadboard import (
     DispatchFailed,
     DispatchOutcome,
     DispatchUnknown,
+    ServiceDown,
+    Unconfirmed,
 )
 from jobs.beads import BdError, BdRejected, Bead
 from jobs.lock import LockError, LockLost, ensure_held
@@ -55,7 +58,8 @@ _BOOL = TypeAdapter(bool)
 
 
 class RuntimeSwitch:
-    """The kill switch as mounted from the runtime ConfigMap, re-read on every poll.
+    """The kill switch as mounted from the runtime ConfigMap, re-read on every poll and
+    before every POST.
 
     Falls back to the value the run started with when no directory is mounted.
     """
@@ -84,6 +88,26 @@ class RunTally(Tally):
     dispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
+    service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
+
+
+class Backoff:
+    """How long to wait after a poll that found the agent service down: 30 s, then twice
+    the last wait, up to 300 s. A successful dispatch starts it over."""
+
+    FIRST_SECONDS = 30.0
+    MAX_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def lengthen(self) -> float:
+        last = self.seconds
+        self.seconds = self.FIRST_SECONDS if last is None else min(2 * last, self.MAX_SECONDS)
+        return self.seconds
+
+    def reset(self) -> None:
+        self.seconds = None
 
 
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
@@ -130,6 +154,7 @@ class Dispatcher(Job):
         self.load = load
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
         self.tally = RunTally()
+        self.backoff = Backoff()
         # Beads this run will not touch again, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
         self._held_back: dict[str, str] = {}
@@ -137,44 +162,82 @@ class Dispatcher(Job):
     # -- the run -----------------------------------------------------------------------
 
     def run(self) -> int:
-        started = self.clock()
-        window = timedelta(seconds=self.settings.dispatcher_window_seconds)
-        interval = self.settings.poll_interval_seconds
-        while True:
-            if not self.switch.enabled():
-                self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
-                self.tally.outcomes.add(Outcome.PAUSED)
-                break
-            poll_started = self.clock()
+        # Durations on the monotonic clock: a wall clock stepped by NTP or by hand must
+        # neither stretch a window past its pod's deadline nor put a poll off for an hour.
+        started = self.monotonic()
+        while self._switched_on():
+            poll_started = self.monotonic()
+            downs, sent = self.tally.service_down, len(self.tally.dispatched)
             self._poll_safely()
-            if Outcome.LOCK_LOST in self.tally.outcomes:
-                break  # whoever holds the lock now owns the queue; this run must not go on
-            if self.stop.requested:
-                self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
-                self.tally.outcomes.add(Outcome.STOPPED)
+            if self._run_is_over():
                 break
-            # Polls start every `interval` seconds: time spent dispatching is not added on top.
-            pause = interval - (self.clock() - poll_started).total_seconds()
-            remaining = window - (self.clock() - started)
-            if remaining.total_seconds() < max(pause, 0.0) + 1.0:
+            found_down = self.tally.service_down > downs
+            between = self._between_polls(found_down, len(self.tally.dispatched) > sent)
+            if not self._wait_for_next_poll(started, poll_started, between, found_down):
                 break
-            if pause > 0 and self.stop.wait(pause):
-                self.log.event("run.stopping", detail="SIGTERM while idle")
-                self.tally.outcomes.add(Outcome.STOPPED)
-                break
+        return self._finish()
+
+    def _switched_on(self) -> bool:
+        if self.switch.enabled():
+            return True
+        self.log.event("run.paused", detail=f"{ENABLED_ENV} is false")
+        self.tally.outcomes.add(Outcome.PAUSED)
+        return False
+
+    def _run_is_over(self) -> bool:
+        """What a poll can end the run with: a lost lock, the switch seen off, SIGTERM."""
+        if Outcome.LOCK_LOST in self.tally.outcomes:
+            return True  # whoever holds the lock now owns the queue; this run must not go on
+        if Outcome.PAUSED in self.tally.outcomes:
+            return True  # the kill switch went off mid-poll
+        if self.stop.requested:
+            self.log.event("run.stopping", detail="SIGTERM: finished the bead in hand")
+            self.tally.outcomes.add(Outcome.STOPPED)
+            return True
+        return False
+
+    def _wait_for_next_poll(
+        self, started: float, poll_started: float, between: float, found_down: bool
+    ) -> bool:
+        """Sleep until the next poll is due; False when the window has no room for it, or
+        SIGTERM came meanwhile."""
+        # Polls start every `between` seconds: time spent dispatching is not added on top.
+        pause = between - (self.monotonic() - poll_started)
+        remaining = self.settings.dispatcher_window_seconds - (self.monotonic() - started)
+        if remaining < max(pause, 0.0) + 1.0:
+            return False
+        if found_down:
+            self.log.event("run.backing_off", seconds=between, detail="agent service down")
+        if pause > 0 and self.stop.wait(pause):
+            self.log.event("run.stopping", detail="SIGTERM while idle")
+            self.tally.outcomes.add(Outcome.STOPPED)
+            return False
+        return True
+
+    def _finish(self) -> int:
         return finish(
             self.context,
             self.tally.outcome,
-            run_failed=bool(self.tally.failed or self.tally.errors),
+            # A run that met the service down fails, so its Job shows it, though no bead did.
+            run_failed=bool(self.tally.failed or self.tally.errors or self.tally.service_down),
             polls=self.tally.polls,
             idle_polls=self.tally.idle_polls,
             dispatched=self.tally.dispatched,
             failed=self.tally.failed,
             blocked=self.tally.blocked,
             returned_to_queue=self.tally.returned,
+            service_down=self.tally.service_down,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
         )
+
+    def _between_polls(self, found_down: bool, dispatched: bool) -> float:
+        """Seconds from one poll's start to the next: the interval, or longer after a poll
+        that found the agent service down, so an outage is not hammered every interval."""
+        if dispatched:
+            self.backoff.reset()
+        interval = float(self.settings.poll_interval_seconds)
+        return max(self.backoff.lengthen(), interval) if found_down else interval
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
@@ -288,12 +351,17 @@ class Dispatcher(Job):
                 continue
             if not self._claim(current):
                 continue
+            if not self.switch.enabled():
+                outcomes.append(self._stand_down(current))
+                break
             outcome = self._send(current)
             outcomes.append(outcome)
             if outcome in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN):
                 sent += 1
             if outcome == Outcome.AGENT_BUSY_ON_DISPATCH:
                 break  # the agent is full: the next bead would only be refused too
+            if outcome == Outcome.SERVICE_DOWN:
+                break  # the next bead would only meet the outage too; the lock goes at once
         return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
 
     def _claim(self, bead: Bead) -> bool:
@@ -313,17 +381,17 @@ class Dispatcher(Job):
             return False
         except BdError as exc:
             # The write may have landed before bd failed: hand the bead back either way.
-            returned = self._hand_back(bead, f"bd failed while claiming it ({exc})")
+            returned = self._hand_back(bead, f"bd failed while claiming it ({exc})") is None
             self._bd_failed(bead.id, "claim", exc, handed_back=returned)
             return False
         self.log.event("claim.done", bead=bead.id, priority=bead.priority)
         return True
 
-    def _hand_back(self, bead: Bead, reason: str) -> bool:
+    def _hand_back(self, bead: Bead, reason: str) -> BdError | None:
         """A claimed bead that was never POSTed goes back to the queue, in this run.
 
-        False when bd refused that too: the bead stays at stage `claimed`, and the reaper
-        requeues it once it holds the lock. The caller reports the failure in one line.
+        bd's error when it refused that too: the bead stays at stage `claimed`, and the
+        reaper requeues it once it holds the lock. The caller reports the failure in one line.
         """
         ensure_held(self.lock)
         try:
@@ -333,11 +401,24 @@ class Dispatcher(Job):
                 note=notes.not_sent(reason, self.clock()),
                 unset_metadata=[STAGE_KEY],
             )
-        except BdError:
-            return False
+        except BdError as exc:
+            return exc
         self.tally.returned.append(bead.id)
         self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
-        return True
+        return None
+
+    def _stand_down(self, bead: Bead) -> Outcome:
+        """The kill switch went off after the claim: the bead goes back unsent, the run ends.
+
+        Read again before every POST, so a flip mid-poll costs no further dispatch.
+        """
+        detail = f"{ENABLED_ENV} is false"
+        refused = self._hand_back(bead, f"the kill switch was turned off ({detail})")
+        if refused is not None:
+            self._bd_failed(bead.id, "hand_back", refused, handed_back=False)
+        self.log.event("run.paused", detail=f"{detail}: {bead.id} went back unsent, run ends")
+        self.tally.outcomes.add(Outcome.PAUSED)
+        return Outcome.PAUSED
 
     def _send(self, bead: Bead) -> Outcome:
         ensure_held(self.lock)
@@ -345,7 +426,7 @@ class Dispatcher(Job):
             # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
             self.store.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
         except BdError as exc:
-            returned = self._hand_back(bead, f"bd failed before the send ({exc})")
+            returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
             return Outcome.ERROR
         try:
@@ -371,50 +452,105 @@ class Dispatcher(Job):
 
     def _record(self, bead: Bead, outcome: DispatchOutcome) -> Outcome:
         now = self.clock()
-        if isinstance(outcome, Dispatched):
-            self.tally.dispatched.append(bead.id)
-            self.log.event(
-                "dispatch.done", bead=bead.id, job_id=outcome.job_id, http=outcome.http_status
+        match outcome:
+            case Dispatched():
+                return self._record_dispatched(bead, outcome, now)
+            case DispatchUnknown():
+                return self._record_unknown(bead, outcome, now)
+            case AgentBusy():
+                return self._record_agent_busy(bead, outcome, now)
+            case ServiceDown():
+                return self._record_service_down(bead, outcome, now)
+            case DispatchFailed():
+                return self._record_failure(bead, outcome, now)
+            case _:
+                assert_never(outcome)
+
+    def _record_dispatched(self, bead: Bead, outcome: Dispatched, now: datetime) -> Outcome:
+        self.tally.dispatched.append(bead.id)
+        self.log.event(
+            "dispatch.done", bead=bead.id, job_id=outcome.job_id, http=outcome.http_status
+        )
+        odd = outcome.unconfirmed
+        if odd is None:
+            record = notes.dispatched(outcome.job_id, outcome.http_status, now)
+        else:
+            self._flag_suspicious(bead.id, outcome.http_status, odd)
+            record = notes.dispatched_unconfirmed(
+                outcome.http_status, odd.body, odd.content_type, now
             )
-            # A comment, not a note: the agent's first `bd note` may land at this very moment,
-            # and --append-notes would rewrite the notes field from a read taken before it.
-            self.store.comment(bead.id, notes.dispatched(outcome.job_id, outcome.http_status, now))
-            ensure_held(self.lock)
-            clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
-            self.store.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
-            return Outcome.DISPATCHED
-        if isinstance(outcome, DispatchUnknown):
-            # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
-            self.store.comment(
-                bead.id,
-                notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
-            )
-            self.tally.failed.append(bead.id)
-            self._hold_back(bead.id, "dispatch outcome unknown")
-            self.log.error(
-                "dispatch.unknown",
-                bead=bead.id,
-                reason=outcome.reason,
-                bead_status=Status.IN_PROGRESS,
-            )
-            return Outcome.DISPATCH_UNKNOWN
+        # A comment, not a note: the agent's first `bd note` may land at this very moment,
+        # and --append-notes would rewrite the notes field from a read taken before it.
+        self.store.comment(bead.id, record)
         ensure_held(self.lock)
-        if isinstance(outcome, AgentBusy):
-            self.store.update(
-                bead.id,
-                status=Status.OPEN,
-                note=notes.agent_busy(outcome.detail, now),
-                unset_metadata=[STAGE_KEY],
-            )
-            # Backed off for the rest of the run: one "agent busy" note per bead per run.
-            self._hold_back(bead.id, "agent busy (409)", quiet=True)
+        clear = [STAGE_KEY] + ([ATTEMPTS_KEY] if ATTEMPTS_KEY in bead.metadata else [])
+        self.store.update(bead.id, unset_metadata=clear)  # metadata only: notes untouched
+        return Outcome.DISPATCHED
+
+    def _flag_suspicious(self, bead_id: str, http_status: int, odd: Unconfirmed) -> None:
+        """A 2xx that is not BeadBoard's answer (a JSON object): something else may have said
+        it. Taken as sent all the same (a resend risks double work), so a human is asked."""
+        self.log.warning(
+            "dispatch.suspicious",
+            bead=bead_id,
+            http=http_status,
+            content_type=odd.content_type,
+            body=odd.body,
+            excerpt=odd.excerpt,
+            detail="check BeadBoard's ingress",
+        )
+
+    def _record_unknown(self, bead: Bead, outcome: DispatchUnknown, now: datetime) -> Outcome:
+        # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
+        self.store.comment(
+            bead.id,
+            notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
+        )
+        self.tally.failed.append(bead.id)
+        self._hold_back(bead.id, "dispatch outcome unknown")
+        self.log.error(
+            "dispatch.unknown", bead=bead.id, reason=outcome.reason, bead_status=Status.IN_PROGRESS
+        )
+        return Outcome.DISPATCH_UNKNOWN
+
+    def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
+        ensure_held(self.lock)
+        self.store.update(
+            bead.id,
+            status=Status.OPEN,
+            note=notes.agent_busy(outcome.detail, now),
+            unset_metadata=[STAGE_KEY],
+        )
+        # Backed off for the rest of the run: one "agent busy" note per bead per run.
+        self._hold_back(bead.id, "agent busy (409)", quiet=True)
+        self.tally.returned.append(bead.id)
+        self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
+        return Outcome.AGENT_BUSY_ON_DISPATCH
+
+    def _record_service_down(self, bead: Bead, outcome: ServiceDown, now: datetime) -> Outcome:
+        ensure_held(self.lock)
+        # Not the bead's fault: it goes back uncharged, and is sent again once the service
+        # answers (the run backs off meanwhile).
+        self.store.update(
+            bead.id,
+            status=Status.OPEN,
+            note=notes.service_down(outcome.reason, now),
+            unset_metadata=[STAGE_KEY],
+        )
+        self.tally.service_down += 1
+        if bead.id not in self.tally.returned:
             self.tally.returned.append(bead.id)
-            self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
-            return Outcome.AGENT_BUSY_ON_DISPATCH
-        assert isinstance(outcome, DispatchFailed)
-        return self._record_failure(bead, outcome, now)
+        self.log.error(
+            "dispatch.service_down",
+            bead=bead.id,
+            reason=outcome.reason,
+            bead_status=Status.OPEN,
+            detail="no attempt counted; no further bead this poll",
+        )
+        return Outcome.SERVICE_DOWN
 
     def _record_failure(self, bead: Bead, outcome: DispatchFailed, now: datetime) -> Outcome:
+        ensure_held(self.lock)
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.max_dispatch_attempts
         note = notes.dispatch_failed(attempt, limit, outcome.reason, now)

@@ -32,10 +32,17 @@ def utc_now() -> datetime:
 
 
 def peak_memory() -> dict[str, float]:
-    """Peak RSS of this process and of the largest bd it ran (Linux reports KiB)."""
+    """Peak resident memory in MiB, as `tick.done` reports it (Linux gives ru_maxrss in KiB).
+
+    python_peak_rss_mib: this process's own peak.
+    child_peak_rss_mib: the largest peak of any child that has exited (the bd processes), and
+    not bd's own peak: a child's count starts from the memory of the process it was forked
+    from (Linux keeps that high-water mark across exec), so this figure is at least Python's
+    size when the largest bd was started, and bd's own peak cannot be told apart from it.
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mib": round(own, 1), "bd_peak_rss_mib": round(children, 1)}
+    return {"python_peak_rss_mib": round(own, 1), "child_peak_rss_mib": round(children, 1)}
 
 
 class EventLog:

@@ -26,6 +26,15 @@ def dispatched(job_id: str | None, http_status: int, now: datetime) -> str:
     )
 
 
+def dispatched_unconfirmed(http_status: int, body: str, content_type: str, now: datetime) -> str:
+    # Taken as sent all the same: a resend risks the agent doing the work twice.
+    return (
+        f"dispatched, unconfirmed: HTTP {http_status} with {body} "
+        f"({content_type or 'no content type'}); check BeadBoard's ingress. Not sent again "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
 _DISPATCHED = re.compile(r"^dispatched: job=(?P<job>\S+) \(" + DISPATCHER + r", (?P<at>[^)]+)\)$")
 
 
@@ -38,6 +47,13 @@ def dispatched_job(text: str) -> tuple[str, str] | None:
 def agent_busy(detail: str, now: datetime) -> str:
     return (
         f"agent busy ({detail}); back to open, not counted as a failed attempt "
+        f"({DISPATCHER}, {iso_utc(now)})"
+    )
+
+
+def service_down(reason: str, now: datetime) -> str:
+    return (
+        f"not sent: agent service unavailable ({reason}); back to open, no attempt counted "
         f"({DISPATCHER}, {iso_utc(now)})"
     )
 

@@ -48,6 +48,7 @@ class Outcome(StrEnum):
     ERROR = "error"
     LOCK_LOST = "lock_lost"
     BLOCKED_AFTER_FAILURES = "blocked_after_failures"
+    SERVICE_DOWN = "service_down"  # BeadBoard or the agent service down: no bead was charged
     DISPATCH_FAILED = "dispatch_failed"
     DISPATCH_UNKNOWN = "dispatch_unknown"
     DISPATCHED = "dispatched"

@@ -7,6 +7,8 @@ code; `python3 -m jobs <job>` only builds the context and picks the job by name.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,9 @@ class StopSignal:
 
 @dataclass(frozen=True)
 class RunContext:
+    """`clock` is wall time, for what is written down (notes, log stamps, bd's own dates);
+    `monotonic` measures durations (windows, pauses), so a clock step cannot stretch or cut them."""
+
     settings: JobSettings
     store: BeadStore
     lock: DispatchLock
@@ -43,6 +48,7 @@ class RunContext:
     log: EventLog
     dry_run: bool = False
     stop: StopSignal = field(default_factory=StopSignal)
+    monotonic: Callable[[], float] = time.monotonic
 
 
 class Job:
@@ -54,6 +60,7 @@ class Job:
         self.store = context.store
         self.lock = context.lock
         self.clock = context.clock
+        self.monotonic = context.monotonic
         self.log = context.log
         self.stop = context.stop
         self.dry_run = context.dry_run

@@ -109,7 +109,11 @@ class RuntimeSettings(BaseModel):
         default=3, ge=1, le=100, description="Failed dispatches of one bead before it is blocked."
     )
     http_timeout_seconds: int = Field(
-        default=10, ge=1, le=600, description="Timeout of each BeadBoard request."
+        default=10,
+        ge=1,
+        le=600,
+        description="Time limit of each HTTP request (BeadBoard, agentHealthUrl), whole: "
+        "from connecting to the last byte read.",
     )
     bd_timeout_seconds: int = Field(
         default=60,
@@ -168,7 +172,8 @@ class JobSettings(RuntimeSettings):
     runtime_config_dir: Path | None = Field(
         default=None,
         description="The runtime ConfigMap mounted as files; DISPATCHER_ENABLED is re-read "
-        "from it on every poll, so the kill switch reaches a running watch window.",
+        "from it on every poll and before every POST, so the kill switch reaches a running "
+        "watch window.",
     )
 
 

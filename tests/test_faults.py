@@ -75,8 +75,10 @@ class Fault:
     stage cleared, the dispatch commented), "unknown" (the request went out and no answer
     came back: stays in_progress with stage=sending, never sent again), "unrecorded" (sent
     and taken, but bd failed recording it: stays at stage=sending, never resent) or
-    "handed_back" (claimed, then bd failed before the POST: back to open, not counted).
-    warning: a fragment of the one `bead.skipped` warning the run must log, if any.
+    "handed_back" (claimed, then bd failed before the POST: back to open, not counted),
+    "service_down" (BeadBoard unreachable or answering 5xx: back to open, not counted) or
+    "unconfirmed" (a 2xx that is not a JSON object: dispatched, and flagged for a human).
+    warning: a fragment of the one warning the run must log, if any; warned: its event.
     """
 
     id: str
@@ -92,14 +94,16 @@ class Fault:
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
     posts: int = 0
     warning: str | None = None
+    warned: str = "bead.skipped"
 
 
 DISPATCH_FAULTS = (
+    # BeadBoard, or the agent service behind it, down: back to open, no attempt counted.
     Fault(
         "post-500",
         "HTTP 500 no agent-service URL",
         1,
-        "failed",
+        "service_down",
         Reply(status=500, json={"error": "no agent-service URL"}),
         posts=1,
     ),
@@ -107,7 +111,7 @@ DISPATCH_FAULTS = (
         "post-502",
         "HTTP 502 agent service unreachable",
         1,
-        "failed",
+        "service_down",
         Reply(status=502, json={"error": "agent service unreachable"}),
         posts=1,
     ),
@@ -121,10 +125,20 @@ DISPATCH_FAULTS = (
     ),
     # 409 is BeadBoard saying "busy", not a fault: no error line, exit 0, not counted.
     Fault("post-409", None, 0, "busy", Reply(status=409, json={"error": "Agent is busy"}), posts=1),
-    Fault("post-refused", "connection failed", 1, "failed", refused_post=True),
+    Fault("post-refused", "connection failed", 1, "service_down", refused_post=True),
+    # A gateway gave up waiting: BeadBoard may have started a job, so never sent again.
+    Fault(
+        "post-504",
+        "HTTP 504 gateway timeout",
+        1,
+        "unknown",
+        Reply(status=504, body="<html>Gateway Time-out</html>"),
+        posts=1,
+        warning="dispatch outcome unknown",
+    ),
     Fault(
         "post-timeout",
-        "timeout (ReadTimeout)",
+        "timeout (no whole answer within 0.3s)",
         1,
         "unknown",
         Reply(delay=1),
@@ -134,7 +148,7 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "post-slow-body",
-        "timeout (ReadTimeout)",
+        "timeout (no whole answer within 0.3s)",
         1,
         "unknown",
         Reply(stall=1, json={"job_id": "job-late"}),
@@ -146,18 +160,32 @@ DISPATCH_FAULTS = (
         "post-500-html",
         "HTTP 500",
         1,
-        "failed",
+        "service_down",
         Reply(status=500, body="<html>Internal Server Error</html>"),
         posts=1,
     ),
-    # Any 2xx is BeadBoard taking the bead, whatever its body: no fault, never resent.
+    # Any 2xx is BeadBoard taking the bead, whatever its body: no fault, never resent; a
+    # body that is not a JSON object is not BeadBoard's answer, so a human is asked to look.
     Fault(
         "post-200-invalid-json",
         None,
         0,
-        "dispatched",
+        "unconfirmed",
         Reply(status=200, body='{"job_id": "job-1"'),
         posts=1,
+        warning="a non-JSON body",
+        warned="dispatch.suspicious",
+    ),
+    # Nested deeper than json.loads recurses: once a RecursionError and a traceback.
+    Fault(
+        "post-200-nested-json",
+        None,
+        0,
+        "unconfirmed",
+        Reply(status=200, body="[" * 50_000),
+        posts=1,
+        warning="a non-JSON body",
+        warned="dispatch.suspicious",
     ),
     Fault(
         "post-200-no-job-id",
@@ -167,7 +195,16 @@ DISPATCH_FAULTS = (
         Reply(status=200, json={"status": "queued"}),
         posts=1,
     ),
-    Fault("post-202-empty", None, 0, "dispatched", Reply(status=202), posts=1),
+    Fault(
+        "post-202-empty",
+        None,
+        0,
+        "unconfirmed",
+        Reply(status=202),
+        posts=1,
+        warning="an empty body",
+        warned="dispatch.suspicious",
+    ),
     # The status check fails before anything is claimed: the bead stays as it was.
     Fault("status-500", "GET /api/agent-status: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
     Fault(
@@ -324,9 +361,9 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
     if fault.warning is None:
         assert warning_lines(run) == []
     else:
-        [skipped] = warning_lines(run)
-        assert (skipped["event"], skipped["bead"]) == ("bead.skipped", bead)
-        assert fault.warning in error_text(skipped), skipped
+        [warning] = warning_lines(run)
+        assert (warning["event"], warning["bead"]) == (fault.warned, bead)
+        assert fault.warning in error_text(warning) + str(warning.get("body")), warning
     assert run.summary["exit_code"] == fault.exit_code
     assert len(beadboard.requests_to(DISPATCH)) == fault.posts
     if fault.lock_held:
@@ -347,9 +384,14 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
             assert store.comments(bead)[-1].startswith("dispatched: job=job-1 ")
         assert harness.dispatch().code == 0, "a bead maybe sent is never sent again"
         assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    elif fault.bead == "dispatched":
+    elif fault.bead in ("dispatched", "unconfirmed"):
         assert (state.status, state.metadata) == ("in_progress", {})
-        assert store.comments(bead)[-1].startswith("dispatched: BeadBoard answered HTTP 20")
+        record = store.comments(bead)[-1]
+        if fault.bead == "dispatched":
+            assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
+        else:
+            assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
+            assert f"with {fault.warning} (" in record and "check BeadBoard's ingress" in record
     else:
         assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
         last = store.notes(bead)[-1]
@@ -360,6 +402,12 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
         elif fault.bead == "busy":
             assert state.metadata == {}
             assert last.startswith("agent busy (Agent is busy); back to open")
+        elif fault.bead == "service_down":
+            assert state.metadata == {}
+            assert last.startswith(f"not sent: agent service unavailable ({fault.error}")
+            assert "back to open, no attempt counted" in last
+            [down] = errors
+            assert (down["event"], down["bead"]) == ("dispatch.service_down", bead)
         else:
             assert fault.bead == "handed_back"
             assert state.metadata == {}
@@ -806,7 +854,7 @@ def test_no_secret_in_logs_notes_requests_or_manifests(
     for text in [*(run.stdout for run in runs), str(lock_failure.value)]:
         assert leaks(text) == []
     notes = "\n".join(str(row["notes"]) for row in store.rows.values())
-    assert "dispatch failed" in notes  # the failure path wrote notes, and they are clean
+    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes, clean
     assert leaks(notes) == []
     comments = "\n".join("\n".join(store.comments(bead)) for bead in store.rows)
     assert "dispatched: job=job-1" in comments

@@ -15,6 +15,8 @@ def test_a_dispatch_record_names_its_job_and_time() -> None:
 
 def test_a_dispatch_without_a_job_id_is_not_a_job() -> None:
     assert notes.dispatched_job(notes.dispatched(None, 202, NOW)) is None
+    unconfirmed = notes.dispatched_unconfirmed(200, "an empty body", "", NOW)
+    assert notes.dispatched_job(unconfirmed) is None
 
 
 def test_the_note_that_blocked_a_bead_gives_its_attempts_and_reason() -> None:

@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
 from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
@@ -119,7 +122,7 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
     bead = store.add()
-    beadboard.set_handler(DISPATCH, lambda request: Reply(status=500, json={"error": "x"}))
+    beadboard.set_handler(DISPATCH, lambda request: Reply(status=400, json={"error": "x"}))
     run = harness.dispatch(**WINDOW)
     assert run.code == 1
     assert run.summary["polls"] == 6
@@ -232,3 +235,168 @@ def test_polls_start_every_interval_however_long_a_poll_takes(
 def slow_reply(clock: FakeClock, seconds: float) -> Reply:
     clock.advance(seconds)
     return Reply(json={"job_id": "job-1"})
+
+
+@pytest.mark.parametrize("during", ["poll", "pause"])
+@pytest.mark.parametrize("step", [-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
+def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+    clock: FakeClock,
+    step: int,
+    during: str,
+) -> None:
+    """Windows and pauses run on the monotonic clock; only what is written uses wall time."""
+    late: list[str] = []
+
+    def between_polls(wait: int) -> None:
+        if wait == 2:
+            if during == "pause":
+                clock.step_wall(step)
+            late.append(store.add("assigned after the step"))
+
+    if during == "poll":
+        store.after("ready", lambda: clock.step_wall(step), nth=2)  # inside the second poll
+    stop = FakeClockStop(clock, between_polls)
+    run = harness.dispatch(stop=stop, **WINDOW)
+    assert run.summary["polls"] == 6
+    assert stop.asked == [10.0] * 5
+    assert posted(beadboard) == late
+    # Sent at the third poll, 20 s into the window; the record carries the wall time.
+    assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
+
+
+def test_the_switch_is_read_before_every_post(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, tmp_path: Path
+) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    switch = runtime / "DISPATCHER_ENABLED"
+    switch.write_text("true", encoding="utf-8")
+    first, second, *rest = [store.add(f"b{i}", priority=i) for i in range(5)]
+    untouched = {bead: store.snapshot()[bead] for bead in rest}
+    beadboard.health.capacity = 10
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        switch.write_text("false", encoding="utf-8")  # flipped while the first POST is answered
+        return Reply(json={"job_id": "job-1"})
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    run = harness.dispatch(
+        agent_health_url=f"{beadboard.url}/health",
+        max_in_flight=10,
+        runtime_config_dir=runtime,
+        **WINDOW,
+    )
+    assert posted(beadboard) == [first]
+    assert run.code == 0
+    # The second bead was claimed when the switch was seen off: handed back, not counted.
+    state = store.bead(second)
+    assert (state.status, state.metadata) == ("open", {})
+    assert store.notes(second)[-1].startswith(
+        "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
+        "back to open, not counted as a failed attempt"
+    )
+    assert {bead: store.snapshot()[bead] for bead in rest} == untouched
+    assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
+    assert (run.summary["polls"], run.summary["returned_to_queue"]) == (1, [second])
+
+
+# -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------
+
+DOWN = Reply(status=502, json={"error": "agent service unreachable"})
+
+
+def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    """Every POST answers 502 for 10 minutes, then BeadBoard recovers; 150 s windows start
+    every 3 minutes. Before, the third window blocked all six (attempt 3/3)."""
+    beads = [store.add(f"b{i}", priority=i) for i in range(6)]
+    recovered = NOW + timedelta(minutes=10)
+    answers: list[tuple[str, bool]] = []  # (bead, taken)
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        taken = clock() >= recovered
+        answers.append((request.json["taskId"], taken))
+        return Reply(json={"job_id": f"job-{request.json['taskId']}"}) if taken else DOWN
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    codes = []
+    for minute in range(0, 18, 3):
+        clock.advance((NOW + timedelta(minutes=minute) - clock.now).total_seconds())
+        codes.append(harness.dispatch(dispatcher_window_seconds=150).code)
+    assert codes == [1, 1, 1, 1, 0, 0]
+    # One POST a poll while it was down (0, 30 and 90 s into each window; the fourth window's
+    # third poll, at 10m30s, found it up), all for the first bead in line; then each bead once.
+    assert [bead for bead, taken in answers if not taken] == [beads[0]] * 11
+    assert [bead for bead, taken in answers if taken] == beads
+    for bead in beads:
+        state = store.bead(bead)
+        assert (state.status, state.metadata) == ("in_progress", {})
+        assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
+        [record] = store.comments(bead)
+        assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
+    down_notes = [n for n in store.notes(beads[0]) if n.startswith("not sent:")]
+    assert len(down_notes) == 11
+    assert down_notes[0] == (
+        "not sent: agent service unavailable (HTTP 502 agent service unreachable); back to "
+        f"open, no attempt counted (beads-dispatcher, {iso_utc(NOW)})"
+    )
+
+
+def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    for i in range(3):
+        store.add(f"b{i}")
+    beadboard.health.capacity = 10
+    beadboard.set_handler(DISPATCH, lambda request: DOWN)
+    seen: list[tuple[int, bool]] = []  # (POSTs so far, lock free) in each pause
+
+    def between_polls(wait: int) -> None:
+        seen.append((len(posted(beadboard)), harness.lock_is_free()))
+
+    run = harness.dispatch(
+        stop=FakeClockStop(clock, between_polls),
+        agent_health_url=f"{beadboard.url}/health",
+        **WINDOW,
+    )
+    # One POST, then the pause: the lock was already free. Polls at 0 and 30 s; the next
+    # would be at 90 s, past the 60 s window.
+    assert seen == [(1, True)]
+    steps = [
+        e["event"]
+        for e in run.events
+        if e["event"] in ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
+    ]
+    assert steps[:4] == ["claim.done", "dispatch.service_down", "lock.released", "run.backing_off"]
+    down = run.event("dispatch.service_down")
+    assert (down["level"], down["reason"], down["bead_status"]) == (
+        "error",
+        "HTTP 502 agent service unreachable",
+        "open",
+    )
+    assert (run.code, run.summary["outcome"], run.summary["service_down"]) == (1, "service_down", 2)
+
+
+def test_the_backoff_doubles_to_five_minutes_and_a_dispatch_starts_it_over(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    store.add("first", priority=0)
+    store.add("second", priority=1)
+    recovered = NOW + timedelta(minutes=20)
+    taken: list[str] = []
+
+    def dispatch(request: RecordedRequest) -> Reply:
+        if clock() < recovered or taken:
+            return DOWN  # down for 20 minutes, up for one POST, then down again
+        taken.append(request.json["taskId"])
+        return Reply(json={"job_id": "job-1"})
+
+    beadboard.set_handler(DISPATCH, dispatch)
+    run = harness.dispatch(dispatcher_window_seconds=1800, poll_interval_seconds=10)
+    waits = [event["seconds"] for event in events_named(run, "run.backing_off")]
+    assert waits == [30, 60, 120, 240, 300, 300, 300, 30, 60, 120]
+    assert len(taken) == 1

@@ -349,11 +349,18 @@ def _alive(pid: int) -> bool:
 
 def dispatch_records(state: dict[str, Any]) -> list[str]:
     """Every trace of a dispatch on a bead: notes (the old jobs) and comments (ours)."""
-    lines = [line for line in state.get("notes", "").splitlines() if "dispatched:" in line]
+    lines = [line for line in state.get("notes", "").splitlines() if _records_a_dispatch(line)]
     lines += [
-        c.get("text", "") for c in state.get("comments") or [] if "dispatched:" in c.get("text", "")
+        c.get("text", "")
+        for c in state.get("comments") or []
+        if _records_a_dispatch(c.get("text", ""))
     ]
     return lines
+
+
+def _records_a_dispatch(text: str) -> bool:
+    # "dispatched, unconfirmed: …" is a 2xx that was not a JSON object: a dispatch all the same.
+    return "dispatched:" in text or "dispatched, unconfirmed:" in text
 
 
 def explained_block(state: dict[str, Any]) -> bool:

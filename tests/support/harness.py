@@ -51,13 +51,26 @@ def events_named(run: JobRun, name: str) -> list[dict[str, Any]]:
 
 
 class FakeClock:
+    """Wall time (`clock()`, `now`) and a monotonic clock (`monotonic()`), advancing together.
+
+    `step_wall` moves the wall clock alone, as NTP or a human setting the time would.
+    """
+
     def __init__(self, start: datetime = NOW) -> None:
         self.now = start
+        self.elapsed = 0.0
 
     def __call__(self) -> datetime:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.elapsed
+
     def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.elapsed += seconds
+
+    def step_wall(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
 
@@ -75,9 +88,11 @@ class FakeClockStop(StopSignal):
         self.clock = clock
         self.between_polls = between_polls
         self.waits = 0
+        self.asked: list[float] = []  # the seconds of each wait, as the run asked for them
 
     def wait(self, seconds: float) -> bool:
         self.waits += 1
+        self.asked.append(seconds)
         if self.between_polls is not None:
             self.between_polls(self.waits)
         if not self.requested:
@@ -142,6 +157,7 @@ class JobHarness:
             log,
             dry_run=dry_run,
             stop=stop or FakeClockStop(self.clock),
+            monotonic=self.clock.monotonic,
         )
 
     def dispatch(
