@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from jobs.protocol import STAGE_KEY
-from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
 

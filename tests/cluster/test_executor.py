@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pods.executor import KubeConfig, atomic_write, expand
+from devtools.pods.executor import KubeConfig, atomic_write, expand
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`python -m localdeploy up|preview|config-set KEY VALUE`: the `local` stack by hand."""
+"""`python -m devtools.localdeploy up|preview|config-set KEY VALUE`: the `local` stack by hand."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from localdeploy.stack import LOCAL_DIR, LocalStack
+from devtools.localdeploy.stack import LOCAL_DIR, LocalStack
 
 
 def main(argv: list[str] | None = None) -> int:
-    """By hand: `python -m localdeploy up|preview|config-set KEY VALUE [--work-dir DIR]`.
+    """By hand: `python -m devtools.localdeploy up|preview|config-set KEY VALUE [--work-dir DIR]`.
 
     Works on the stack `make demo` left in .pulumi-local/demo (a new one when missing).
     """
-    parser = argparse.ArgumentParser(prog="python -m localdeploy", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.localdeploy", description=main.__doc__
+    )
     parser.add_argument("--work-dir", type=Path, default=LOCAL_DIR / "demo")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="pulumi up (renders the manifests)")

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.paths import ROOT
 
 
 def pinned(requirement: str) -> str:

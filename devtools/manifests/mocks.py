@@ -5,14 +5,14 @@ from __future__ import annotations
 import runpy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi.runtime
 from pulumi.runtime.settings import get_root_resource
 
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.paths import ROOT
+
 PROJECT = "beads-autodispatch"
 
 

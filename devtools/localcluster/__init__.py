@@ -6,10 +6,10 @@ admitted and scheduled (or left Pending), never run.
         cluster.kubectl("get", "ns")
         # KUBECONFIG=cluster.kubeconfig for pulumi-kubernetes, client libraries, ...
 
-`python -m localcluster` starts one in ./.localcluster until Ctrl-C.
+`python -m devtools.localcluster` starts one in ./.localcluster until Ctrl-C.
 """
 
-from localcluster.cluster import (
+from devtools.localcluster.cluster import (
     KUBERNETES_VERSION,
     Cluster,
     ClusterError,

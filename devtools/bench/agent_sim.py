@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ must stay as it is while other people use the checkout.
     manifests = stack.manifests()
     pod_spec = manifests.pod_spec("beads-dispatcher")
 
-By hand: `python -m localdeploy up|preview|config-set KEY VALUE` (on .pulumi-local/demo).
+By hand: `python -m devtools.localdeploy up|preview|config-set KEY VALUE` (on .pulumi-local/demo).
 
 `ClusterStack` is the same engine on the `cluster` stack (Pulumi.cluster.yaml): no
 renderYamlToDirectory, so the provider applies every object to the API server named by the
 `kubernetes:kubeconfig` the work dir's copy of the stack file is given (tests/cluster/ use
-the loopback control plane of localcluster/).
+the loopback control plane of devtools/localcluster/).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
+from devtools.paths import ROOT
 from jobs.settings import env_name
 
-ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "beads-autodispatch"
 STACK = "local"
 CLUSTER_STACK = "cluster"
@@ -213,7 +213,7 @@ class LocalStack(EngineStack):
 
 class ClusterStack(EngineStack):
     """The `cluster` stack (Pulumi.cluster.yaml): applied to a real API server with the
-    provider's server-side apply, e.g. the loopback control plane of localcluster/.
+    provider's server-side apply, e.g. the loopback control plane of devtools/localcluster/.
 
         stack = ClusterStack.create(work_dir, cluster.kubeconfig, {"namespace": "ns", ...})
         stack.up()

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from localservices.bd import RealBd
-from localservices.dolt import dolt_server
+from devtools.localservices.bd import RealBd
+from devtools.localservices.dolt import dolt_server
 
 # What BdClient runs (jobs/beads.py), flags after `--db DIR --actor agent --json`.
 READS: dict[str, list[str]] = {

@@ -23,18 +23,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from components.names import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
-from jobs.settings import env_name
-from localdeploy.stack import (
+from devtools.localdeploy.stack import (
     LOCAL_DIR,
-    ROOT,
     LocalStack,
     Manifests,
     fake_secrets,
     local_run_overrides,
 )
-from localservices.bd import RealBd, real_bd_path
-from localservices.beadboard import BeadBoardStub
-from pods.runner import make_image_like_venv, materialise, pinned
+from devtools.localservices.bd import RealBd, real_bd_path
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.paths import ROOT
+from devtools.pods.runner import make_image_like_venv, materialise, pinned
+from jobs.settings import env_name
 
 DEMO_DIR = LOCAL_DIR / "demo"
 IMAGE_VENV = LOCAL_DIR / "image-venv"
@@ -181,7 +181,7 @@ def main() -> int:
         show_beads(bd, {"assigned to agent while paused": waiting})
     print(
         f"\nThe stack (left paused) and its manifests stay in {rel(DEMO_DIR)}/;"
-        " `python -m localdeploy up|preview|config-set KEY VALUE` works on it."
+        " `python -m devtools.localdeploy up|preview|config-set KEY VALUE` works on it."
     )
     return 0
 

@@ -13,7 +13,7 @@ polls the pods bound to it (`spec.nodeName`), and for each one:
   secretRef, prefix, optional), env (value, configMapKeyRef, secretKeyRef read from the
   API, fieldRef), `$(VAR)` references expanded as Kubernetes does, in env, command, args;
 - runs command + args from workingDir, with every absolute path in env values mapped into
-  the pod's own root dir (pods/runner.py's mapping: mounts at their mount paths);
+  the pod's own root dir (devtools/pods/runner.py's mapping: mounts at their mount paths);
 - reports the pod's phase (Pending -> Running -> Succeeded/Failed) and the container's
   state and exit code in the pod's status;
 - on deletion (the Job controller enforcing activeDeadlineSeconds, a CronJob's history
@@ -65,7 +65,7 @@ from typing import Any
 
 import yaml
 
-from pods.runner import Pod, configmap_files, translate_path_value
+from devtools.pods.runner import Pod, configmap_files, translate_path_value
 
 log = logging.getLogger("pods.executor")
 

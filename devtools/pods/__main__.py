@@ -1,4 +1,4 @@
-"""`python -m pods`: the pod executor (a kubelet stand-in) for a localcluster, until Ctrl-C."""
+"""`python -m devtools.pods`: the pod executor, a kubelet stand-in for a local cluster."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import signal
 import sys
 from pathlib import Path
 
-from localservices.bd import ToolBuildError, build_tool, real_bd_path
-from pods.executor import Api, Executor, ImageEnv, KubeConfig
-from pods.runner import make_image_like_venv
+from devtools.localservices.bd import ToolBuildError, build_tool, real_bd_path
+from devtools.pods.executor import Api, Executor, ImageEnv, KubeConfig
+from devtools.pods.runner import make_image_like_venv
 
 
 def main(argv: list[str] | None = None) -> int:
     """Register a Node with the API server of KUBECONFIG and run the pods bound to it as
-    local processes (see pods/executor.py for what is and is not emulated). Container
+    local processes (see devtools/pods/executor.py for what is and is not emulated). Container
     output: WORKDIR/pods/<namespace>_<name>.log.
     """
-    parser = argparse.ArgumentParser(prog="python -m pods", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.pods", description=main.__doc__)
     # Not $KUBECONFIG: that may name a real cluster, which must not get this Node.
     parser.add_argument(
         "--kubeconfig",

@@ -1,8 +1,8 @@
 """Write the manifests a deploy would apply as Kubernetes YAML, one file per resource.
 
-    python -m manifests OUT_DIR
+    python -m devtools.manifests OUT_DIR
 
-renders the Pulumi program under Pulumi's mocks (manifests/mocks.py: no cluster, no
+renders the Pulumi program under Pulumi's mocks (devtools/manifests/mocks.py: no cluster, no
 Pulumi CLI) once per configuration in CONFIGS, into OUT_DIR/<configuration>/. Security
 scanners (tools/scan-manifests.sh) read these files; each configuration is its own
 directory because graph checks (e.g. "every pod is covered by a NetworkPolicy") must not
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from manifests.mocks import Recorder, render_program
+from devtools.manifests.mocks import Recorder, render_program
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from localcluster.certs import Certs, make_certs
+from devtools.localcluster.certs import Certs, make_certs
+from devtools.paths import ROOT
 
 KUBERNETES_VERSION = "v1.34.12"
-ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "tools" / "build-kube.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 SERVICE_CIDR = "10.0.0.0/24"

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devtools.paths import ROOT
+
 BD_REAL_ENV = "BD_REAL"
 
 
@@ -29,7 +31,7 @@ def go_runtime_env() -> dict[str, str]:
 
 def build_tool(name: str) -> Path:
     """bd or dolt from tools/build-go-tool.sh: built once into the tools cache, then reused."""
-    script = Path(__file__).resolve().parent.parent / "tools" / "build-go-tool.sh"
+    script = ROOT / "tools" / "build-go-tool.sh"
     built = subprocess.run(
         [str(script), name], capture_output=True, text=True, check=False, timeout=1800
     )

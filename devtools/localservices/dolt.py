@@ -17,9 +17,8 @@ from pathlib import Path
 
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from
-from localservices.bd import build_tool, go_runtime_env
+from devtools.localservices.bd import build_tool, go_runtime_env
 
-ROOT = Path(__file__).resolve().parent.parent
 DOLT_USER = "beads"
 DOLT_PASSWORD = "dolt-test-password"  # noqa: S105 (a throw-away server on loopback)
 DATABASE = "code"

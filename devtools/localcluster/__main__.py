@@ -1,4 +1,4 @@
-"""`python -m localcluster [--workdir DIR]`: a control plane on loopback until Ctrl-C."""
+"""`python -m devtools.localcluster [--workdir DIR]`: a control plane on loopback until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from localcluster.cluster import KUBERNETES_VERSION, ClusterError, start_cluster
+from devtools.localcluster.cluster import KUBERNETES_VERSION, ClusterError, start_cluster
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     stop them on Ctrl-C. The binaries come from tools/build-kube.sh (built on first use) or
     $LOCALCLUSTER_BIN_DIR.
     """
-    parser = argparse.ArgumentParser(prog="python -m localcluster", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.localcluster", description=main.__doc__
+    )
     parser.add_argument("--workdir", type=Path, default=Path(".localcluster"))
     parser.add_argument("--bin-dir", type=Path, default=None, help="the built binaries")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to get ready")

@@ -23,17 +23,16 @@ from typing import Any
 
 import yaml
 
-from bench import first_read
-from bench.agent_sim import AgentSimulator
 from components.config import settings_from
 from components.cron import parse_schedule
 from components.names import DISPATCHER_NAME, REAPER_NAME
-from localservices.bd import RealBd
-from localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
-from manifests.mocks import render_program
-from pods.process import JobRun, base_env, run_jobs, start_jobs
-
-ROOT = Path(__file__).resolve().parents[1]
+from devtools.bench import first_read
+from devtools.bench.agent_sim import AgentSimulator
+from devtools.localservices.bd import RealBd
+from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
+from devtools.manifests.mocks import render_program
+from devtools.paths import ROOT
+from devtools.pods.process import JobRun, base_env, run_jobs, start_jobs
 
 
 def _prod_stack_config() -> dict[str, str]:

@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from localservices.bd import go_runtime_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.localservices.bd import go_runtime_env
+from devtools.paths import ROOT
 
 
 @dataclass
