@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -37,6 +36,7 @@ from typing import IO
 
 from devtools.localcluster.certs import Certs, make_certs
 from devtools.paths import ROOT
+from devtools.ports import free_port
 
 KUBERNETES_VERSION = "v1.34.12"
 BUILD_SCRIPT = ROOT / "tools" / "build-kube.sh"
@@ -79,13 +79,6 @@ def kube_bin_dir() -> Path:
     if missing:
         raise ClusterError(f"{directory} lacks {', '.join(missing)}")
     return directory
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -302,7 +295,7 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
     http = _Http(certs.ca_cert)
 
     # ---- etcd: single member, throw-away data (no fsync) ----
-    etcd_client, etcd_peer = _free_port(), _free_port()
+    etcd_client, etcd_peer = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_client}"
     peer_url = f"http://127.0.0.1:{etcd_peer}"
     launcher.start(
@@ -334,7 +327,7 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
         f'{tokens["kcm"]},system:kube-controller-manager,kcm,"system:masters"\n'
         f'{tokens["scheduler"]},system:kube-scheduler,scheduler,"system:masters"\n',
     )
-    api_port = _free_port()
+    api_port = free_port()
     server = f"https://127.0.0.1:{api_port}"
     launcher.start(
         "kube-apiserver",
@@ -370,7 +363,7 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
         _write_private(etc / f"{name}.kubeconfig", config)
 
     # ---- controller-manager and scheduler: started once the API server is ready ----
-    kcm_port, sched_port = _free_port(), _free_port()
+    kcm_port, sched_port = free_port(), free_port()
     kcm_config, scheduler_config = etc / "kcm.kubeconfig", etc / "scheduler.kubeconfig"
     launcher.start(
         "kube-controller-manager",

@@ -18,6 +18,7 @@ from pathlib import Path
 from components.auto_dispatch import bd_metadata_json
 from components.config import settings_from
 from devtools.localservices.bd import build_tool, go_runtime_env
+from devtools.ports import free_port
 
 DOLT_USER = "beads"
 DOLT_PASSWORD = "dolt-test-password"  # noqa: S105 (a throw-away server on loopback)
@@ -61,13 +62,6 @@ class DoltServer:
         return completed.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def _wait_for_port(port: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -93,7 +87,7 @@ def dolt_server(bd: Path, root: Path) -> Iterator[DoltServer]:
             check=True,
             capture_output=True,
         )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [dolt, "sql-server", "--host", "127.0.0.1", "--port", str(port)],
         cwd=data,
