@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from devtools.localservices.bd import ToolBuildError, build_tool, real_bd_path
-from devtools.pods.executor import Api, Executor, ImageEnv, KubeConfig
+from devtools.pods.env import ImageEnv
+from devtools.pods.executor import Executor
+from devtools.pods.kube import Api, KubeConfig
 from devtools.pods.runner import make_image_like_venv
 
 

@@ -37,8 +37,9 @@ from devtools.localservices.bd import ToolBuildError, build_tool, real_bd_path
 from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer, dolt_server
 from devtools.paths import ROOT
-from devtools.pods.executor import Api, KubeConfig, pod_log_path
+from devtools.pods.kube import Api, KubeConfig
 from devtools.pods.runner import make_image_like_venv
+from devtools.pods.worker import pod_log_path
 
 NAMESPACE = "beads-e2e"
 NODE_NAME = "executor"

@@ -29,7 +29,7 @@ from components.names import APP_NAME, CHECKSUM_ANNOTATION, RUNTIME_CONFIG_NAME,
 from devtools.localcluster import Cluster
 from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from devtools.localservices.dolt import DOLT_PASSWORD
-from devtools.pods.executor import Api
+from devtools.pods.kube import Api
 from tests.cluster.conftest import (
     DISPATCHER,
     DOLT_SECRET,
