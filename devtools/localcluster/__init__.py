@@ -9,12 +9,7 @@ admitted and scheduled (or left Pending), never run.
 `python -m devtools.localcluster` starts one in ./.localcluster until Ctrl-C.
 """
 
-from devtools.localcluster.cluster import (
-    KUBERNETES_VERSION,
-    Cluster,
-    ClusterError,
-    kube_bin_dir,
-    start_cluster,
-)
+from devtools.localcluster.cluster import KUBERNETES_VERSION, Cluster, kube_bin_dir, start_cluster
+from devtools.localcluster.processes import ClusterError
 
 __all__ = ["KUBERNETES_VERSION", "Cluster", "ClusterError", "kube_bin_dir", "start_cluster"]

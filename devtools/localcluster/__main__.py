@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from devtools.localcluster.cluster import KUBERNETES_VERSION, ClusterError, start_cluster
+from devtools.localcluster import KUBERNETES_VERSION, ClusterError, start_cluster
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -18,23 +18,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
-import http.client
 import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+
+import httpx
 
 from devtools.localcluster.certs import Certs, make_certs
+from devtools.localcluster.processes import ClusterError, Launcher, PortInUse
 from devtools.paths import ROOT
 from devtools.ports import free_port
 
@@ -49,14 +47,6 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # set stays on: --enable-admission-plugins only adds).
 ADMISSION_PLUGINS = "NamespaceLifecycle,ServiceAccount,PodSecurity,LimitRanger,ResourceQuota"
 _START_ATTEMPTS = 3
-
-
-class ClusterError(RuntimeError):
-    """A component failed to start, died, or a kubectl call failed."""
-
-
-class _PortInUse(ClusterError):
-    pass
 
 
 def kube_bin_dir() -> Path:
@@ -81,74 +71,6 @@ def kube_bin_dir() -> Path:
     return directory
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass
-class _Component:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    log_file: IO[bytes]
-
-
-@dataclass
-class _Launcher:
-    """The processes of one start attempt, and their teardown."""
-
-    log_dir: Path
-    components: list[_Component] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str]) -> None:
-        log = self.log_dir / f"{name}.log"
-        log_file = log.open("wb")
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Own session: a Ctrl-C on the terminal reaches only us, and we stop them
-                # in order.
-                start_new_session=True,
-            )
-        except BaseException:
-            log_file.close()
-            raise
-        self.components.append(_Component(name, process, log, log_file))
-
-    def check(self) -> None:
-        """Raise if a component has exited."""
-        for component in self.components:
-            code = component.process.poll()
-            if code is None:
-                continue
-            component.log_file.flush()
-            tail = _tail(component.log)
-            error = _PortInUse if "address already in use" in tail else ClusterError
-            raise error(f"{component.name} exited with {code}; end of {component.log}:\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM the components in reverse start order (etcd last); SIGKILL stragglers."""
-        for component in reversed(self.components):
-            process = component.process
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=15)
-            component.log_file.close()
-        self.components.clear()
-
-
 @dataclass
 class Cluster:
     """A running control plane. Its processes live as long as the `start_cluster` block."""
@@ -165,7 +87,7 @@ class Cluster:
     log_dir: Path
     timings: dict[str, float]
     """Seconds from the start until etcd, the API server (/readyz) and everything was ready."""
-    _launcher: _Launcher = field(repr=False)
+    _launcher: Launcher = field(repr=False)
 
     def env(self) -> dict[str, str]:
         """os.environ plus KUBECONFIG and the built kubectl first on PATH."""
@@ -235,33 +157,14 @@ class _Http:
 
     def __init__(self, ca_cert: Path) -> None:
         context = ssl.create_default_context(cafile=str(ca_cert))
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
+        self._client = httpx.Client(verify=context, timeout=5, trust_env=False)
 
     def ok(self, url: str, token: str | None = None) -> bool:
-        request = urllib.request.Request(url)  # noqa: S310 (our own http(s)://127.0.0.1 URLs)
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         try:
-            with self._opener.open(request, timeout=5) as response:
-                status: int = response.status
-                return status == 200
-        except (OSError, http.client.HTTPException):  # URLError, HTTPError, TLS, resets
+            return self._client.get(url, headers=headers).status_code == 200
+        except httpx.HTTPError:  # refused, reset, TLS
             return False
-
-
-def _wait(what: str, ready: Callable[[], bool], launcher: _Launcher, deadline: float) -> None:
-    while True:
-        launcher.check()
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- end of {c.log}:\n{_tail(c.log, 10)}" for c in launcher.components
-            )
-            raise ClusterError(f"{what} not ready in time\n{tails}")
-        time.sleep(0.25)
 
 
 @dataclass(frozen=True)
@@ -287,25 +190,61 @@ def _setup(workdir: Path, bin_dir: Path) -> _Setup:
     return _Setup(workdir, bin_dir, certs, etc, log_dir, etcd_data)
 
 
-def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool) -> Cluster:
+def _start(setup: _Setup, launcher: Launcher, timeout: float, controllers: bool) -> Cluster:
+    """etcd -> kube-apiserver (/readyz) -> kubeconfigs -> controller-manager and scheduler
+    (with `controllers`: until their /healthz and the `default` ServiceAccount are there)."""
     started = time.monotonic()
     deadline = started + timeout
     timings: dict[str, float] = {}
-    bins, certs, etc = setup.bin_dir, setup.certs, setup.etc
-    http = _Http(certs.ca_cert)
+    http = _Http(setup.certs.ca_cert)
 
-    # ---- etcd: single member, throw-away data (no fsync) ----
-    etcd_client, etcd_peer = free_port(), free_port()
-    etcd_url = f"http://127.0.0.1:{etcd_client}"
-    peer_url = f"http://127.0.0.1:{etcd_peer}"
+    etcd_url = _start_etcd(setup, launcher)
+    launcher.wait("etcd", lambda: http.ok(f"{etcd_url}/health"), deadline)
+    timings["etcd"] = time.monotonic() - started
+
+    tokens = _write_tokens(setup.etc)
+    server = _start_apiserver(setup, launcher, etcd_url)
+    launcher.wait("kube-apiserver /readyz", lambda: http.ok(f"{server}/readyz"), deadline)
+    timings["kube-apiserver"] = time.monotonic() - started
+
+    kubeconfig = _write_kubeconfigs(setup, server, tokens)
+    healthz = {
+        "kube-controller-manager": _start_controller_manager(setup, launcher),
+        "kube-scheduler": _start_scheduler(setup, launcher),
+    }
+    if controllers:
+        for name, url in healthz.items():
+            launcher.wait(f"{name} /healthz", functools.partial(http.ok, url), deadline)
+        # The service-account controller runs: pods in `default` can be admitted.
+        sa_url = f"{server}/api/v1/namespaces/default/serviceaccounts/default"
+        ready = functools.partial(http.ok, sa_url, tokens["admin"])
+        launcher.wait("ServiceAccount default/default", ready, deadline)
+    timings["all"] = time.monotonic() - started
+    return Cluster(
+        workdir=setup.workdir,
+        bin_dir=setup.bin_dir,
+        server=server,
+        token=tokens["admin"],
+        kubeconfig=kubeconfig,
+        ca_file=setup.certs.ca_cert,
+        log_dir=setup.log_dir,
+        timings=timings,
+        _launcher=launcher,
+    )
+
+
+def _start_etcd(setup: _Setup, launcher: Launcher) -> str:
+    """Single member, throw-away data (no fsync); its client URL."""
+    client_url = f"http://127.0.0.1:{free_port()}"
+    peer_url = f"http://127.0.0.1:{free_port()}"
     launcher.start(
         "etcd",
         [
-            str(bins / "etcd"),
+            str(setup.bin_dir / "etcd"),
             "--name=localcluster",
             f"--data-dir={setup.etcd_data}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
             f"--listen-peer-urls={peer_url}",
             f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=localcluster={peer_url}",
@@ -313,10 +252,11 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
             "--log-level=warn",
         ],
     )
-    _wait("etcd", lambda: http.ok(f"{etcd_url}/health"), launcher, deadline)
-    timings["etcd"] = time.monotonic() - started
+    return client_url
 
-    # ---- kube-apiserver: static tokens, RBAC, serving cert from our CA ----
+
+def _write_tokens(etc: Path) -> dict[str, str]:
+    """The API server's static tokens of admin, the controller-manager and the scheduler."""
     tokens = {name: secrets.token_hex(24) for name in ("admin", "kcm", "scheduler")}
     # token,user,uid,"groups". The controller-manager runs every controller under its own
     # identity (--use-service-account-credentials=false), so it needs more than its
@@ -327,22 +267,27 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
         f'{tokens["kcm"]},system:kube-controller-manager,kcm,"system:masters"\n'
         f'{tokens["scheduler"]},system:kube-scheduler,scheduler,"system:masters"\n',
     )
-    api_port = free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    return tokens
+
+
+def _start_apiserver(setup: _Setup, launcher: Launcher, etcd_url: str) -> str:
+    """Static tokens, RBAC, serving cert from our CA; its https:// URL."""
+    port = free_port()
+    certs = setup.certs
     launcher.start(
         "kube-apiserver",
         [
-            str(bins / "kube-apiserver"),
+            str(setup.bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             # The `kubernetes` Service gets no Endpoints: a loopback address is invalid in
             # one, and the default reconciler would log that error every 10 s.
             "--endpoint-reconciler-type=none",
-            f"--secure-port={api_port}",
+            f"--secure-port={port}",
             f"--tls-cert-file={certs.serving_cert}",
             f"--tls-private-key-file={certs.serving_key}",
-            f"--token-auth-file={etc / 'tokens.csv'}",
+            f"--token-auth-file={setup.etc / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
             f"--enable-admission-plugins={ADMISSION_PLUGINS}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -353,27 +298,32 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
             "--profiling=false",
         ],
     )
-    _wait("kube-apiserver /readyz", lambda: http.ok(f"{server}/readyz"), launcher, deadline)
-    timings["kube-apiserver"] = time.monotonic() - started
+    return f"https://127.0.0.1:{port}"
 
+
+def _write_kubeconfigs(setup: _Setup, server: str, tokens: dict[str, str]) -> Path:
+    """The admin kubeconfig (returned) and the controller-manager's and scheduler's."""
     kubeconfig = setup.workdir / "kubeconfig"
-    _write_private(kubeconfig, _kubeconfig(server, certs.ca_cert, "admin", tokens["admin"]))
+    ca_cert = setup.certs.ca_cert
+    _write_private(kubeconfig, _kubeconfig(server, ca_cert, "admin", tokens["admin"]))
     for name in ("kcm", "scheduler"):
-        config = _kubeconfig(server, certs.ca_cert, name, tokens[name])
-        _write_private(etc / f"{name}.kubeconfig", config)
+        config = _kubeconfig(server, ca_cert, name, tokens[name])
+        _write_private(setup.etc / f"{name}.kubeconfig", config)
+    return kubeconfig
 
-    # ---- controller-manager and scheduler: started once the API server is ready ----
-    kcm_port, sched_port = free_port(), free_port()
-    kcm_config, scheduler_config = etc / "kcm.kubeconfig", etc / "scheduler.kubeconfig"
+
+def _start_controller_manager(setup: _Setup, launcher: Launcher) -> str:
+    """Every controller, signing with our CA; its /healthz URL."""
+    port, config, certs = free_port(), setup.etc / "kcm.kubeconfig", setup.certs
     launcher.start(
         "kube-controller-manager",
         [
-            str(bins / "kube-controller-manager"),
-            f"--kubeconfig={kcm_config}",
-            f"--authentication-kubeconfig={kcm_config}",
-            f"--authorization-kubeconfig={kcm_config}",
+            str(setup.bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={config}",
+            f"--authentication-kubeconfig={config}",
+            f"--authorization-kubeconfig={config}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={kcm_port}",
+            f"--secure-port={port}",
             f"--tls-cert-file={certs.serving_cert}",
             f"--tls-private-key-file={certs.serving_key}",
             "--controllers=*",
@@ -387,45 +337,28 @@ def _start(setup: _Setup, launcher: _Launcher, timeout: float, controllers: bool
             "--profiling=false",
         ],
     )
+    return f"https://127.0.0.1:{port}/healthz"
+
+
+def _start_scheduler(setup: _Setup, launcher: Launcher) -> str:
+    """The default scheduler; its /healthz URL."""
+    port, config, certs = free_port(), setup.etc / "scheduler.kubeconfig", setup.certs
     launcher.start(
         "kube-scheduler",
         [
-            str(bins / "kube-scheduler"),
-            f"--kubeconfig={scheduler_config}",
-            f"--authentication-kubeconfig={scheduler_config}",
-            f"--authorization-kubeconfig={scheduler_config}",
+            str(setup.bin_dir / "kube-scheduler"),
+            f"--kubeconfig={config}",
+            f"--authentication-kubeconfig={config}",
+            f"--authorization-kubeconfig={config}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={sched_port}",
+            f"--secure-port={port}",
             f"--tls-cert-file={certs.serving_cert}",
             f"--tls-private-key-file={certs.serving_key}",
             "--leader-elect=false",
             "--profiling=false",
         ],
     )
-    if controllers:
-        for name, port in (("kube-controller-manager", kcm_port), ("kube-scheduler", sched_port)):
-            healthz = functools.partial(http.ok, f"https://127.0.0.1:{port}/healthz")
-            _wait(f"{name} /healthz", healthz, launcher, deadline)
-        # The service-account controller runs: pods in `default` can be admitted.
-        sa_url = f"{server}/api/v1/namespaces/default/serviceaccounts/default"
-        _wait(
-            "ServiceAccount default/default",
-            lambda: http.ok(sa_url, tokens["admin"]),
-            launcher,
-            deadline,
-        )
-    timings["all"] = time.monotonic() - started
-    return Cluster(
-        workdir=setup.workdir,
-        bin_dir=bins,
-        server=server,
-        token=tokens["admin"],
-        kubeconfig=kubeconfig,
-        ca_file=certs.ca_cert,
-        log_dir=setup.log_dir,
-        timings=timings,
-        _launcher=launcher,
-    )
+    return f"https://127.0.0.1:{port}/healthz"
 
 
 @contextlib.contextmanager
@@ -444,14 +377,14 @@ def start_cluster(
     """
     workdir = workdir.resolve()
     bins = bin_dir.resolve() if bin_dir is not None else kube_bin_dir()
-    launcher: _Launcher | None = None
+    launcher: Launcher | None = None
     try:
         for attempt in range(1, _START_ATTEMPTS + 1):
             setup = _setup(workdir, bins)
-            launcher = _Launcher(setup.log_dir)
+            launcher = Launcher(setup.log_dir)
             try:
                 cluster = _start(setup, launcher, timeout, wait_for_controllers)
-            except _PortInUse:
+            except PortInUse:
                 launcher.stop()
                 if attempt == _START_ATTEMPTS:
                     raise
