@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    # httpx logs every request at INFO: the log is the executor's own lines, as it was.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     workdir: Path = args.workdir.resolve()
     python: Path | None = args.python
     if python is None:
