@@ -58,16 +58,16 @@ test: setup test-tools
 # pulumi up of the `local` stack (renders YAML), then its CronJobs' containers run locally.
 demo: setup tools
 	BD_REAL="$$(tools/build-bd.sh)" PULUMI_BIN="$$(tools/build-pulumi.sh 2>/dev/null)" \
-	  $(PY) -m demo
+	  $(PY) -m devtools.demo
 
 # Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
 bench: setup tools
-	$(PY) -m bench --bd "$$(tools/build-bd.sh)"
+	$(PY) -m devtools.bench --bd "$$(tools/build-bd.sh)"
 
 # A Kubernetes control plane on loopback in .localcluster/ until Ctrl-C (no kubelet; run
-# `$(PY) -m pods` beside it to run pods).
+# `$(PY) -m devtools.pods` beside it to run pods).
 cluster: setup
-	$(PY) -m localcluster
+	$(PY) -m devtools.localcluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

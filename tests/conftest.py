@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from pods.process import ROOT
+from devtools.paths import ROOT
 
 pytest_plugins = ["tests.support.fixtures"]
 
 # The suite starts thousands of bd processes, each living a fraction of a second: with Go's
 # collector off (bounded by GOMEMLIMIT) they use a quarter less CPU, and the suite is
-# CPU-bound on two cores. Passed on by localservices.bd.go_runtime_env; production and the
+# CPU-bound on two cores. Passed on by devtools.localservices.bd.go_runtime_env; production and the
 # benchmark run bd with Go's defaults.
 os.environ.setdefault("GOGC", "off")
 os.environ.setdefault("GOMEMLIMIT", "1GiB")

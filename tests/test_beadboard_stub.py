@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from localservices.beadboard import (
+from devtools.localservices.beadboard import (
     AGENT_DISPATCH,
     AGENT_STATUS,
     HEALTH,

@@ -25,8 +25,9 @@ from components.names import (
     SERVICE_ACCOUNT_NAME,
     VENDOR_NAME,
 )
+from devtools.manifests.mocks import Recorder, render_program
+from devtools.paths import ROOT
 from jobs.settings import RuntimeSettings, env_name
-from manifests.mocks import ROOT, Recorder, render_program
 
 CRONJOB = "kubernetes:batch/v1:CronJob"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"

@@ -7,16 +7,14 @@ tables (people read them) are derived from the fields or checked here, in one pl
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from components.config import CONFIG_KEYS, ConfigKey, settings_from
+from devtools.paths import ROOT
 from jobs.settings import ConfigError, JobSettings, RuntimeSettings, env_name, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _readme_default(value: Any) -> str:

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from devtools.pods.process import base_env, start_jobs
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
-from pods.process import base_env, start_jobs
 from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
 from tests.support.memory_store import MemoryStore
 

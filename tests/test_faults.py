@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
+from devtools.localservices.beadboard import BeadBoardStub, Reply
+from devtools.manifests.mocks import render_program
+from devtools.pods.process import JobRun
 from jobs import __main__ as cli
 from jobs.beads import BdClient, BdError, BdRejected
 from jobs.lock import DoltNamedLock, LockError, lock_for
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Status
-from localservices.beadboard import BeadBoardStub, Reply
-from manifests.mocks import render_program
-from pods.process import JobRun
 from tests.support.harness import NOW, JobHarness, closed_port
 from tests.support.memory_store import MemoryStore
 

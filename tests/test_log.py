@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from pods.process import ROOT
+from devtools.paths import ROOT
 from tests.support.harness import JobHarness
 
 # Python holding 100 MiB starts `true` (about a megabyte of its own), then reports.

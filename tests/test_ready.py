@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from localservices.beadboard import BeadBoardStub
+from devtools.localservices.beadboard import BeadBoardStub
 from tests.support.harness import NOW, JobHarness
 from tests.support.memory_store import MemoryStore
 

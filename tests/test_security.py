@@ -19,8 +19,8 @@ from components.names import (
     SERVICE_ACCOUNT_NAME,
 )
 from components.network import BEADBOARD_POD_PORT
-from manifests.mocks import Recorder, render_program
-from manifests.render import CONFIGS, plain, write
+from devtools.manifests.mocks import Recorder, render_program
+from devtools.manifests.render import CONFIGS, plain, write
 
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"

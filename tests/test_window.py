@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
-from localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
 

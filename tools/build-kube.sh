@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a Kubernetes control plane from pinned Go modules (no binary downloads): what
-# localcluster/ starts on loopback so that tests can run `pulumi up` against a real API
+# devtools/localcluster/ starts on loopback so that tests can run `pulumi up` against a real API
 # server. No kubelet: pods are scheduled (or not) but never run.
 #
 #   tools/build-kube.sh                         # prints the binaries' directory on stdout

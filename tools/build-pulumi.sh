@@ -17,7 +17,7 @@
 #
 # No Python language host (pulumi-language-python) is built: the Go proxy serves no
 # version of its module. Programs run through the Automation API with an inline program
-# instead (localdeploy/stack.py): the engine then talks to the language runtime inside the
+# instead (devtools/localdeploy/stack.py): the engine then talks to the language runtime inside the
 # calling Python process (`pulumi up --client`), which needs no language host binary.
 #
 # A binary is rebuilt only when missing or when its stamp (hash of go.mod, go.sum, local

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render the manifests a deploy would apply (Pulumi mocks: no cluster, no Pulumi CLI) for
-# each configuration in manifests/render.py, and scan each with checkov's Kubernetes
+# each configuration in devtools/manifests/render.py, and scan each with checkov's Kubernetes
 # checks. Exits non-zero on any finding.
 #
 #   tools/scan-manifests.sh            # PYTHON=<project interpreter> (default .venv/bin/python)
@@ -34,7 +34,7 @@ fi
 start=$(date +%s)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-(cd "$ROOT" && "$PYTHON" -m manifests "$out" >/dev/null)
+(cd "$ROOT" && "$PYTHON" -m devtools.manifests "$out" >/dev/null)
 
 status=0
 for dir in "$out"/*/; do

@@ -2,8 +2,8 @@
 `pulumi up` per session (per xdist worker), shared by every test in this package.
 
 - `cluster`: etcd + kube-apiserver + kube-controller-manager + kube-scheduler v1.34.12 on
-  loopback (localcluster/; the binaries are built by tools/build-kube.sh when missing);
-- `executor`: `python -m pods` as a process of its own, the Node every pod is bound to;
+  loopback (devtools/localcluster/; the binaries are built by tools/build-kube.sh when missing);
+- `executor`: `python -m devtools.pods` as a process of its own, the Node every pod is bound to;
   it runs containers in an agent-image stand-in (a venv with only pydantic, bd 1.0.2);
 - `dolt`: a real `dolt sql-server` with bd's schema, reached by the pods in server mode
   with the password from a Secret (`secretKeyRef`);
@@ -31,15 +31,16 @@ from typing import Any, TypeVar
 import pytest
 from pulumi import automation as auto
 
-from localcluster import Cluster, ClusterError, start_cluster
-from localdeploy.stack import PROJECT, ClusterStack, pulumi_cli
-from localservices.bd import ToolBuildError, build_tool, real_bd_path
-from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
-from localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer, dolt_server
-from pods.executor import Api, KubeConfig, pod_log_path
-from pods.runner import make_image_like_venv
+from devtools.localcluster import Cluster, ClusterError, start_cluster
+from devtools.localdeploy.stack import PROJECT, ClusterStack, pulumi_cli
+from devtools.localservices.bd import ToolBuildError, build_tool, real_bd_path
+from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer, dolt_server
+from devtools.paths import ROOT
+from devtools.pods.kube import Api, KubeConfig
+from devtools.pods.runner import make_image_like_venv
+from devtools.pods.worker import pod_log_path
 
-ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "beads-e2e"
 NODE_NAME = "executor"
 DOLT_SECRET = "beads-dolt"
@@ -147,13 +148,13 @@ def executor(
     bd_binary: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ExecutorProcess]:
-    """The kubelet stand-in, as its own process: `python -m pods`."""
+    """The kubelet stand-in, as its own process: `python -m devtools.pods`."""
     workdir = tmp_path_factory.mktemp("executor")
     log = workdir / "executor.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "pods",
+                sys.executable, "-m", "devtools.pods",
                 "--kubeconfig", str(cluster.kubeconfig),
                 "--workdir", str(workdir),
                 "--node-name", NODE_NAME,
@@ -225,7 +226,7 @@ class ServerBeads:
 
     def backdate(self, bead: str, minutes: float) -> None:
         """Make a bead look untouched for `minutes` (bd import upserts it with its stamps;
-        localservices/bd.py's RealBd.backdate, through the server)."""
+        devtools/localservices/bd.py's RealBd.backdate, through the server)."""
         row = self.show(bead)
         then = datetime.now(UTC) - timedelta(minutes=minutes)
         row["updated_at"] = then.strftime("%Y-%m-%dT%H:%M:%SZ")

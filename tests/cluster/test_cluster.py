@@ -26,10 +26,10 @@ from pulumi.automation import EngineEvent, OpType, StepEventMetadata
 
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME, Bundle, build_bundle
 from components.names import APP_NAME, CHECKSUM_ANNOTATION, RUNTIME_CONFIG_NAME, VENDOR_NAME
-from localcluster import Cluster
-from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
-from localservices.dolt import DOLT_PASSWORD
-from pods.executor import Api
+from devtools.localcluster import Cluster
+from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.localservices.dolt import DOLT_PASSWORD
+from devtools.pods.kube import Api
 from tests.cluster.conftest import (
     DISPATCHER,
     DOLT_SECRET,

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pods.executor import KubeConfig, atomic_write, expand
+from devtools.pods.env import expand
+from devtools.pods.kube import KubeConfig
+from devtools.pods.volumes import atomic_write
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from localservices.bd import RealBd, ToolBuildError, build_tool, real_bd_path
-from localservices.beadboard import BeadBoardStub
-from localservices.dolt import DoltServer
-from localservices.dolt import dolt_server as start_dolt_server
-from pods.process import JobRun, base_env, run_jobs
+from devtools.localservices.bd import RealBd, ToolBuildError, build_tool, real_bd_path
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.localservices.dolt import DoltServer
+from devtools.localservices.dolt import dolt_server as start_dolt_server
+from devtools.pods.process import JobRun, base_env, run_jobs
 from tests.integration.interleave import Scenario, Template, make_template
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

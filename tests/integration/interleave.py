@@ -31,10 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.paths import ROOT
+from devtools.pods.process import JobRun, base_env, run_jobs
 from jobs.lock import LOCK_FILE_NAME
-from localservices.bd import RealBd
-from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
-from pods.process import ROOT, JobRun, base_env, run_jobs
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
 

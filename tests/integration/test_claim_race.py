@@ -6,9 +6,9 @@ dispatch lock this double-dispatches (measured: 3 of 5 rounds with K=4). With it
 
 from __future__ import annotations
 
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub
-from pods.process import start_jobs
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.pods.process import start_jobs
 from tests.integration.conftest import real_env
 
 DISPATCHERS = 4

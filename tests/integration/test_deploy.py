@@ -19,11 +19,8 @@ import yaml
 from pulumi.automation import OpType
 
 from components.names import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
-from jobs import notes
-from jobs.lock import LOCK_FILE_NAME
-from localdeploy.stack import (
+from devtools.localdeploy.stack import (
     PROJECT,
-    ROOT,
     STACK,
     LocalStack,
     Manifests,
@@ -31,10 +28,13 @@ from localdeploy.stack import (
     local_run_overrides,
     pulumi_cli,
 )
-from localservices.bd import RealBd
-from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
-from pods.process import JobRun
-from pods.runner import make_image_like_venv, materialise
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.paths import ROOT
+from devtools.pods.process import JobRun
+from devtools.pods.runner import make_image_like_venv, materialise
+from jobs import notes
+from jobs.lock import LOCK_FILE_NAME
 from tests.integration.interleave import LEGACY_LOCK_BEAD
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
+from devtools.paths import ROOT
+from devtools.pods.process import base_env, start_jobs
 from jobs.lock import DoltNamedLock, lock_for
-from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
-from localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
-from pods.process import ROOT, base_env, start_jobs
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
 

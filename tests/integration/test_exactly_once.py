@@ -11,8 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from localservices.bd import RealBd
-from localservices.beadboard import AGENT_DISPATCH, Reply
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import AGENT_DISPATCH, Reply
 from tests.integration.interleave import (
     LEGACY_LOCK_BEAD,
     Companion,

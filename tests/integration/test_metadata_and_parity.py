@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from components.names import BD_CONFIG_NAME
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub, Reply
+from devtools.manifests.mocks import render_program
 from jobs.beadboard import BeadBoard
 from jobs.beads import BdClient, BeadStore
 from jobs.dispatch import Dispatcher
@@ -23,9 +26,6 @@ from jobs.log import Clock, EventLog, utc_now
 from jobs.reap import Reaper
 from jobs.run import RunContext
 from jobs.settings import JobSettings
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub, Reply
-from manifests.mocks import render_program
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore
 

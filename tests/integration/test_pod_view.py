@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from components.names import DISPATCHER_NAME, REAPER_NAME
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer
+from devtools.manifests.mocks import Recorder, render_program
+from devtools.pods.runner import Pod, make_image_like_venv, materialise
 from jobs.lock import LOCK_FILE_NAME
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub
-from localservices.dolt import DOLT_PASSWORD, DoltServer
-from manifests.mocks import Recorder, render_program
-from pods.runner import Pod, make_image_like_venv, materialise
 
 pytestmark = pytest.mark.integration
 

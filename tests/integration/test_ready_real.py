@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub, Reply
+from devtools.pods.process import JobRun, start_jobs
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, BeadStore
 from jobs.dispatch import Dispatcher
@@ -21,9 +24,6 @@ from jobs.lock import LOCK_FILE_NAME, FileLock
 from jobs.log import Clock, EventLog
 from jobs.run import RunContext
 from jobs.settings import JobSettings
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub, Reply
-from pods.process import JobRun, start_jobs
 from tests.integration.conftest import RealJobRunner, real_env
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub, Reply
 from jobs.lock import LOCK_FILE_NAME
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub, Reply
 from tests.integration.conftest import RealJobRunner, comments, notes
 from tests.integration.interleave import LEGACY_LOCK_BEAD
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer
+from devtools.pods.process import JobRun, base_env, run_jobs
 from jobs.lock import LOCK_FILE_NAME
-from localservices.beadboard import BeadBoardStub
-from localservices.dolt import DOLT_PASSWORD, DoltServer
-from pods.process import JobRun, base_env, run_jobs
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
 

@@ -6,11 +6,12 @@ import signal
 import subprocess
 import sys
 
-from bench.agent_sim import AgentSimulator
+from devtools.bench.agent_sim import AgentSimulator
+from devtools.localservices.bd import RealBd
+from devtools.localservices.beadboard import BeadBoardStub, Reply
+from devtools.paths import ROOT
+from devtools.pods.process import JobRun, start_jobs
 from jobs.lock import LOCK_FILE_NAME
-from localservices.bd import RealBd
-from localservices.beadboard import BeadBoardStub, Reply
-from pods.process import ROOT, JobRun, start_jobs
 from tests.integration.conftest import RealJobRunner, comments, notes, real_env
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localservices.beadboard import BeadBoardStub
+from devtools.localservices.beadboard import BeadBoardStub
 from tests.support.harness import FakeClock, JobHarness
 from tests.support.memory_store import MemoryStore
 

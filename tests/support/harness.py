@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from devtools.localservices.beadboard import BeadBoardStub
+from devtools.pods.process import JobRun
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.dispatch import Dispatcher, RuntimeSwitch
 from jobs.lock import LOCK_FILE_NAME, DispatchLock, FileLock
@@ -25,8 +27,6 @@ from jobs.log import EventLog
 from jobs.reap import Reaper
 from jobs.run import RunContext, StopSignal
 from jobs.settings import JobSettings
-from localservices.beadboard import BeadBoardStub
-from pods.process import JobRun
 from tests.support.memory_store import MemoryStore
 
 # Whole seconds, as bd stamps: a note's time can be asserted exactly.
