@@ -25,8 +25,8 @@ from devtools.pods.process import JobRun, base_env, run_jobs, start_jobs
 
 
 def peak_rss_mib(done: Mapping[str, Any]) -> tuple[float, float]:
-    """Peak RSS in MiB of the jobs' python process and of its largest child (bd, or a fork that inherited python's size), from a
-    `tick.done` line (the one place that names those fields)."""
+    """Peak RSS in MiB of the jobs' python process and of its largest child (bd, or a fork
+    that inherited python's size), from a `tick.done` line (the one place naming them)."""
     return done["python_peak_rss_mib"], done["child_peak_rss_mib"]
 
 
