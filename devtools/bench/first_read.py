@@ -2,7 +2,8 @@
 
 An idle poll is that one read, so its cost is the idle poll's cost. Two databases: an empty
 queue (embedded, as the idle-poll row), and 10,000 beads with dependencies, deferrals and
-epics behind a dolt sql-server (production's shape).
+epics behind a dolt sql-server (production's shape), read for an assignee with no bead (the
+idle poll there) and for the agent's queue.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ from typing import Any
 from devtools.localservices.bd import RealBd
 from devtools.localservices.dolt import dolt_server
 
-# What BdClient runs (jobs/beads.py), flags after `--db DIR --actor agent --json`.
-READS: dict[str, list[str]] = {
-    "bd query (before)": ["query", 'assignee="agent" AND status=open', "--limit", "0"],
-    "bd ready (now)": ["ready", "--assignee", "agent", "--limit", "0", "--sort", "priority"],
-}
+
+def reads(assignee: str) -> dict[str, list[str]]:
+    """What BdClient runs (jobs/beads.py) for `assignee`, after `--db DIR --actor agent --json`."""
+    return {
+        "bd query (before)": ["query", f'assignee="{assignee}" AND status=open', "--limit", "0"],
+        "bd ready (now)": ["ready", "--assignee", assignee, "--limit", "0", "--sort", "priority"],
+    }
+
+
+READS = reads("agent")
+# An assignee with no bead: the idle poll of a busy database, where bd ready still computes
+# the blocked set over every bead while its answer is empty.
+IDLE_READS = reads("nobody")
 RUNS = 9  # alternating, so drift in the machine's load hits both alike
 TARGET_RATIO = 1.5
 
@@ -45,11 +54,13 @@ def _timed(command: list[str], env: Mapping[str, str]) -> tuple[float, float]:
     return 1000 * (time.monotonic() - started), usage.ru_maxrss / 1024
 
 
-def compare(prefix: list[str], env: Mapping[str, str]) -> dict[str, tuple[float, float]]:
+def compare(
+    prefix: list[str], env: Mapping[str, str], reads: Mapping[str, list[str]] = READS
+) -> dict[str, tuple[float, float]]:
     """Median wall ms and largest peak RSS MiB of each read, over RUNS alternating runs."""
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in READS}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in reads}
     for _ in range(RUNS):
-        for name, args in READS.items():
+        for name, args in reads.items():
             samples[name].append(_timed([*prefix, "--actor", "agent", "--json", *args], env))
     return {
         name: (statistics.median(ms for ms, _ in runs), max(rss for _, rss in runs))
@@ -111,7 +122,9 @@ def large_graph(binary: Path, root: Path, total: int, agent: int) -> dict[str, A
     with dolt_server(binary, root / "first-read-dolt") as server:
         client = server.client_dir(root / "first-read-client")
         server.bd_run(client, "import", str(source), timeout=3600)
-        figures: dict[str, Any] = compare([str(binary), "--db", str(client)], server.bd_env())
+        prefix = [str(binary), "--db", str(client)]
+        figures: dict[str, Any] = compare(prefix, server.bd_env())
+        figures["idle"] = compare(prefix, server.bd_env(), IDLE_READS)
         ready = json.loads(server.bd_run(client, "--json", *READS["bd ready (now)"]))
         queued = json.loads(server.bd_run(client, "--json", *READS["bd query (before)"]))
         figures["offered"] = (len(ready), len(queued))

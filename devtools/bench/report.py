@@ -208,13 +208,15 @@ def first_read_table(
     empty: Mapping[str, tuple[float, float]], graph: dict[str, Any], total: int
 ) -> str:
     offered, queued = graph.pop("offered")
+    idle = graph.pop("idle")
     block = table(
         "The first read of a poll (an idle poll is this one bd call): bd ready against the "
         f"bd query it replaced, median of {first_read.RUNS} runs each",
         ["database", "read", "wall ms", "vs before", "peak RSS MiB"],
         [
             *first_read.rows("empty queue, 200 other beads (embedded)", empty),
-            *first_read.rows(f"{total} beads with dependencies (server)", graph),
+            *first_read.rows(f"{total} beads with dependencies (server), queue empty", idle),
+            *first_read.rows(f"{total} beads with dependencies (server), agent's queue", graph),
         ],
     )
     return (
