@@ -66,8 +66,17 @@ def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
     assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": bead}
     # bd ready, under the lock bd ready + the full query, claim, stage=sending, comment,
     # clear the stage.
-    assert store.methods() == ["ready", "ready", "queue", "update", "update", "comment", "update"]
-    claim = store.log[3]
+    assert store.methods() == [
+        "queue",
+        "ready",
+        "ready",
+        "queue",
+        "update",
+        "update",
+        "comment",
+        "update",
+    ]
+    claim = store.log[4]
     assert claim.args == {
         "claim": True,
         "status": "in_progress",
@@ -76,7 +85,7 @@ def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
         "actor": "agent",
     }
     assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
-    assert run.summary["bd_calls"] == 7
+    assert run.summary["bd_calls"] == 8
     assert list(store.rows) == [bead]  # no lock bead, nothing created
     assert harness.lock_is_free()
 
@@ -90,7 +99,7 @@ def test_empty_queue_makes_no_http_request_and_never_touches_the_lock(
     assert run.summary["outcome"] == "queue_empty"
     assert (run.summary["polls"], run.summary["idle_polls"], run.summary["bd_calls"]) == (1, 1, 1)
     assert beadboard.requests == []
-    assert store.methods() == ["ready"]
+    assert store.methods() == ["queue"]
     assert not harness.lock_path.exists()
 
 
@@ -103,7 +112,7 @@ def test_the_queue_is_the_configured_assignees_and_claims_are_made_as_it(
     assert run.code == 0, run.stdout
     assert posted(beadboard) == [mine]
     reads = [call.args["assignee"] for call in store.log if call.method in ("ready", "queue")]
-    assert reads == ["bot@corp.example"] * 3
+    assert reads == ["bot@corp.example"] * 4
     [claim] = [call for call in store.log if call.args.get("claim")]
     assert (claim.bead, claim.args["actor"]) == (mine, "bot@corp.example")
 
@@ -117,7 +126,7 @@ def test_beads_without_acceptance_criteria_are_not_eligible(
     run = harness.dispatch()
     assert run.code == 0
     queue = run.event("queue.read")
-    assert (queue["ready"], queue["eligible"]) == (2, 0)
+    assert (queue["matched"], queue["eligible"]) == (2, 0)
     assert set(queue["skipped_no_acceptance"]) == {blank, missing}
     assert beadboard.requests == []
     assert store.snapshot() == before
@@ -413,7 +422,7 @@ def test_dry_run_changes_nothing_and_posts_nothing(
     assert run.summary["outcome"] == "dry_run"
     assert later not in would["beads"]
     assert store.snapshot() == before
-    assert store.methods() == ["ready", "ready", "queue"]  # reads, never a write
+    assert store.methods() == ["queue", "ready", "ready", "queue"]  # reads, never a write
     assert posted(beadboard) == []
     assert not harness.lock_path.exists()
 
@@ -455,7 +464,7 @@ def test_a_claim_bd_refuses_is_lost_quietly_and_nothing_is_sent(
 ) -> None:
     bead = store.add()
     # After the fresh query under the lock, before the claim: someone assigns it elsewhere.
-    store.after("queue", lambda: store.edit(bead, assignee="alice"), nth=1)
+    store.after("queue", lambda: store.edit(bead, assignee="alice"), nth=2)
     run = harness.dispatch()
     assert run.code == 0, run.stdout
     lost = run.event("claim.lost")
@@ -477,7 +486,7 @@ def test_a_held_lock_ends_the_poll_without_claiming(
     assert run.summary["outcome"] == "lock_busy"
     assert LOCK_FILE_NAME in run.event("lock.busy")["lock"]
     assert store.snapshot() == before
-    assert store.methods() == ["ready"]
+    assert store.methods() == ["queue", "ready"]
     assert posted(beadboard) == []
     # Released: the next run dispatches.
     assert harness.dispatch().summary["outcome"] == "dispatched"
@@ -814,6 +823,6 @@ def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
     assert (summary["outcome"], summary["polls"], summary["bd_calls"]) == ("stopped", 1, 1)
     assert "run.stopping" in [e["event"] for e in events]
     assert argv_log.read_text().splitlines() == [
-        f"--db {beads_dir} --actor agent --json ready --assignee agent --limit 0 --sort priority"
+        f'--db {beads_dir} --actor agent --json query assignee="agent" AND status=open --limit 0'
     ]
     assert beadboard.requests == []

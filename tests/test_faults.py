@@ -254,7 +254,7 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "bd-every-call-fails",
-        "bd ready exited 1: injected failure",
+        "bd query exited 1: injected failure",
         1,
         "unchanged",
         bd=lambda store, bead: store.fail(),

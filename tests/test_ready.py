@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub
-from tests.support.harness import NOW, JobHarness
+from tests.support.harness import NOW, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
 
 DISPATCH = "/api/agent-dispatch"
@@ -127,15 +127,42 @@ def test_bd_plumbing_types_are_never_offered(
     assert harness.dispatch().summary["outcome"] == "queue_empty"
 
 
-def test_an_idle_poll_with_beads_held_back_is_one_bd_call_and_no_http(
+def test_a_poll_whose_beads_all_wait_is_two_reads_no_http_and_no_lock(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
 ) -> None:
     blocker = store.add("a human's", assignee="alice")
     store.depend(store.add("waits"), blocker)
     store.add("later", defer_until=NOW + timedelta(hours=2))
     run = harness.dispatch()
-    assert (run.summary["outcome"], run.summary["bd_calls"]) == ("queue_empty", 1)
+    assert run.summary["outcome"] == "queue_empty"
+    assert store.methods() == ["queue", "ready"]
     assert beadboard.requests == []
+    assert not harness.lock_path.exists()
+
+
+def test_bd_ready_is_not_asked_when_nothing_queued_could_go_out(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    """bd ready computes the blocked set over the whole database: an idle poll skips it."""
+    store.add("no criteria", acceptance="")
+    store.add("a human's", assignee="alice")
+    run = harness.dispatch()
+    assert (run.summary["outcome"], run.summary["bd_calls"]) == ("queue_empty", 1)
+    assert store.methods() == ["queue"]
+
+
+def test_a_run_whose_beads_all_wait_says_why_once(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    blocker = store.add("a human's", assignee="alice")
+    waits = store.add("waits")
+    store.depend(waits, blocker)
+    later = store.add("later", defer_until=NOW + timedelta(hours=2))
+    run = harness.dispatch(dispatcher_window_seconds=30, poll_interval_seconds=10)
+    assert run.summary["polls"] > 1
+    [read] = events_named(run, "queue.read")
+    assert (read["matched"], read["ready"], read["eligible"]) == (2, 0, 0)
+    assert (read["held_back_dependencies"], read["held_back_deferred"]) == ([waits], [later])
 
 
 def test_queue_read_counts_what_dependencies_and_deferral_hold_back(

@@ -35,7 +35,7 @@ def test_idle_window_polls_with_one_bd_call_and_no_http(
     summary = run.summary
     assert (summary["polls"], summary["idle_polls"], summary["bd_calls"]) == (6, 6, 6)
     assert summary["outcome"] == "queue_empty"
-    assert store.methods() == ["ready"] * 6
+    assert store.methods() == ["queue"] * 6
     assert beadboard.requests == []
     # Five pauses of a whole interval each: nothing else took (fake) time.
     assert (stop.waits, clock.now - NOW) == (5, timedelta(seconds=50))
@@ -158,7 +158,7 @@ def test_pause_reaches_a_running_window(
     assert run.summary["outcome"] == "paused"  # not the idle polls before it
     assert store.bead(late[0]).status == "open"
     assert posted(beadboard) == []
-    assert store.methods() == ["ready", "ready"]
+    assert store.methods() == ["queue", "queue"]
 
 
 def test_an_unreadable_switch_keeps_the_last_value_and_says_so(

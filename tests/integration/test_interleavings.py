@@ -24,10 +24,10 @@ from tests.integration.interleave import (
 
 # What each injection starts: (job, minutes its clock runs ahead).
 COMPANIONS = {"reaper": [Companion("reap", 11)], "dispatcher": [Companion("dispatch", 60)]}
-# The clean run's bd calls: bd ready, the full read under the lock (bd ready, bd query), then
-# per bead claim, sending marker, dispatched comment, stage cleared. Checked below so the
-# matrix cannot shrink.
-CALLS_PER_RUN = 3 + 4 * 3
+# The clean run's bd calls: the first read (bd query, then bd ready), the full read under the
+# lock (bd ready, bd query), then per bead claim, sending marker, dispatched comment, stage
+# cleared. Checked below so the matrix cannot shrink.
+CALLS_PER_RUN = 4 + 4 * 3
 
 
 def test_a_clean_run_hands_off_every_bead_once(scenario: Scenario) -> None:
