@@ -21,12 +21,15 @@ from typing import Any
 from devtools.localservices.bd import RealBd
 from devtools.localservices.dolt import dolt_server
 
+QUERY = "bd query"
+READY = "bd ready"
+
 
 def reads(assignee: str) -> dict[str, list[str]]:
     """What BdClient runs (jobs/beads.py) for `assignee`, after `--db DIR --actor agent --json`."""
     return {
-        "bd query (before)": ["query", f'assignee="{assignee}" AND status=open', "--limit", "0"],
-        "bd ready (now)": ["ready", "--assignee", assignee, "--limit", "0", "--sort", "priority"],
+        QUERY: ["query", f'assignee="{assignee}" AND status=open', "--limit", "0"],
+        READY: ["ready", "--assignee", assignee, "--limit", "0", "--sort", "priority"],
     }
 
 
@@ -125,18 +128,42 @@ def large_graph(binary: Path, root: Path, total: int, agent: int) -> dict[str, A
         prefix = [str(binary), "--db", str(client)]
         figures: dict[str, Any] = compare(prefix, server.bd_env())
         figures["idle"] = compare(prefix, server.bd_env(), IDLE_READS)
-        ready = json.loads(server.bd_run(client, "--json", *READS["bd ready (now)"]))
-        queued = json.loads(server.bd_run(client, "--json", *READS["bd query (before)"]))
+        ready = json.loads(server.bd_run(client, "--json", *READS[READY]))
+        queued = json.loads(server.bd_run(client, "--json", *READS[QUERY]))
         figures["offered"] = (len(ready), len(queued))
     return figures
 
 
 def rows(name: str, figures: Mapping[str, tuple[float, float]]) -> list[list[str]]:
-    before_ms = figures["bd query (before)"][0]
-    out = []
-    for read in READS:
-        ms, rss = figures[read]
-        ratio = ms / before_ms
-        verdict = "" if read == "bd query (before)" else (" ✓" if ratio <= TARGET_RATIO else " ✗")
-        out.append([name, read, f"{ms:.0f}", f"{ratio:.2f}x{verdict}", f"{rss:.0f}"])
-    return out
+    """The idle poll as it was and is (one bd query), bd ready alone (a first read that asked
+    it on every poll), and a poll whose beads all wait (query, then ready)."""
+    query_ms, query_rss = figures[QUERY]
+    ready_ms, ready_rss = figures[READY]
+    both_ms = query_ms + ready_ms
+
+    def ratio(ms: float) -> str:
+        return f"{ms / query_ms:.2f}x"
+
+    return [
+        [
+            name,
+            f"{QUERY}: idle poll, before and now",
+            f"{query_ms:.0f}",
+            "1.00x",
+            f"{query_rss:.0f}",
+        ],
+        [
+            name,
+            f"{READY} alone (a ready-first read)",
+            f"{ready_ms:.0f}",
+            ratio(ready_ms),
+            f"{ready_rss:.0f}",
+        ],
+        [
+            name,
+            f"{QUERY} + {READY}: beads queued, all waiting",
+            f"{both_ms:.0f}",
+            ratio(both_ms),
+            f"{max(query_rss, ready_rss):.0f}",
+        ],
+    ]
