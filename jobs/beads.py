@@ -336,6 +336,14 @@ def _beads_from(payload: Any, what: str) -> QueryResult:
 
 
 def _error_message(stdout: str, stderr: str) -> str:
+    """The error bd reported, with the cause it gave only as a warning (an unreadable
+    metadata.json surfaces as "database name must not be empty" without it)."""
+    error = _error(stdout, stderr)
+    causes = [line.strip() for line in stderr.splitlines() if _CONFIG_CAUSE.search(line)]
+    return _excerpt(f"{error} ({causes[0]})") if causes else error
+
+
+def _error(stdout: str, stderr: str) -> str:
     """bd --json reports errors as {"error": ...} on stdout; plain text goes to stderr."""
     for text in (stdout, stderr):
         start = text.find("{")
@@ -354,6 +362,10 @@ def _error_message(stdout: str, stderr: str) -> str:
     return _excerpt((errors or useful or lines or ["(no message)"])[0 if errors else -1])
 
 
+# bd 1.0.2's warnings when it cannot read its metadata.json (it then goes on without it).
+_CONFIG_CAUSE = re.compile(
+    r"failed to load beads config|no beads configuration found", re.IGNORECASE
+)
 # bd 1.0.2's words for "that bead is gone" and "someone else holds it".
 _REJECTION = re.compile(r"already claimed|not found|no issues? found", re.IGNORECASE)
 

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jobs.lock import DoltNamedLock, lock_for
+from jobs.database import resolve
+from jobs.lock import DoltNamedLock, lock_on
 from localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from pods.process import ROOT, base_env, start_jobs
@@ -34,7 +35,8 @@ def test_the_rendered_metadata_selects_the_dolt_lock(
     dolt_server: DoltServer, tmp_path: Path
 ) -> None:
     beads_dir = dolt_server.client_dir(tmp_path / "beads")
-    lock = lock_for(beads_dir, {"BEADS_DOLT_PASSWORD": DOLT_PASSWORD})
+    environ = {"BEADS_DOLT_PASSWORD": DOLT_PASSWORD}
+    lock = lock_on(resolve(beads_dir, environ), environ)
     assert isinstance(lock, DoltNamedLock)
     assert (lock.host, lock.port, lock.user, lock.database) == (
         "127.0.0.1",
