@@ -419,7 +419,10 @@ def _port_and_source(
         return port, PORT_ENV
     server_dir = beads_dir
     if _shared_server(environ):
+        # A shared server's port file and metadata.json are the shared dir's, not the repo's.
         server_dir = Path(environ.get(SHARED_SERVER_DIR_ENV) or home / ".beads" / "shared-server")
+        metadata = _loadable(server_dir) or {}
+        metadata_path = server_dir / METADATA_FILE
     port_file = server_dir / PORT_FILE
     if port_file.exists():
         content = port_file.read_text(encoding="utf-8", errors="replace").strip()

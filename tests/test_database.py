@@ -153,7 +153,8 @@ def test_dolt_mode_is_read_case_insensitively(tmp_path: Path, mode: str) -> None
     ("environ", "expected"),
     [
         ({"BEADS_DOLT_SERVER_MODE": "1"}, ("127.0.0.1", 3306, "beads", "root", False)),
-        ({"BEADS_DOLT_SHARED_SERVER": "true"}, ("127.0.0.1", 3306, "beads", "root", False)),
+        # A shared server's port is the shared dir's (none here: 3308), not the repo's.
+        ({"BEADS_DOLT_SHARED_SERVER": "true"}, ("127.0.0.1", 3308, "beads", "root", False)),
         (
             {"BEADS_DOLT_SERVER_MODE": "1", "BEADS_DOLT_SERVER_HOST": "other"},
             ("other", 3306, "beads", "root", False),
