@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -15,14 +14,15 @@ from typing import IO
 
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, BdError, BdRejected, resolve_bd_bin
+from jobs.database import provision, resolve
 from jobs.dispatch import Dispatcher, RuntimeSwitch
 from jobs.explain import Explainer
-from jobs.lock import LockError, lock_for
+from jobs.lock import lock_on
 from jobs.log import Clock, EventLog, new_run_id, utc_now
 from jobs.protocol import ExitCode
 from jobs.reap import Reaper
 from jobs.run import RunContext
-from jobs.settings import ConfigError, JobSettings, env_name, load_settings
+from jobs.settings import ConfigError, env_name, load_settings
 
 
 def run_dispatch(context: RunContext) -> int:
@@ -99,27 +99,6 @@ def run_explain(context: RunContext, bead_id: str, out: IO[str]) -> int:
     return int(ExitCode.OK)
 
 
-def prepare_beads_dir(settings: JobSettings) -> None:
-    """bd writes lock/state files beside metadata.json; ConfigMap mounts are read-only."""
-    try:
-        settings.beads_db.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"{env_name('beads_db')} {settings.beads_db}: cannot create it ({exc.strerror})"
-        ) from None
-    source = settings.beads_metadata_file
-    if source is None:
-        return
-    if not source.is_file():
-        raise ConfigError(f"{env_name('beads_metadata_file')} {source}: no such file")
-    try:
-        shutil.copyfile(source, settings.beads_db / "metadata.json")
-    except OSError as exc:
-        raise ConfigError(
-            f"{env_name('beads_metadata_file')} {source}: cannot copy ({exc.strerror})"
-        ) from None
-
-
 def main(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -150,19 +129,27 @@ def main(
             raise ConfigError(
                 f"{env_name('bd_bin')} {settings.bd_bin!r}: not found or not executable"
             )
-        prepare_beads_dir(settings)
-        lock = lock_for(settings.beads_db, env)
+        provision(settings.beads_db, settings.beads_metadata_file)
+        # The database bd opens for BEADS_DB, by bd's own rules: the lock goes on it, and
+        # bd is pointed at it, so two spellings of one database are one database here too.
+        database = resolve(settings.beads_db, env)
     except ConfigError as exc:
         return _config_error(log, exc)
-    except LockError as exc:
-        return _config_error(log, ConfigError(str(exc)))
+    if database.dir != settings.beads_db:
+        log.event(
+            "database.resolved",
+            beads_db=str(settings.beads_db),
+            beads_dir=str(database.dir),
+            detail=f"{env_name('beads_db')} has no metadata.json: bd uses the beads dir "
+            "beside or above it, and so does this run",
+        )
     store = BdClient(
         settings.bd_bin,
-        settings.beads_db,
+        database.dir,
         actor=settings.agent_assignee,
         timeout_seconds=settings.bd_timeout_seconds,
     )
-    context = RunContext(settings, store, lock, clock, log, dry_run=args.dry_run)
+    context = RunContext(settings, store, lock_on(database, env), clock, log, dry_run=args.dry_run)
     if explaining:
         return run_explain(context, args.bead, stream or sys.stdout)
     # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.

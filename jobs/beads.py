@@ -17,9 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from jobs.protocol import Status, queue_expression
+from jobs.rowsize import stored_size
 
 _ADVISORY = re.compile(r"^(warning|fix:|or:|to |remove |the port file)", re.IGNORECASE)
 # bd prints at most this much of an error worth quoting in a log line.
@@ -61,6 +71,23 @@ class Bead(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # Only `bd show` prints them; `bd comments add` leaves updated_at alone.
     comments: list[Comment] = Field(default_factory=list)
+    # The row as bd printed it, kept for its size as bd stores it: measured only when
+    # asked (a poll reads every queued bead and claims a few).
+    _row: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_row(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Bead:
+        bead: Bead = handler(data)
+        if isinstance(data, dict):
+            bead._row = data
+        return bead
+
+    @property
+    def stored_bytes(self) -> int:
+        """The row's size as bd stores it (jobs/rowsize.py), from the fields bd printed: a
+        `bd ready` row has no notes or metadata, so only a query or show row tells it all."""
+        return stored_size(self._row)
 
     @field_validator("created_at", "updated_at", "defer_until")
     @classmethod
@@ -110,6 +137,11 @@ class BdError(Exception):
 
 class BdRejected(BdError):
     """bd answered but refused: the bead is gone or is held by someone else."""
+
+
+class BdTooLarge(BdError):
+    """bd refused to update a bead whose stored row passed its limit (jobs/rowsize.py):
+    no update will ever succeed on it; `bd close` and comments still do."""
 
 
 class BeadStore(Protocol):
@@ -302,6 +334,8 @@ class BdClient:
             raise BdError(f"cannot run bd ({self.bd_bin}): {exc.strerror or exc}") from None
         if completed.returncode != 0:
             message = _error_message(completed.stdout, completed.stderr)
+            if _TOO_LARGE.search(message):
+                raise BdTooLarge(f"bd {args[0]} {args[1] if len(args) > 1 else ''}: {message}")
             if _is_rejection(message):
                 raise BdRejected(f"bd {args[0]} {args[1] if len(args) > 1 else ''}: {message}")
             raise BdError(f"bd {args[0]} exited {completed.returncode}: {message}")
@@ -336,6 +370,14 @@ def _beads_from(payload: Any, what: str) -> QueryResult:
 
 
 def _error_message(stdout: str, stderr: str) -> str:
+    """The error bd reported, with the cause it gave only as a warning (an unreadable
+    metadata.json surfaces as "database name must not be empty" without it)."""
+    error = _error(stdout, stderr)
+    causes = [line.strip() for line in stderr.splitlines() if _CONFIG_CAUSE.search(line)]
+    return _excerpt(f"{error} ({causes[0]})") if causes else error
+
+
+def _error(stdout: str, stderr: str) -> str:
     """bd --json reports errors as {"error": ...} on stdout; plain text goes to stderr."""
     for text in (stdout, stderr):
         start = text.find("{")
@@ -354,6 +396,12 @@ def _error_message(stdout: str, stderr: str) -> str:
     return _excerpt((errors or useful or lines or ["(no message)"])[0 if errors else -1])
 
 
+# bd 1.0.2's warnings when it cannot read its metadata.json (it then goes on without it).
+_CONFIG_CAUSE = re.compile(
+    r"failed to load beads config|no beads configuration found", re.IGNORECASE
+)
+# The events table refusing the old row (jobs/rowsize.py).
+_TOO_LARGE = re.compile(r"too (large|long) for column", re.IGNORECASE)
 # bd 1.0.2's words for "that bead is gone" and "someone else holds it".
 _REJECTION = re.compile(r"already claimed|not found|no issues? found", re.IGNORECASE)
 

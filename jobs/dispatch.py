@@ -37,10 +37,11 @@ from jobs.beadboard import (
     ServiceDown,
     Unconfirmed,
 )
-from jobs.beads import BdError, BdRejected, Bead, QueryResult
+from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
+from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, too_large
 from jobs.run import Job, RunContext, Tally, finish, log_fault
 from jobs.settings import env_name
 
@@ -371,6 +372,8 @@ class Dispatcher(Job):
             if current is None or not _is_eligible(current, assignee):
                 self.log.event("claim.skipped", bead=candidate.id, detail="changed since the query")
                 continue
+            if self._too_large(current, too_large(current.stored_bytes)):
+                continue
             if not self._claim(current):
                 continue
             if not self.switch.enabled():
@@ -401,12 +404,32 @@ class Dispatcher(Job):
         except BdRejected as exc:
             self.log.event("claim.lost", bead=bead.id, reason=str(exc))
             return False
+        except BdTooLarge as exc:
+            # bd wrote nothing (it refuses the whole update), and would refuse a hand-back.
+            self._too_large(bead, f"too large for bd to update ({exc})")
+            return False
         except BdError as exc:
             # The write may have landed before bd failed: hand the bead back either way.
             returned = self._hand_back(bead, f"bd failed while claiming it ({exc})") is None
             self._bd_failed(bead.id, "claim", exc, handed_back=returned)
             return False
         self.log.event("claim.done", bead=bead.id, priority=bead.priority)
+        return True
+
+    def _too_large(self, bead: Bead, reason: str | None) -> bool:
+        """A bead bd could not update once the jobs have written on it is never claimed:
+        claimed, it would stay in_progress for good (docs/runbook.md, "Too large")."""
+        if reason is None:
+            return False
+        self.log.warning(
+            "bead.too_large",
+            bead=bead.id,
+            size=bead.stored_bytes,
+            limit=ROW_LIMIT,
+            margin=WRITE_MARGIN,
+            reason=reason,
+        )
+        self._hold_back(bead.id, reason, quiet=True)  # once per run: held back from now on
         return True
 
     def _hand_back(self, bead: Bead, reason: str) -> BdError | None:

@@ -18,6 +18,7 @@ from jobs.beads import BdClient, Bead
 from jobs.dispatch import eligible_in_order
 from jobs.log import Clock, iso_utc
 from jobs.protocol import BLOCKING_DEPENDENCIES, NOT_WORK_TYPES, Status
+from jobs.rowsize import too_large
 from jobs.settings import JobSettings, env_name
 
 # How many agent slots are free right now; raises BeadBoardError when it cannot be told.
@@ -40,6 +41,7 @@ class Explainer:
         reasons = [
             *self._ownership(bead),
             *self._state(bead),
+            *self._size(bead),
             *self._kind(row),
             *self._deferral(bead, now),
             *self._graph(bead_id, row, now),
@@ -77,6 +79,12 @@ class Explainer:
         if not bead.has_acceptance_criteria:
             reasons.append("no acceptance criteria: the agent needs them to know when it is done")
         return reasons
+
+    def _size(self, bead: Bead) -> list[str]:
+        if bead.status not in (Status.OPEN, Status.IN_PROGRESS):
+            return []
+        reason = too_large(bead.stored_bytes)
+        return [] if reason is None else [reason]
 
     def _kind(self, row: dict[str, Any]) -> list[str]:
         kind = str(row.get("issue_type") or "")

@@ -10,6 +10,9 @@ This lock lives where the holder's death is noticed by the system itself:
 - embedded mode (local stack, demo, tests): `flock` on a file beside the database, which
   the kernel drops when the holding process exits.
 
+Either is taken on the database bd really opens (jobs/database.py), whatever spelling of
+BEADS_DB a run was given: two spellings of one database take one lock.
+
 Dispatchers take it around claim + send, the reaper around every change it makes, so a
 reaper holding it knows no live dispatcher is between claiming a bead and sending it.
 Holders call `ensure_held()` before every bead write and stop at once when it fails.
@@ -18,12 +21,13 @@ Holders call `ensure_held()` before every bead write and stop at once when it fa
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from jobs.database import Database
 
 LOCK_FILE_NAME = "beads-autodispatch.lock"
 # MySQL/Dolt caps lock names at 64 characters.
@@ -32,14 +36,12 @@ _MAX_LOCK_NAME = 64
 # How often a waiting holder asks again; GET_LOCK with a timeout would block a Dolt worker.
 _RETRY_SECONDS = 0.25
 PASSWORD_ENV = "BEADS_DOLT_PASSWORD"  # noqa: S105 (the variable name, not a password)
-DEFAULT_DOLT_PORT = 3307  # bd's own default when metadata.json names none
-DEFAULT_DOLT_USER = "root"
 # A Dolt server that stops answering must not hang a run past its deadline.
 _SQL_TIMEOUT_SECONDS = 10
 
 
 class LockError(Exception):
-    """The lock service could not be asked (Dolt unreachable, bad metadata.json)."""
+    """The lock service could not be asked (Dolt unreachable, the lock file unwritable)."""
 
 
 class LockLost(LockError):
@@ -209,30 +211,17 @@ class DoltNamedLock:
             conn.close()
 
 
-def lock_for(beads_dir: Path, environ: Mapping[str, str]) -> DispatchLock:
-    """The lock matching how bd reaches the database: its metadata.json says which mode."""
-    metadata_path = beads_dir / "metadata.json"
-    try:
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        metadata = {}
-    except (OSError, ValueError) as exc:
-        raise LockError(f"{metadata_path}: cannot read it ({exc})") from None
-    if not isinstance(metadata, dict) or metadata.get("dolt_mode") != "server":
-        return FileLock(beads_dir / LOCK_FILE_NAME)
-    try:
-        port = int(metadata.get("dolt_server_port") or DEFAULT_DOLT_PORT)
-    except (TypeError, ValueError):
-        raise LockError(f"{metadata_path}: dolt_server_port is not a number") from None
-    database = str(metadata.get("dolt_database") or "")
-    host = str(metadata.get("dolt_server_host") or "")
-    if not host or not database:
-        raise LockError(f"{metadata_path}: server mode needs dolt_server_host and dolt_database")
+def lock_on(database: Database, environ: Mapping[str, str]) -> DispatchLock:
+    """The lock on the database bd opens (jobs/database.py): a flock in its beads dir, or
+    a named lock on the Dolt server bd talks to, named after the database."""
+    if database.server is None:
+        return FileLock(database.dir / LOCK_FILE_NAME)
+    server = database.server
     return DoltNamedLock(
-        host=host,
-        port=port,
-        user=str(metadata.get("dolt_server_user") or DEFAULT_DOLT_USER),
+        host=server.host,
+        port=server.port,
+        user=server.user,
         password=environ.get(PASSWORD_ENV, ""),
-        database=database,
-        tls=bool(metadata.get("dolt_server_tls")),
+        database=database.name,
+        tls=server.tls,
     )

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from jobs import notes
-from jobs.beads import BdError, BdRejected, Bead
+from jobs.beads import BdError, BdRejected, BdTooLarge, Bead
 from jobs.lock import LockError, ensure_held
 from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status
+from jobs.rowsize import ROW_LIMIT
 from jobs.run import Job, RunContext, Tally, finish, log_fault
 
 # A dispatcher holds the lock for one poll's claims and sends (seconds; at most a few HTTP
@@ -138,11 +139,19 @@ class Reaper(Job):
         if dry_run:
             self.log.event("dry_run.would_reap", bead=bead_id, action=action)
             return
+        if self._write(current, action, now):
+            self._report(current, action, now)
+
+    def _write(self, current: Bead, action: ReapAction, now: datetime) -> bool:
+        """The reaper's one write on a bead; False when bd did not take it (logged)."""
+        if current.stored_bytes > ROW_LIMIT:
+            self._too_large(current, action, f"{current.stored_bytes:,} bytes of {ROW_LIMIT:,}")
+            return False
         ensure_held(self.lock)
         try:
             if action == ReapAction.REQUEUE:
                 self.store.update(
-                    bead_id,
+                    current.id,
                     status=Status.OPEN,
                     note=notes.requeued_unsent(current.updated_at, now),
                     unset_metadata=[STAGE_KEY],
@@ -150,14 +159,21 @@ class Reaper(Job):
             else:
                 self._block(current, now)
         except BdRejected as exc:
-            self.log.event("reap.skipped", bead=bead_id, detail=str(exc))
-            return
+            self.log.event("reap.skipped", bead=current.id, detail=str(exc))
+            return False
+        except BdTooLarge as exc:
+            self._too_large(current, action, str(exc))
+            return False
         except BdError as exc:
             # A fault of bd on this bead: an error line, then the rest of the run goes on.
-            self.log.error("reap.failed", bead=bead_id, action=action, error=str(exc))
+            self.log.error("reap.failed", bead=current.id, action=action, error=str(exc))
             self.tally.errors += 1
-            self._skip(bead_id, f"cannot update it: {exc}", quiet=True)
-            return
+            self._skip(current.id, f"cannot update it: {exc}", quiet=True)
+            return False
+        return True
+
+    def _report(self, current: Bead, action: ReapAction, now: datetime) -> None:
+        bead_id = current.id
         minutes = idle_minutes(current, now)
         if action == ReapAction.REQUEUE:
             self.tally.requeued.append(bead_id)
@@ -184,6 +200,19 @@ class Reaper(Job):
             note=note,
             unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
         )
+
+    def _too_large(self, bead: Bead, action: ReapAction, detail: str) -> None:
+        """bd refuses every update of this bead, now and on every later run: one warning,
+        no failed run (docs/runbook.md, "Too large": a human closes or trims it)."""
+        self.log.warning(
+            "reap.too_large",
+            bead=bead.id,
+            action=action,
+            size=bead.stored_bytes,
+            limit=ROW_LIMIT,
+            detail=f"too large for bd to update ({detail}); `bd close {bead.id}` still works",
+        )
+        self._skip(bead.id, "too large for bd to update", quiet=True)
 
     def _skip(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
         if bead_id in self.tally.skipped:

@@ -162,12 +162,18 @@ class JobSettings(RuntimeSettings):
     """Everything a dispatch or reap run reads: the stack's knobs plus what the pod spec sets."""
 
     bd_bin: str = Field(default="bd", min_length=1, description="bd executable.")
-    beads_db: Path = Field(default=POD_BEADS_DB, description="Beads dir, passed as `bd --db`.")
+    beads_db: Path = Field(
+        default=POD_BEADS_DB,
+        description="Beads dir, an absolute path that must exist (unless BEADS_METADATA_FILE "
+        "is set). Read by bd's own rules: a dir without metadata.json names the `.beads` "
+        "beside or above it, and the jobs lock and run `bd --db` on that one.",
+    )
     beads_metadata_file: Path | None = Field(
         default=None,
-        description="Copied to BEADS_DB/metadata.json first (ConfigMap mounts are read-only); "
-        '`"dolt_mode": "server"` there makes the dispatch lock a Dolt named lock, otherwise '
-        "a flock on BEADS_DB/beads-autodispatch.lock.",
+        description="Copied to BEADS_DB/metadata.json first, BEADS_DB made if missing "
+        "(ConfigMap mounts are read-only). Server mode as bd reads it (any case of "
+        '`"dolt_mode": "server"`, or the `BEADS_DOLT_*` env) makes the dispatch lock a Dolt '
+        "named lock, otherwise a flock on beads-autodispatch.lock in the beads dir.",
     )
     runtime_config_dir: Path | None = Field(
         default=None,

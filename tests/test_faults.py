@@ -28,7 +28,8 @@ from devtools.manifests.mocks import render_program
 from devtools.pods.process import JobRun
 from jobs import __main__ as cli
 from jobs.beads import BdClient, BdError, BdRejected
-from jobs.lock import DoltNamedLock, LockError, lock_for
+from jobs.database import resolve
+from jobs.lock import DoltNamedLock, LockError, lock_on
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Status
 from tests.support.harness import NOW, JobHarness, closed_port
 from tests.support.memory_store import MemoryStore
@@ -696,6 +697,20 @@ def test_whatever_bd_prints_is_beads_or_one_short_bd_error(
     assert len(message) < 360  # bd's text is quoted as an excerpt, never wholesale
 
 
+def test_bd_failing_on_its_config_keeps_the_cause_it_printed_as_a_warning() -> None:
+    """bd goes on without a metadata.json it cannot read, then fails on something else."""
+    stdout = REAL_BD_OPEN_FAILURE[0]
+    stderr = (
+        "warning: failed to load beads config from /x/.beads: parsing config: json: cannot "
+        "unmarshal string into Go struct field Config.dolt_server_port of type int\n"
+    )
+    with pytest.raises(BdError) as caught:
+        ScriptedBd(stdout, stderr, 1).client().queue("agent", Status.OPEN)
+    message = str(caught.value)
+    assert message.startswith("bd query exited 1: failed to open database: embeddeddolt:")
+    assert message.endswith("Config.dolt_server_port of type int)")
+
+
 def test_a_long_error_keeps_both_ends() -> None:
     # bd often names the cause last, after a long context.
     stderr = "Error: " + "context " * 500 + "caused by: disk full\n"
@@ -847,7 +862,7 @@ def test_no_secret_in_logs_notes_requests_or_manifests(
         ),
         encoding="utf-8",
     )
-    lock = lock_for(tmp_path, SECRET_ENV)
+    lock = lock_on(resolve(tmp_path, SECRET_ENV), SECRET_ENV)
     with pytest.raises(LockError) as lock_failure:
         lock.try_acquire()
     assert [run.code for run in runs] == [0, 1, 0, 0, 1]

@@ -18,7 +18,8 @@ from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from devtools.paths import ROOT
 from devtools.pods.process import base_env, start_jobs
-from jobs.lock import DoltNamedLock, lock_for
+from jobs.database import resolve
+from jobs.lock import DoltNamedLock, lock_on
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
 
@@ -35,7 +36,8 @@ def test_the_rendered_metadata_selects_the_dolt_lock(
     dolt_server: DoltServer, tmp_path: Path
 ) -> None:
     beads_dir = dolt_server.client_dir(tmp_path / "beads")
-    lock = lock_for(beads_dir, {"BEADS_DOLT_PASSWORD": DOLT_PASSWORD})
+    environ = {"BEADS_DOLT_PASSWORD": DOLT_PASSWORD}
+    lock = lock_on(resolve(beads_dir, environ), environ)
     assert isinstance(lock, DoltNamedLock)
     assert (lock.host, lock.port, lock.user, lock.database) == (
         "127.0.0.1",

@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 # What BdClient makes of the rows bd prints: the double stands in for bd, not for the client.
-from jobs.beads import BdError, BdRejected, Bead, QueryResult, _beads_from
+from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult, _beads_from
 from jobs.log import Clock, iso_utc
 from jobs.protocol import NOT_WORK_TYPES, Status, queue_expression
+from jobs.rowsize import stored_size
 
 Method = Literal["queue", "ready", "show", "update", "comment"]
 # The bd subcommand behind each method, so injected errors read like BdClient's.
@@ -71,9 +72,11 @@ class _Rule:
 
 
 class MemoryStore:
-    def __init__(self, clock: Clock, actor: str = "agent") -> None:
+    def __init__(self, clock: Clock, actor: str = "agent", row_limit: int | None = None) -> None:
         self.clock = clock
         self.actor = actor  # who BdClient runs bd as: the claimer, the comments' author
+        # bd's events.old_value limit (jobs/rowsize.py): an update of a row past it fails.
+        self.row_limit = row_limit
         self.rows: dict[str, dict[str, Any]] = {}
         self.dependencies: list[Dependency] = []
         self.log: list[Call] = []
@@ -241,6 +244,7 @@ class MemoryStore:
                 if holder not in ("", who):
                     raise BdRejected(f"bd update {bead_id}: issue already claimed by {holder}")
                 if not holder:
+                    self._fits(row)
                     row.update(assignee=who, status=Status.IN_PROGRESS.value, updated_at=now)
             changes: dict[str, Any] = {} if status is None else {"status": status.value}
             if note is not None:
@@ -248,6 +252,7 @@ class MemoryStore:
             if set_metadata or unset_metadata:
                 changes["metadata"] = _edit_metadata(row, set_metadata or {}, unset_metadata)
             if changes:
+                self._fits(row)
                 row.update(changes, updated_at=now)
 
         given: dict[str, Any] = {"claim": claim, "status": status, "note": note, "actor": actor}
@@ -314,6 +319,16 @@ class MemoryStore:
         return active
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _fits(self, row: dict[str, Any]) -> None:
+        """bd records the old row in events.old_value before each write: past the limit, the
+        whole update is refused (a claim and its second write are two such updates)."""
+        size = stored_size(row)
+        if self.row_limit is not None and size > self.row_limit:
+            raise BdTooLarge(
+                f"bd update {row['id']}: failed to record event: value of {size} bytes is too "
+                "large for column 'old_value'"
+            )
 
     def _row(self, bead_id: str, command: str, missing: str = "") -> dict[str, Any]:
         if bead_id not in self.rows:
