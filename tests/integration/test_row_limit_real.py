@@ -115,7 +115,7 @@ def test_the_margin_leaves_room_for_what_the_jobs_write(
     """The largest bead the dispatcher claims still takes every write of a failed dispatch."""
     largest = bead_of_size(real_bd, ROW_LIMIT - WRITE_MARGIN)
     # A long reason, as a failing BeadBoard may give: it is quoted in the failure note.
-    beadboard.set_handler(DISPATCH, lambda request: Reply(status=502, json={"error": "e" * 2000}))
+    beadboard.set_handler(DISPATCH, lambda request: Reply(status=400, json={"error": "e" * 2000}))
     run = run_real("dispatch")
     assert run.code == 1  # the dispatch failed; bd took every write on the bead
     state = real_bd.show(largest)
