@@ -438,14 +438,8 @@ class Dispatcher(Job):
         bd's error when it refused that too: the bead stays at stage `claimed`, and the
         reaper requeues it once it holds the lock. The caller reports the failure in one line.
         """
-        ensure_held(self.lock)
         try:
-            self.store.update(
-                bead.id,
-                status=Status.OPEN,
-                note=notes.not_sent(reason, self.clock()),
-                unset_metadata=[STAGE_KEY],
-            )
+            self._reopen(bead, notes.not_sent(reason, self.clock()))
         except BdError as exc:
             return exc
         self.tally.returned.append(bead.id)
@@ -558,14 +552,13 @@ class Dispatcher(Job):
         )
         return Outcome.DISPATCH_UNKNOWN
 
-    def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
+    def _reopen(self, bead: Bead, note: str) -> None:
+        """Back to `open`, stage cleared, with the note saying why (under the lock)."""
         ensure_held(self.lock)
-        self.store.update(
-            bead.id,
-            status=Status.OPEN,
-            note=notes.agent_busy(outcome.detail, now),
-            unset_metadata=[STAGE_KEY],
-        )
+        self.store.update(bead.id, status=Status.OPEN, note=note, unset_metadata=[STAGE_KEY])
+
+    def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
+        self._reopen(bead, notes.agent_busy(outcome.detail, now))
         # Backed off for the rest of the run: one "agent busy" note per bead per run.
         self._hold_back(bead.id, "agent busy (409)", quiet=True)
         self.tally.returned.append(bead.id)
@@ -573,15 +566,9 @@ class Dispatcher(Job):
         return Outcome.AGENT_BUSY_ON_DISPATCH
 
     def _record_service_down(self, bead: Bead, outcome: ServiceDown, now: datetime) -> Outcome:
-        ensure_held(self.lock)
         # Not the bead's fault: it goes back uncharged, and is sent again once the service
         # answers (the run backs off meanwhile).
-        self.store.update(
-            bead.id,
-            status=Status.OPEN,
-            note=notes.service_down(outcome.reason, now),
-            unset_metadata=[STAGE_KEY],
-        )
+        self._reopen(bead, notes.service_down(outcome.reason, now))
         self.tally.service_down += 1
         if bead.id not in self.tally.returned:
             self.tally.returned.append(bead.id)

@@ -312,20 +312,30 @@ def _write_kubeconfigs(setup: _Setup, server: str, tokens: dict[str, str]) -> Pa
     return kubeconfig
 
 
+def _component_flags(setup: _Setup, name: str, config: Path, port: int) -> list[str]:
+    """What every control-plane component after the API server takes: its binary, its
+    kubeconfig (also for authn/authz), a loopback HTTPS port with our serving cert."""
+    return [
+        str(setup.bin_dir / name),
+        f"--kubeconfig={config}",
+        f"--authentication-kubeconfig={config}",
+        f"--authorization-kubeconfig={config}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={setup.certs.serving_cert}",
+        f"--tls-private-key-file={setup.certs.serving_key}",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
+
+
 def _start_controller_manager(setup: _Setup, launcher: Launcher) -> str:
     """Every controller, signing with our CA; its /healthz URL."""
     port, config, certs = free_port(), setup.etc / "kcm.kubeconfig", setup.certs
     launcher.start(
         "kube-controller-manager",
         [
-            str(setup.bin_dir / "kube-controller-manager"),
-            f"--kubeconfig={config}",
-            f"--authentication-kubeconfig={config}",
-            f"--authorization-kubeconfig={config}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--tls-cert-file={certs.serving_cert}",
-            f"--tls-private-key-file={certs.serving_key}",
+            *_component_flags(setup, "kube-controller-manager", config, port),
             "--controllers=*",
             "--use-service-account-credentials=false",
             f"--service-account-private-key-file={certs.sa_key}",
@@ -333,8 +343,6 @@ def _start_controller_manager(setup: _Setup, launcher: Launcher) -> str:
             f"--cluster-signing-cert-file={certs.ca_cert}",
             f"--cluster-signing-key-file={certs.ca_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--leader-elect=false",
-            "--profiling=false",
         ],
     )
     return f"https://127.0.0.1:{port}/healthz"
@@ -342,22 +350,8 @@ def _start_controller_manager(setup: _Setup, launcher: Launcher) -> str:
 
 def _start_scheduler(setup: _Setup, launcher: Launcher) -> str:
     """The default scheduler; its /healthz URL."""
-    port, config, certs = free_port(), setup.etc / "scheduler.kubeconfig", setup.certs
-    launcher.start(
-        "kube-scheduler",
-        [
-            str(setup.bin_dir / "kube-scheduler"),
-            f"--kubeconfig={config}",
-            f"--authentication-kubeconfig={config}",
-            f"--authorization-kubeconfig={config}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--tls-cert-file={certs.serving_cert}",
-            f"--tls-private-key-file={certs.serving_key}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ],
-    )
+    port, config = free_port(), setup.etc / "scheduler.kubeconfig"
+    launcher.start("kube-scheduler", _component_flags(setup, "kube-scheduler", config, port))
     return f"https://127.0.0.1:{port}/healthz"
 
 
