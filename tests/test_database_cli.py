@@ -18,8 +18,8 @@ from devtools.localservices.beadboard import BeadBoardStub
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME, FileLock
 from tests.support.harness import NOW, closed_port
+from tests.support.routes import DISPATCH
 
-DISPATCH = "/api/agent-dispatch"
 ROW = {
     "id": "tb-1",
     "title": "task",

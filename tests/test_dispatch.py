@@ -26,9 +26,8 @@ from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
 from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH, STATUS
 
-STATUS = "/api/agent-status"
-DISPATCH = "/api/agent-dispatch"
 STAMP = iso_utc(NOW)
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 

@@ -33,9 +33,7 @@ from jobs.lock import DoltNamedLock, LockError, lock_on
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Status
 from tests.support.harness import NOW, JobHarness, closed_port
 from tests.support.memory_store import MemoryStore
-
-STATUS = "/api/agent-status"
-DISPATCH = "/api/agent-dispatch"
+from tests.support.routes import DISPATCH, STATUS
 
 
 def bystanders(store: MemoryStore) -> None:

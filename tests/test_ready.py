@@ -14,8 +14,7 @@ import pytest
 from devtools.localservices.beadboard import BeadBoardStub
 from tests.support.harness import NOW, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
-
-DISPATCH = "/api/agent-dispatch"
+from tests.support.routes import DISPATCH
 
 
 def posted(beadboard: BeadBoardStub) -> list[str]:

@@ -17,8 +17,8 @@ from jobs.protocol import STAGE_KEY, Stage
 from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, json_size, stored_size
 from tests.support.harness import FakeClock, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH
 
-DISPATCH = "/api/agent-dispatch"
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 
 

@@ -14,9 +14,8 @@ from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH, STATUS
 
-STATUS = "/api/agent-status"
-DISPATCH = "/api/agent-dispatch"
 # Polls at 0, 10, ... 50 s: the last starts with less than one interval (+1 s) left.
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 

@@ -27,8 +27,7 @@ from jobs.settings import JobSettings
 from tests.integration.conftest import RealJobRunner, real_env
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore
-
-DISPATCH = "/api/agent-dispatch"
+from tests.support.routes import DISPATCH
 
 
 def agent_task(bd: RealBd, title: str, *extra: str, priority: int = 2) -> str:

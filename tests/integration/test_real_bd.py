@@ -14,9 +14,7 @@ from jobs.lock import LOCK_FILE_NAME
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
 from tests.integration.conftest import RealJobRunner, comments, notes
 from tests.integration.interleave import LEGACY_LOCK_BEAD
-
-DISPATCH = "/api/agent-dispatch"
-STATUS = "/api/agent-status"
+from tests.support.routes import DISPATCH
 
 
 def agent_bead(bd: RealBd, title: str = "task", priority: int = 2) -> str:

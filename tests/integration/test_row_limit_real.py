@@ -18,8 +18,7 @@ from devtools.localservices.beadboard import BeadBoardStub, Reply
 from devtools.pods.process import run_jobs
 from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, stored_size
 from tests.integration.conftest import RealJobRunner, notes, real_env
-
-DISPATCH = "/api/agent-dispatch"
+from tests.support.routes import DISPATCH
 
 
 def bead_of_size(bd: RealBd, size: int, filler: str = "x", **fields: str) -> str:
