@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from components import names
 from jobs import notes
 from tests.support.harness import NOW
 
@@ -32,3 +33,8 @@ def test_the_note_that_blocked_a_bead_gives_its_attempts_and_reason() -> None:
 def test_a_later_note_of_the_jobs_means_the_failures_are_history() -> None:
     text = "\n".join([notes.dispatch_failed(3, 3, "HTTP 400", NOW), notes.claimed(NOW)])
     assert notes.gave_up(text) is None
+
+
+def test_notes_are_signed_with_the_cronjob_names() -> None:
+    """A note's author is the CronJob that wrote it, so `kubectl get cronjob` finds it."""
+    assert (notes.DISPATCHER, notes.REAPER) == (names.DISPATCHER_NAME, names.REAPER_NAME)
