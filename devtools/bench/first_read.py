@@ -161,7 +161,7 @@ def rows(name: str, figures: Mapping[str, tuple[float, float]]) -> list[list[str
         ],
         [
             name,
-            f"{QUERY} + {READY}: beads queued, all waiting",
+            f"{QUERY} + {READY}: a poll with beads queued (sum)",
             f"{both_ms:.0f}",
             ratio(both_ms),
             f"{max(query_rss, ready_rss):.0f}",
