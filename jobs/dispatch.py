@@ -56,6 +56,9 @@ class LoadSource(Protocol):
 
 
 ENABLED_ENV = env_name("dispatcher_enabled")
+# After these, the next bead of the poll would only meet the same answer: the agent is full,
+# the service is down (the lock goes at once), or the kill switch went off.
+_ENDS_THE_POLL = frozenset({Outcome.AGENT_BUSY_ON_DISPATCH, Outcome.SERVICE_DOWN, Outcome.PAUSED})
 _BOOL = TypeAdapter(bool)
 
 
@@ -374,20 +377,25 @@ class Dispatcher(Job):
                 continue
             if self._too_large(current, too_large(current.stored_bytes)):
                 continue
-            if not self._claim(current):
+            outcome = self._hand_off_one(current)
+            if outcome is None:
                 continue
-            if not self.switch.enabled():
-                outcomes.append(self._stand_down(current))
-                break
-            outcome = self._send(current)
             outcomes.append(outcome)
             if outcome in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN):
                 sent += 1
-            if outcome == Outcome.AGENT_BUSY_ON_DISPATCH:
-                break  # the agent is full: the next bead would only be refused too
-            if outcome == Outcome.SERVICE_DOWN:
-                break  # the next bead would only meet the outage too; the lock goes at once
+            if outcome in _ENDS_THE_POLL:
+                break
         return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
+
+    def _hand_off_one(self, bead: Bead) -> Outcome | None:
+        """claim -> (switch still on?) -> mark sending -> post -> record. None: not claimed."""
+        if not self._claim(bead):
+            return None
+        if not self.switch.enabled():
+            return self._stand_down(bead)
+        if not self._mark_sending(bead):
+            return Outcome.ERROR
+        return self._record(bead, self._post(bead))
 
     def _claim(self, bead: Bead) -> bool:
         ensure_held(self.lock)
@@ -459,15 +467,19 @@ class Dispatcher(Job):
         self.tally.outcomes.add(Outcome.PAUSED)
         return Outcome.PAUSED
 
-    def _send(self, bead: Bead) -> Outcome:
+    def _mark_sending(self, bead: Bead) -> bool:
+        """Written before the POST: after a crash, "sending" means "maybe sent", never resend.
+        False when bd refused it: the bead went back (or waits for the reaper), unsent."""
         ensure_held(self.lock)
         try:
-            # Written before the POST: after a crash, "sending" means "maybe sent", never resend.
             self.store.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
         except BdError as exc:
             returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
-            return Outcome.ERROR
+            return False
+        return True
+
+    def _post(self, bead: Bead) -> DispatchOutcome:
         try:
             # A reaper that took the lock meanwhile may have requeued this bead: never POST it.
             ensure_held(self.lock)
@@ -475,13 +487,7 @@ class Dispatcher(Job):
             note = notes.lost_lock(str(exc), self.settings.reaper_threshold_minutes, self.clock())
             self._comment_best_effort(bead.id, note)
             raise
-        outcome = self.board.dispatch(bead.id)
-        try:
-            return self._record(bead, outcome)
-        except BdError as exc:
-            # Sent (or maybe sent) but not recorded: stage stays `sending`, never resent.
-            self._bd_failed(bead.id, "record", exc)
-            return Outcome.ERROR
+        return self.board.dispatch(bead.id)
 
     def _comment_best_effort(self, bead_id: str, text: str) -> None:
         try:
@@ -490,6 +496,14 @@ class Dispatcher(Job):
             self.log.error("comment.failed", bead=bead_id, error=str(exc))
 
     def _record(self, bead: Bead, outcome: DispatchOutcome) -> Outcome:
+        try:
+            return self._write_down(bead, outcome)
+        except BdError as exc:
+            # Sent (or maybe sent) but not recorded: stage stays `sending`, never resent.
+            self._bd_failed(bead.id, "record", exc)
+            return Outcome.ERROR
+
+    def _write_down(self, bead: Bead, outcome: DispatchOutcome) -> Outcome:
         now = self.clock()
         match outcome:
             case Dispatched():
