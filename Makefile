@@ -33,11 +33,11 @@ lint: setup
 scan: setup
 	PYTHON=$(PY) tools/scan-manifests.sh
 
-# Everything: the xdist run, the cluster suite and lint + scan side by side (tools/test.sh).
+# Everything: the xdist run, the cluster suite and lint + scan side by side (docs/testing.md).
 test: setup test-tools
 	PY=$(PY) TEST_WORKERS=$(TEST_WORKERS) tools/test.sh
 
-# The in-process tests only (no tools needed): under a minute.
+# The in-process tests only (no tools needed); times in docs/testing.md.
 unit: setup
 	$(PY) -m pytest -q -m "not integration" --ignore=tests/cluster -n $(TEST_WORKERS)
 
@@ -46,7 +46,7 @@ demo: setup tools
 	BD_REAL="$$(tools/build-bd.sh)" PULUMI_BIN="$$(tools/build-pulumi.sh 2>/dev/null)" \
 	  $(PY) -m devtools.demo
 
-# Original configuration vs ours, real bd, loopback agent; prints tables (a few minutes).
+# Original configuration vs ours, real bd, loopback agent; prints tables (docs/benchmark.md).
 bench: setup tools
 	$(PY) -m devtools.bench --bd "$$(tools/build-bd.sh)"
 
