@@ -83,9 +83,9 @@ class Executor:
         return {"holderIdentity": self.node_name, "leaseDurationSeconds": 40, "renewTime": now()}
 
     def _heartbeat(self) -> None:
+        path = f"{LEASES}/{self.node_name}"
         while not self._stopping.wait(HEARTBEAT_SECONDS):
             try:
-                path = f"{LEASES}/{self.node_name}"
                 self.api.request("PATCH", path, {"spec": self._lease_spec()})
             except API_FAILURES as error:
                 log.warning("heartbeat: %s", error)
