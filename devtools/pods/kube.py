@@ -15,10 +15,9 @@ import httpx
 import yaml
 
 JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-# Strategic merge: the pod's conditions merge by type (the scheduler's PodScheduled stays).
-STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+# Only an object's metadata: enough to see that a ConfigMap changed.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+Query = Mapping[str, str] | None
 
 
 class ApiError(RuntimeError):
@@ -43,85 +42,59 @@ class KubeConfig:
 
     @classmethod
     def load(cls, path: Path) -> KubeConfig:
-        """The current context of a kubeconfig (JSON or YAML) with token authentication."""
+        """The current context of a kubeconfig (JSON or YAML) with an inline token."""
         document = yaml.safe_load(path.read_text())
-        context_name = document.get("current-context")
 
-        def named(section: str, name: str | None) -> dict[str, Any]:
-            for entry in document.get(section) or []:
-                if name is None or entry.get("name") == name:
-                    value: dict[str, Any] = entry[section[:-1]]
-                    return value
-            raise ValueError(f"{path}: no {section[:-1]} {name!r}")
+        def named(section: str, name: str) -> dict[str, Any]:
+            entry = next(e for e in document[section] if e["name"] == name)
+            value: dict[str, Any] = entry[section[:-1]]
+            return value
 
-        context = named("contexts", context_name)
-        cluster = named("clusters", context.get("cluster"))
-        user = named("users", context.get("user"))
-        token = user.get("token")
-        if not token and user.get("tokenFile"):
-            token = Path(user["tokenFile"]).read_text().strip()
-        if not token:
+        context = named("contexts", document["current-context"])
+        cluster, user = named("clusters", context["cluster"]), named("users", context["user"])
+        if not user.get("token"):
             raise ValueError(f"{path}: the executor supports token authentication only")
-        ca_pem: str | None = None
-        if cluster.get("certificate-authority-data"):
-            ca_pem = base64.b64decode(cluster["certificate-authority-data"]).decode()
-        elif cluster.get("certificate-authority"):
-            ca_pem = Path(cluster["certificate-authority"]).read_text()
-        return cls(server=str(cluster["server"]).rstrip("/"), token=str(token), ca_pem=ca_pem)
+        ca_data = cluster.get("certificate-authority-data")
+        ca_pem = base64.b64decode(ca_data).decode() if ca_data else None
+        return cls(str(cluster["server"]).rstrip("/"), str(user["token"]), ca_pem)
 
 
 class Api:
-    """JSON requests to the API server; one httpx client (a thread-safe keep-alive pool).
+    """JSON requests to the API server through one httpx client (thread-safe, keep-alive);
+    trust_env=False: never a proxy or a CA bundle from the environment."""
 
-    trust_env=False: no proxy or CA bundle from the environment is ever used for loopback.
-    """
-
-    def __init__(self, config: KubeConfig, timeout: float = 30.0) -> None:
-        server = httpx.URL(config.server)
-        if server.scheme != "https" or not server.host:
-            raise ValueError(f"server must be https://host:port, got {config.server!r}")
+    def __init__(self, config: KubeConfig) -> None:
         self._client = httpx.Client(
-            base_url=server,
+            base_url=config.server,
             headers={"Authorization": f"Bearer {config.token}"},
             verify=ssl.create_default_context(cadata=config.ca_pem),
-            timeout=timeout,
+            timeout=30.0,
             trust_env=False,
         )
 
     def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = JSON,
-        accept: str = JSON,
-        query: Mapping[str, str] | None = None,
+        self, method: str, path: str, body: Any = None, *, query: Query = None, accept: str = JSON
     ) -> dict[str, Any]:
-        headers = {"Accept": accept} | ({} if body is None else {"Content-Type": content_type})
+        """`body` as JSON; for PATCH, a JSON merge patch."""
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/merge-patch+json" if method == "PATCH" else JSON
         content = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):
-            try:
-                response = self._client.request(
-                    method, path, content=content, headers=headers, params=query
-                )
-                break
-            except httpx.TransportError:
-                if attempt == 2:  # a kept-alive connection the server closed: one fresh retry
-                    raise
+        response = self._client.request(
+            method, path, content=content, headers=headers, params=query
+        )
         if response.status_code >= 400:
-            url = response.request.url.raw_path.decode()
-            raise ApiError(response.status_code, method, url, response.text)
+            raise ApiError(response.status_code, method, path, response.text)
         decoded: dict[str, Any] = response.json() if response.content else {}
         return decoded
 
-    def get(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        return self.request("GET", path, **kwargs)
+    def get(self, path: str, *, query: Query = None, accept: str = JSON) -> dict[str, Any]:
+        return self.request("GET", path, query=query, accept=accept)
 
-    def get_optional(self, path: str, **kwargs: Any) -> dict[str, Any] | None:
+    def get_optional(self, path: str) -> dict[str, Any] | None:
         """GET, None for 404."""
         try:
-            return self.get(path, **kwargs)
+            return self.get(path)
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -129,10 +102,5 @@ class Api:
 
 
 def now() -> str:
-    """A Time, as the API server writes it."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_now() -> str:
-    """A MicroTime (Lease renewTime)."""
+    """A MicroTime as the API server writes it (a Time field takes it too)."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

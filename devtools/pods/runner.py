@@ -1,26 +1,26 @@
-"""Run a rendered CronJob's container as a local process, exactly as its pod spec says.
-
-ConfigMap volumes are materialised (read-only) under a temp root at their mount paths,
-emptyDirs become writable dirs, env comes from `env` and `envFrom`, `secretKeyRef` values
-from a test secret, and every absolute path in the env is mapped into the temp root.
-"""
+"""Run a rendered CronJob's container as a local process, as its pod spec says: ConfigMap
+volumes written (read-only) under a temp root at their mount paths, emptyDirs as writable
+dirs, env as the kubelet builds it (env.py; Secrets given by the test), and every absolute
+path in the env mapped into the temp root. Also the image stand-in's virtualenv."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import venv
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from devtools.paths import ROOT
+from devtools.pods.env import container_env
+from devtools.pods.volumes import configmap_files
 
 
 def pinned(requirement: str) -> str:
@@ -39,15 +39,8 @@ def make_image_like_venv(target: Path) -> Path:
     no pip, no network, about a second instead of the ten ensurepip + pip install took.
     """
     venv.EnvBuilder(with_pip=False, clear=True).create(target)
-    python = target / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
+    # The venv runs this interpreter, so its site-packages is the usual place under it.
+    site = target / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     version = pinned("pydantic").split("==")[1]
     found = metadata.version("pydantic")
     if found != version:
@@ -60,7 +53,7 @@ def make_image_like_venv(target: Path) -> Path:
             destination = site / file
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
-    return python
+    return target / "bin" / "python"
 
 
 def _with_requirements(name: str) -> list[metadata.Distribution]:
@@ -90,7 +83,6 @@ class Pod:
     env: dict[str, str]
     command: list[str]
     working_dir: Path
-    read_only: set[str] = field(default_factory=set)
 
     def host_path(self, pod_path: str) -> Path:
         best = max(
@@ -138,19 +130,6 @@ def _write_read_only(path: Path, content: bytes) -> None:
     path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
-def configmap_files(
-    configmap: dict[str, Any], items: list[dict[str, Any]] | None
-) -> dict[str, bytes]:
-    """A ConfigMap volume's files: every key of data and binaryData, or only `items`
-    (key -> relative path). A missing item key raises KeyError."""
-    everything: dict[str, bytes] = {k: v.encode() for k, v in (configmap.get("data") or {}).items()}
-    for key, value in (configmap.get("binaryData") or {}).items():
-        everything[key] = base64.b64decode(value)
-    if not items:
-        return everything
-    return {item["path"]: everything[item["key"]] for item in items}
-
-
 def materialise(
     pod_spec: dict[str, Any],
     configmaps: Mapping[str, dict[str, Any]],
@@ -174,20 +153,14 @@ def materialise(
         elif "emptyDir" not in volume:
             raise ValueError(f"volume {mount['name']}: only configMap and emptyDir are modelled")
         if mount.get("readOnly"):
-            pod.read_only.add(mount["mountPath"])
             for directory in sorted((p for p in host.rglob("*") if p.is_dir()), reverse=True):
                 directory.chmod(0o555)
             host.chmod(0o555)
 
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        env.update(configmaps[source["configMapRef"]["name"]].get("data") or {})
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = (secrets or {})[ref["name"]][ref["key"]]
+    def lookup(plural: str, name: str) -> Mapping[str, str]:
+        return (secrets or {})[name] if plural == "secrets" else configmaps[name].get("data") or {}
+
+    env = container_env(container, lookup, {})
     pod.env = {name: translate_path_value(value, pod) for name, value in env.items()}
     pod.command = list(container["command"]) + list(container.get("args", []))
     pod.working_dir = pod.host_path(container.get("workingDir", "/"))

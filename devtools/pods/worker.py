@@ -1,4 +1,5 @@
-"""One pod on the executor's node, from its volumes and env to its terminal status."""
+"""One pod on the executor's Node: prepare (volumes, env, argv; retried while an object it
+needs is missing) -> run (until it exits or is deleted) -> report, in the pod's status."""
 
 from __future__ import annotations
 
@@ -10,23 +11,18 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-
-from devtools.pods.env import EnvBuilder, expand
-from devtools.pods.kube import API_FAILURES, STRATEGIC_PATCH, ApiError, now
+from devtools.pods.env import api_lookup, container_env, expand
+from devtools.pods.kube import API_FAILURES, Api, ApiError, now
 from devtools.pods.runner import Pod, translate_path_value
-from devtools.pods.volumes import PodConfigError, PodUnsupported, SourceVolume, mount_volumes
-
-if TYPE_CHECKING:
-    from devtools.pods.executor import Executor
+from devtools.pods.volumes import ConfigMapVolume, mount_volumes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE_SECONDS = 30
+REFRESH_SECONDS = 2.0  # how often a running pod's configMap volumes are checked
+TICK_SECONDS = 0.2  # how soon an exit or a deletion is noticed
 
 
 def pod_log_path(workdir: Path, namespace: str, name: str) -> Path:
@@ -34,258 +30,127 @@ def pod_log_path(workdir: Path, namespace: str, name: str) -> Path:
     return workdir / "pods" / f"{namespace}_{name}.log"
 
 
-def grace_of(pod: dict[str, Any]) -> int:
-    """The grace period a deletion gives: the deletion's own, else the pod spec's."""
-    given = pod["metadata"].get("deletionGracePeriodSeconds")
-    if given is None:
-        given = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
-    return max(0, int(given))
-
-
-@dataclass
-class _Prepared:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    volumes: list[SourceVolume]
-
-
 class PodWorker(threading.Thread):
-    """Runs one pod: prepare (volumes, env, argv; retried while something is missing) ->
-    execute (until exit or deletion) -> report (phase and container state, at each step)."""
+    """Runs one pod. The executor's sync loop starts it and calls `terminate`."""
 
-    def __init__(self, executor: Executor, pod: dict[str, Any]) -> None:
-        metadata = pod["metadata"]
-        super().__init__(name=f"pod {metadata['namespace']}/{metadata['name']}", daemon=True)
-        self.executor = executor
-        self.api = executor.api
+    def __init__(self, api: Api, image_path: str, workdir: Path, pod: dict[str, Any]) -> None:
+        namespace, name = str(pod["metadata"]["namespace"]), str(pod["metadata"]["name"])
+        super().__init__(name=f"{namespace}/{name}", daemon=True)
+        self.api = api
+        self.image_path = image_path
         self.pod = pod
-        self.namespace = str(metadata["namespace"])
-        self.pod_name = str(metadata["name"])
-        self.uid = str(metadata["uid"])
-        self.status_path = f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}/status"
-        self.root = executor.workdir / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
-        self.log_path = pod_log_path(executor.workdir, self.namespace, self.pod_name)
-        self.container: dict[str, Any] = {}
-        self._terminate = threading.Event()
-        self._grace: int | None = None
-        self._grace_lock = threading.Lock()
-        self.vanished = False
-        self._started_at: str | None = None
-        self._start_time = (pod.get("status") or {}).get("startTime") or now()
-        self._transitions: dict[str, tuple[str, str]] = {}
+        self.status_path = f"/api/v1/namespaces/{namespace}/pods/{name}/status"
+        self.root = workdir / "pods" / f"{namespace}_{name}_{pod['metadata']['uid'][:8]}"
+        self.log_path = pod_log_path(workdir, namespace, name)
+        self.grace: int | None = None
+        self._terminating = threading.Event()
 
-    def terminate(self, grace: int, vanished: bool = False) -> None:
-        """Stop the container: SIGTERM, `grace` seconds, SIGKILL. A shorter grace given
-        later (a second, forced delete) shortens the wait, as with the kubelet."""
-        with self._grace_lock:
-            if self._grace is None or grace < self._grace:
-                self._grace = grace
-        self.vanished = self.vanished or vanished
-        self._terminate.set()
+    def terminate(self, grace: int) -> None:
+        """SIGTERM, `grace` seconds, SIGKILL; a shorter grace given later shortens the wait."""
+        self.grace = grace if self.grace is None else min(self.grace, grace)
+        self._terminating.set()
 
     def run(self) -> None:
         try:
-            self._run()
-        except Exception as error:
-            log.exception("pod %s/%s: executor failure", self.namespace, self.pod_name)
-            with contextlib.suppress(Exception):
-                self._report_failed_to_start("ExecutorError", str(error))
-
-    def _run(self) -> None:
-        reported: str | None = None
-        while True:
-            try:
-                prepared = self._prepare()
-                break
-            except (PodConfigError, *API_FAILURES, OSError) as error:
-                # Missing objects or a transient API failure: retried, as the kubelet does.
-                if str(error) != reported:
-                    reported = str(error)
-                    log.warning("pod %s/%s: %s", self.namespace, self.pod_name, error)
-                    waiting = {"reason": "CreateContainerConfigError", "message": reported}
-                    self._report("Pending", "ContainersNotReady", {"waiting": waiting})
-            except PodUnsupported as error:
-                self._report_failed_to_start("Unsupported", str(error))
+            while not self._terminating.is_set():  # deleted before it ran: the executor confirms
+                try:
+                    pod, volumes = self._prepare()
+                except API_FAILURES as error:  # a missing object, a busy API: retried
+                    log.warning("pod %s: %s", self.name, error)
+                    self._terminating.wait(REFRESH_SECONDS)
+                    continue
+                self._execute(pod, volumes)
                 return
-            if self._terminate.wait(2.0):
-                return  # deleted before it could start: the sync loop finishes it
-        if not self._terminate.is_set():
-            self._execute(prepared)
+        except Exception as error:  # a pod this executor cannot run fails, with the reason
+            log.exception("pod %s: cannot run", self.name)
+            self._report("Failed", None, reason="ExecutorError", message=str(error))
 
-    @staticmethod
-    def _the_container(spec: dict[str, Any]) -> dict[str, Any]:
-        if spec.get("initContainers"):
-            raise PodUnsupported("init containers are not modelled")
-        containers = spec.get("containers") or []
-        if len(containers) != 1:
-            raise PodUnsupported(f"{len(containers)} containers: only one is modelled")
-        if spec.get("restartPolicy", "Always") != "Never":
-            raise PodUnsupported("only restartPolicy Never is modelled")
-        container: dict[str, Any] = containers[0]
-        if not container.get("command"):
-            raise PodUnsupported("no command: the image's entrypoint is not modelled")
-        return container
-
-    def _prepare(self) -> _Prepared:
-        self.container = self._the_container(self.pod["spec"])
+    def _prepare(self) -> tuple[Pod, list[ConfigMapVolume]]:
+        spec = self.pod["spec"]
+        container = spec["containers"][0]
+        if len(spec["containers"]) > 1 or spec.get("initContainers") or "command" not in container:
+            raise ValueError("only one container, with a command, is modelled")
         shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
-        mounts, volumes = mount_volumes(self.api, self.pod, self.container, self.root)
-        mapping = Pod(root=self.root, mounts=mounts, env={}, command=[], working_dir=self.root)
-        image = self.executor.image
-        env = EnvBuilder(self.api, self.pod).build(self.container, image)
-        image_path = env.pop("PATH")
-        if not image_path.startswith(f"{image.bin_dir}:"):
-            # The pod's own PATH names the image's directories: the image bin dir (where
-            # its python3 and bd are) stands in for them, so it goes first.
-            image_path = f"{image.bin_dir}:{image_path}"
-        mapped = {name: translate_path_value(value, mapping) for name, value in env.items()}
-        mapped["PATH"] = image_path
-        if "HOME" not in mapped:  # the runtime sets it from the image user's home
-            mapped["HOME"] = str(mapping.host_path("/root"))
-            Path(mapped["HOME"]).mkdir(parents=True, exist_ok=True)
-        argv = [expand(str(arg), mapped) for arg in self.container["command"]]
-        argv += [expand(str(arg), mapped) for arg in self.container.get("args") or []]
-        if "/" in argv[0]:
-            argv[0] = str(mapping.host_path(argv[0]))
-        else:
-            resolved = shutil.which(argv[0], path=image_path)
-            if resolved is None:
-                raise PodUnsupported(f"{argv[0]!r}: not found on the image's PATH {image_path}")
-            argv[0] = resolved
-        cwd = mapping.host_path(str(self.container.get("workingDir") or "/"))
-        cwd.mkdir(parents=True, exist_ok=True)
-        return _Prepared(argv=argv, env=mapped, cwd=cwd, volumes=volumes)
+        mounts, volumes = mount_volumes(self.api, self.pod, container, self.root)
+        pod = Pod(root=self.root, mounts=mounts, env={}, command=[], working_dir=self.root)
+        lookup = api_lookup(self.api, str(self.pod["metadata"]["namespace"]))
+        env = container_env(container, lookup, {"PATH": self.image_path})
+        # Paths in env values name places in the pod: mapped into its root. PATH names the
+        # image's directories, which the image's stand-in provides.
+        pod.env = {k: v if k == "PATH" else translate_path_value(v, pod) for k, v in env.items()}
+        argv = [*container["command"], *(container.get("args") or [])]
+        pod.command = [expand(str(arg), pod.env) for arg in argv]
+        # Resolved on the container's PATH; not found, Popen fails and so does the pod.
+        pod.command[0] = shutil.which(pod.command[0], path=pod.env["PATH"]) or pod.command[0]
+        pod.working_dir = pod.host_path(str(container.get("workingDir") or "/"))
+        pod.working_dir.mkdir(parents=True, exist_ok=True)
+        return pod, volumes
 
-    def _execute(self, prepared: _Prepared) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+    def _execute(self, pod: Pod, volumes: list[ConfigMapVolume]) -> None:
         with self.log_path.open("ab") as output:
             process = subprocess.Popen(
-                prepared.argv,
-                env=prepared.env,
-                cwd=prepared.cwd,
+                pod.command,
+                env=pod.env,
+                cwd=pod.working_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                # Its own process group: the container. SIGTERM goes to the main process
-                # only (the runtime signals PID 1); SIGKILL to the whole group.
+                # Its own process group is the container: SIGTERM goes to the main process
+                # (the runtime signals PID 1), SIGKILL to the whole group.
                 start_new_session=True,
             )
-        self._started_at = now()
-        log.info(
-            "pod %s/%s: started pid %d: %s", self.namespace, self.pod_name, process.pid,
-            " ".join(prepared.argv),
-        )  # fmt: skip
-        self._report("Running", None, {"running": {"startedAt": self._started_at}})
-        while process.poll() is None:
-            if self._terminate.wait(self.executor.refresh_seconds):
-                self._kill_container(process)
-                break
-            for volume in prepared.volumes:
+        started = now()
+        log.info("pod %s: started pid %d: %s", self.name, process.pid, " ".join(pod.command))
+        self._report("Running", {"running": {"startedAt": started}})
+        refreshed = time.monotonic()
+        while process.poll() is None and not self._terminating.wait(TICK_SECONDS):
+            if time.monotonic() - refreshed < REFRESH_SECONDS:
+                continue
+            refreshed = time.monotonic()
+            for volume in volumes:
                 try:
                     if volume.refresh():
-                        log.info(
-                            "pod %s/%s: refreshed %s %s", self.namespace, self.pod_name,
-                            volume.kind, volume.name,
-                        )  # fmt: skip
-                except (*API_FAILURES, OSError, PodConfigError) as error:
-                    log.warning("pod %s/%s: refresh: %s", self.namespace, self.pod_name, error)
+                        log.info("pod %s: refreshed configMap %s", self.name, volume.name)
+                except (*API_FAILURES, OSError, KeyError) as error:  # it stays as it was
+                    log.warning("pod %s: refresh: %s", self.name, error)
+        if process.poll() is None:
+            self._kill(process)
         code = process.wait()
-        # The container ends with its main process: nothing it started outlives it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):  # nothing it started outlives it
             os.killpg(process.pid, signal.SIGKILL)
-        log.info("pod %s/%s: exited %d", self.namespace, self.pod_name, code)
-        terminated: dict[str, Any] = {
-            "exitCode": code if code >= 0 else 128 - code,
-            "reason": "Completed" if code == 0 else "Error",
-            "startedAt": self._started_at,
-            "finishedAt": now(),
-        }
-        if code < 0:
-            terminated["signal"] = -code
-        phase = "Succeeded" if code == 0 else "Failed"
-        self._report(phase, "PodCompleted", {"terminated": terminated})
+        log.info("pod %s: exited %d", self.name, code)
+        terminated = {"exitCode": code if code >= 0 else 128 - code, "startedAt": started,
+                      "finishedAt": now(), "reason": "Error" if code else "Completed"}  # fmt: skip
+        self._report("Succeeded" if code == 0 else "Failed", {"terminated": terminated})
 
-    def _kill_container(self, process: subprocess.Popen[bytes]) -> None:
-        with self._grace_lock:
-            grace = self._grace if self._grace is not None else DEFAULT_GRACE_SECONDS
-        log.info("pod %s/%s: SIGTERM, grace %ds", self.namespace, self.pod_name, grace)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+    def _kill(self, process: subprocess.Popen[bytes]) -> None:
+        grace = self.grace or 0
+        log.info("pod %s: SIGTERM, grace %ds", self.name, grace)
+        process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while process.poll() is None and time.monotonic() < deadline:
-            # Re-read: a forced delete may have shortened the grace meanwhile.
-            with self._grace_lock:
-                deadline = min(deadline, time.monotonic() + (self._grace or 0))
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(TICK_SECONDS)
+            deadline = min(deadline, time.monotonic() + (self.grace or 0))
         if process.poll() is None:
-            log.info("pod %s/%s: SIGKILL after %ds", self.namespace, self.pod_name, grace)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+            log.info("pod %s: SIGKILL after %ds", self.name, grace)
+            os.killpg(process.pid, signal.SIGKILL)
 
-    # -- status ---------------------------------------------------------------------------
-
-    def _report_failed_to_start(self, reason: str, message: str) -> None:
-        log.error("pod %s/%s: %s: %s", self.namespace, self.pod_name, reason, message)
-        self._report("Failed", reason, None, reason=reason, message=message)
-
-    def _report(
-        self, phase: str, why: str | None, state: dict[str, Any] | None, **extra: str
-    ) -> None:
-        """The pod's status: `phase`, its conditions (Ready only while running; `why` the
-        reason of those not true), the container's `state` when it has one."""
-        status: dict[str, Any] = {
-            "hostIP": self.executor.host_ip,
-            "hostIPs": [{"ip": self.executor.host_ip}],
-            "startTime": self._start_time,
-            "phase": phase,
-            **extra,
-            "conditions": self._conditions(phase == "Running", why),
-        }
+    def _report(self, phase: str, state: dict[str, Any] | None, **extra: str) -> None:
+        """The pod's phase and its container's state, as the kubelet reports them."""
+        status: dict[str, Any] = {"phase": phase, **extra}
         if state is not None:
-            running = "running" in state
+            container = self.pod["spec"]["containers"][0]
             status["containerStatuses"] = [
-                {"name": self.container["name"], "image": self.container.get("image", ""),
-                 "imageID": "", "ready": running, "started": running, "restartCount": 0,
-                 "state": state}
+                {"name": container["name"], "image": container.get("image", ""),
+                 "ready": "running" in state, "state": state}
             ]  # fmt: skip
-        self._patch_status(status)
-
-    def _conditions(self, ready: bool, reason: str | None) -> list[dict[str, Any]]:
-        conditions = []
-        for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"):
-            value = ready or kind in ("PodReadyToStartContainers", "Initialized")
-            status = "True" if value else "False"
-            # lastTransitionTime moves only when the condition's status does.
-            if self._transitions.get(kind, ("", ""))[0] != status:
-                self._transitions[kind] = (status, now())
-            condition: dict[str, Any] = {
-                "type": kind,
-                "status": status,
-                "lastProbeTime": None,
-                "lastTransitionTime": self._transitions[kind][1],
-            }
-            if not value and reason:
-                condition["reason"] = reason
-            conditions.append(condition)
-        return conditions
-
-    def _patch_status(self, status: dict[str, Any]) -> None:
-        if self.vanished:
-            return
-        body = {"metadata": {"uid": self.uid}, "status": status}
-        for attempt in range(1, 4):
+        for attempt in (1, 2, 3):
             try:
-                self.api.request("PATCH", self.status_path, body, content_type=STRATEGIC_PATCH)
+                self.api.request("PATCH", self.status_path, {"status": status})
                 return
-            except ApiError as error:
-                if error.status in (404, 409):  # gone, or a new pod under the same name
-                    return
-                if error.status < 500 or attempt == 3:
-                    raise
-            except (httpx.TransportError, OSError):
+            except API_FAILURES as error:
+                if isinstance(error, ApiError) and error.status == 404:
+                    return  # the pod is gone
                 if attempt == 3:
                     raise
-            time.sleep(1.0)  # a busy or restarting API server: the status must not be lost
+                time.sleep(1.0)  # a busy API server: the status must not be lost

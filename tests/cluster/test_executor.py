@@ -1,6 +1,6 @@
-"""The pod executor's pure parts, without a cluster: `$(VAR)` expansion, the kubelet-style
-atomic volume writes, kubeconfig reading. (Its behaviour against the API server is in
-test_cluster.py.)"""
+"""The pod executor's pure parts, without a cluster: the container's env, `$(VAR)`
+expansion, the kubelet-style atomic volume writes, kubeconfig reading. (Its behaviour
+against the API server is in test_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.pods.env import expand
+from devtools.pods.env import container_env, expand
 from devtools.pods.kube import KubeConfig
 from devtools.pods.volumes import atomic_write
 
@@ -30,6 +30,32 @@ from devtools.pods.volumes import atomic_write
 )
 def test_expand_follows_kubernetes_rules(text: str, expected: str) -> None:
     assert expand(text, {"A": "1", "B": "two"}) == expected
+
+
+_OBJECTS = {("configmaps", "cfg"): {"A": "from-cfg", "B": "b"}, ("secrets", "s"): {"pw": "x"}}
+
+
+def _lookup(plural: str, name: str) -> dict[str, str]:
+    return _OBJECTS[plural, name]
+
+
+def test_container_env_layers_image_env_from_and_env_in_order() -> None:
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "P_"}],
+        "env": [
+            {"name": "PATH", "value": "/pod/bin:$(PATH)"},
+            {"name": "P_A", "value": "mine-$(P_B)"},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+        ],
+    }
+    env = container_env(container, _lookup, {"PATH": "/image/bin"})
+    assert env == {"PATH": "/pod/bin:/image/bin", "P_A": "mine-b", "P_B": "b", "PW": "x"}
+
+
+def test_container_env_fails_on_a_source_it_does_not_model() -> None:
+    field_ref = {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    with pytest.raises(KeyError, match="secretKeyRef"):
+        container_env({"env": [field_ref]}, _lookup, {})
 
 
 def _visible(directory: Path) -> dict[str, str]:
