@@ -71,10 +71,10 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
             ),
         ),
         (answering(204), Dispatched(None, 204, EMPTY)),
-        (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 79 + "…")),
+        (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 40 + "…" + "j" * 39)),
         (
             answering(200, content=NESTED),
-            Dispatched(None, 200, Unconfirmed("a non-JSON body", "", "[" * 119 + "…")),
+            Dispatched(None, 200, Unconfirmed("a non-JSON body", "", "[" * 60 + "…" + "[" * 59)),
         ),
         # Read no further than the limit: what is cut is not read as an answer.
         (
@@ -90,7 +90,10 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
         ),
         (answering(404, text="Not Found"), DispatchFailed("HTTP 404")),
         # BeadBoard or the agent service down: not the bead's fault, so never "failed".
-        (answering(500, json={"error": "x" * 500}), ServiceDown("HTTP 500 " + "x" * 159 + "…")),
+        (
+            answering(500, json={"error": "x" * 500}),
+            ServiceDown("HTTP 500 " + "x" * 80 + "…" + "x" * 79),
+        ),
         (answering(502, text="Bad Gateway"), ServiceDown("HTTP 502")),
         (answering(502, json={"error": "Queue full"}), ServiceDown("HTTP 502 Queue full")),
         (answering(503), ServiceDown("HTTP 503")),
@@ -222,6 +225,6 @@ def test_a_huge_answer_is_read_no_further_than_the_limit() -> None:
         finally:
             tracemalloc.stop()
     assert outcome == Dispatched(
-        None, 200, Unconfirmed("a body longer than 64 KiB", "", "x" * 119 + "…")
+        None, 200, Unconfirmed("a body longer than 64 KiB", "", "x" * 60 + "…" + "x" * 59)
     )
     assert peak < 2**20  # the whole body would be 32 MiB
