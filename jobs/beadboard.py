@@ -34,6 +34,11 @@ class BeadBoardError(Exception):
     """BeadBoard could not be asked, or answered something we cannot use."""
 
 
+class AgentServiceError(Exception):
+    """claude-agent-service's /health (agentHealthUrl) could not be asked, or answered
+    something we cannot use. Not a BeadBoardError: the operator looks at another service."""
+
+
 @dataclass(frozen=True)
 class Unconfirmed:
     """A 2xx whose body is not BeadBoard's answer (a JSON object): a misrouted ingress or a
@@ -291,13 +296,13 @@ class BeadBoard:
         try:
             answer = _exchange(self._client, self.timeout_seconds, "GET", STATUS_PATH)
         except _NoAnswer as exc:
-            raise BeadBoardError(f"GET {STATUS_PATH}: {exc.reason}") from None
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: {exc.reason}") from None
         if answer.status != 200:
-            raise BeadBoardError(f"GET {STATUS_PATH}: HTTP {answer.status}")
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: HTTP {answer.status}")
         body = answer.json_object()
         busy = body.get("busy") if body is not None else None
         if not isinstance(busy, bool):
-            raise BeadBoardError(f"GET {STATUS_PATH}: answer has no boolean 'busy'")
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: answer has no boolean 'busy'")
         return busy
 
     def dispatch(self, bead_id: str) -> DispatchOutcome:
@@ -380,18 +385,19 @@ class AgentHealth:
         self._client.close()
 
     def load(self) -> AgentLoad:
+        asked = f"claude-agent-service GET {self.url}"
         try:
             answer = _exchange(self._client, self.timeout_seconds, "GET", self.url)
         except _NoAnswer as exc:
-            raise BeadBoardError(f"GET {self.url}: {exc.reason}") from None
+            raise AgentServiceError(f"{asked}: {exc.reason}") from None
         body = answer.json_object()
         if body is None:
-            raise BeadBoardError(f"GET {self.url}: HTTP {answer.status}, not a JSON object")
+            raise AgentServiceError(f"{asked}: HTTP {answer.status}, not a JSON object")
         counts: dict[str, int] = {}
         for key in ("active", "queued", "capacity"):
             value = body.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BeadBoardError(f"GET {self.url}: '{key}' missing or not a count")
+                raise AgentServiceError(f"{asked}: '{key}' missing or not a count")
             counts[key] = value
         # 503 is how the service says "full"; the counts still say by how much.
         return AgentLoad(**counts)

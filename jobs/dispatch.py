@@ -29,6 +29,7 @@ from jobs import notes
 from jobs.beadboard import (
     AgentBusy,
     AgentLoad,
+    AgentServiceError,
     BeadBoardError,
     Dispatched,
     DispatchFailed,
@@ -248,7 +249,7 @@ class Dispatcher(Job):
         self.tally.polls += 1
         try:
             outcome = self.poll()
-        except (BdError, BeadBoardError, LockError) as exc:
+        except (BdError, BeadBoardError, AgentServiceError, LockError) as exc:
             self.tally.errors += 1
             outcome = log_fault(self.log, exc)
         if outcome == Outcome.QUEUE_EMPTY:

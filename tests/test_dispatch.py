@@ -609,7 +609,7 @@ def test_beadboard_down_at_status_check_changes_nothing(
     assert run.code == 1
     failed = run.event("tick.failed")
     assert failed["kind"] == "BeadBoardError"
-    assert failed["error"].startswith("GET /api/agent-status: connection failed")
+    assert failed["error"].startswith("BeadBoard GET /api/agent-status: connection failed")
     assert store.snapshot() == before
     assert harness.lock_is_free()
 
