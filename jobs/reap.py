@@ -69,7 +69,7 @@ class Reaper(Job):
             self.tally.outcome,
             run_failed=bool(self.tally.errors),
             in_progress=self.tally.in_progress,
-            stale=self.tally.due,
+            due=self.tally.due,
             blocked=self.tally.blocked,
             requeued=self.tally.requeued,
             skipped=self.tally.skipped,
@@ -95,17 +95,16 @@ class Reaper(Job):
     def _first_read(self) -> list[Bead]:
         """The assignee's in_progress beads that are due, without the lock."""
         working = self.store.queue(self.settings.agent_assignee, Status.IN_PROGRESS)
-        for bead_id, reason in working.unreadable.items():
-            self._skip(bead_id, f"bd printed it in a shape we cannot read: {reason}")
+        self._skip_unreadable(working.unreadable)
         now = self.clock()
         # updated_at alone may only *over*state idleness (comments do not bump it): a bead
         # that looks fresh here is fresh; one that looks stale is re-read with its comments.
-        due = [bead for bead in working.beads if self._worth_a_look(bead, now)]
+        due = [bead for bead in working.beads if self._is_due(bead, now)]
         self.tally.in_progress, self.tally.due = len(working.beads), len(due)
         self.log.event("queue.read", in_progress=len(working.beads), due=[b.id for b in due])
         return due
 
-    def _worth_a_look(self, bead: Bead, now: datetime) -> bool:
+    def _is_due(self, bead: Bead, now: datetime) -> bool:
         claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED
         return claimed or now - bead.updated_at > self.threshold
 
@@ -236,28 +235,34 @@ class Reaper(Job):
 
     # -- beads this run leaves alone ---------------------------------------------------
 
-    def _too_large(self, bead: Bead, action: ReapAction, detail: str) -> None:
+    def _too_large(self, bead: Bead, action: ReapAction, cause: str) -> None:
         """bd refuses every update of this bead, now and on every later run: one warning,
         no failed run (docs/runbook.md, "Too large": a human closes or trims it)."""
         self.log.warning(
-            "reap.too_large",
+            "bead.too_large",
             bead=bead.id,
             action=action,
             size=bead.stored_bytes,
             limit=ROW_LIMIT,
-            detail=f"too large for bd to update ({detail}); `bd close {bead.id}` still works",
+            reason=f"too large for bd to update ({cause}); `bd close {bead.id}` still works",
         )
         self._skip(bead.id, "too large for bd to update", quiet=True)
 
-    def _bd_failed(self, bead_id: str, action: ReapAction, exc: BdError) -> None:
+    def _bd_failed(self, bead_id: str, step: ReapAction, exc: BdError) -> None:
         """A fault of bd on one bead: one error line, and the rest of the run goes on."""
-        self.log.error("reap.failed", bead=bead_id, action=action, error=str(exc))
+        self.log.error("bead.failed", bead=bead_id, step=step, error=str(exc))
         self.tally.errors += 1
-        self._skip(bead_id, f"cannot update it: {exc}", quiet=True)
+        self._skip(bead_id, f"bd failed at {step}: {exc}", quiet=True)
 
     def _skip(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
+        """Left alone for the rest of the run, and counted in `skipped`; `quiet` when the
+        caller's own line already said why."""
         if bead_id in self.tally.skipped:
             return
         self.tally.skipped.append(bead_id)
         if not quiet:
             self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")
+
+    def _skip_unreadable(self, unreadable: dict[str, str]) -> None:
+        for bead_id, reason in unreadable.items():
+            self._skip(bead_id, f"bd printed it in a shape we cannot read: {reason}")
