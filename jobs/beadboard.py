@@ -17,14 +17,26 @@ from typing import Any
 
 import httpx
 
+from jobs.log import excerpt
+
 STATUS_PATH = "/api/agent-status"
 DISPATCH_PATH = "/api/agent-dispatch"
 # BeadBoard's answers are a few dozen bytes; anything this long is not one of them.
 BODY_LIMIT_BYTES = 64 * 1024
+# How much of a reason, a label (a job id, a content type) or a body goes into a log line
+# or a bead's note.
+REASON_CHARS = 160
+LABEL_CHARS = 80
+BODY_EXCERPT_CHARS = 120
 
 
 class BeadBoardError(Exception):
     """BeadBoard could not be asked, or answered something we cannot use."""
+
+
+class AgentServiceError(Exception):
+    """claude-agent-service's /health (agentHealthUrl) could not be asked, or answered
+    something we cannot use. Not a BeadBoardError: the operator looks at another service."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,13 @@ class Answer:
             return "a non-JSON body"
         return None if isinstance(value, dict) else "a JSON body that is not an object"
 
-    def excerpt(self, limit: int = 120) -> str:
-        return _short(self.body[: limit * 4].decode("utf-8", errors="replace"), limit)
+    def excerpt(self) -> str:
+        # Both ends of the body, without flattening all 64 KiB of it (4 bytes a character).
+        room = 4 * BODY_EXCERPT_CHARS
+        ends = (
+            self.body if len(self.body) <= 2 * room else self.body[:room] + b" " + self.body[-room:]
+        )
+        return excerpt(ends.decode("utf-8", errors="replace"), BODY_EXCERPT_CHARS)
 
     def _json(self) -> object:
         if self.cut:
@@ -279,13 +296,13 @@ class BeadBoard:
         try:
             answer = _exchange(self._client, self.timeout_seconds, "GET", STATUS_PATH)
         except _NoAnswer as exc:
-            raise BeadBoardError(f"GET {STATUS_PATH}: {exc.reason}") from None
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: {exc.reason}") from None
         if answer.status != 200:
-            raise BeadBoardError(f"GET {STATUS_PATH}: HTTP {answer.status}")
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: HTTP {answer.status}")
         body = answer.json_object()
         busy = body.get("busy") if body is not None else None
         if not isinstance(busy, bool):
-            raise BeadBoardError(f"GET {STATUS_PATH}: answer has no boolean 'busy'")
+            raise BeadBoardError(f"BeadBoard GET {STATUS_PATH}: answer has no boolean 'busy'")
         return busy
 
     def dispatch(self, bead_id: str) -> DispatchOutcome:
@@ -302,7 +319,7 @@ class BeadBoard:
 def _dispatch_outcome(answer: Answer) -> DispatchOutcome:
     """What BeadBoard's answer to the POST means (docs/beadboard-contract.md)."""
     body = answer.json_object()
-    error = _short(str(body.get("error"))) if body and body.get("error") else ""
+    error = excerpt(str(body.get("error")), REASON_CHARS) if body and body.get("error") else ""
     suffix = f" {error}" if error else ""
     status = answer.status
     if 200 <= status < 300:
@@ -322,7 +339,7 @@ def _unconfirmed(answer: Answer) -> Unconfirmed | None:
     instead = answer.not_an_object()
     if instead is None:
         return None
-    return Unconfirmed(instead, _short(answer.content_type, 80), answer.excerpt())
+    return Unconfirmed(instead, excerpt(answer.content_type, LABEL_CHARS), answer.excerpt())
 
 
 def _job_id(body: dict[str, object] | None) -> str | None:
@@ -330,7 +347,7 @@ def _job_id(body: dict[str, object] | None) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | str) and str(value).strip():
-        return _short(str(value), 80)
+        return excerpt(str(value), LABEL_CHARS)
     return None
 
 
@@ -338,13 +355,8 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timeout ({type(exc).__name__})"
     if isinstance(exc, httpx.ConnectError):
-        return f"connection failed ({_short(str(exc)) or 'refused'})"
-    return f"{type(exc).__name__}: {_short(str(exc))}"
-
-
-def _short(text: str, limit: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+        return f"connection failed ({excerpt(str(exc), REASON_CHARS) or 'refused'})"
+    return f"{type(exc).__name__}: {excerpt(str(exc), REASON_CHARS)}"
 
 
 @dataclass(frozen=True)
@@ -373,18 +385,19 @@ class AgentHealth:
         self._client.close()
 
     def load(self) -> AgentLoad:
+        asked = f"claude-agent-service GET {self.url}"
         try:
             answer = _exchange(self._client, self.timeout_seconds, "GET", self.url)
         except _NoAnswer as exc:
-            raise BeadBoardError(f"GET {self.url}: {exc.reason}") from None
+            raise AgentServiceError(f"{asked}: {exc.reason}") from None
         body = answer.json_object()
         if body is None:
-            raise BeadBoardError(f"GET {self.url}: HTTP {answer.status}, not a JSON object")
+            raise AgentServiceError(f"{asked}: HTTP {answer.status}, not a JSON object")
         counts: dict[str, int] = {}
         for key in ("active", "queued", "capacity"):
             value = body.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BeadBoardError(f"GET {self.url}: '{key}' missing or not a count")
+                raise AgentServiceError(f"{asked}: '{key}' missing or not a count")
             counts[key] = value
         # 503 is how the service says "full"; the counts still say by how much.
         return AgentLoad(**counts)

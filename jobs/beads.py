@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,12 +29,22 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.log import excerpt
 from jobs.protocol import Status, queue_expression
 from jobs.rowsize import stored_size
 
 _ADVISORY = re.compile(r"^(warning|fix:|or:|to |remove |the port file)", re.IGNORECASE)
 # bd prints at most this much of an error worth quoting in a log line.
 _ERROR_EXCERPT = 300
+
+
+def _aware(value: datetime) -> datetime:
+    # bd writes UTC; a naive stamp would make age arithmetic silently wrong.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A stamp bd printed, in UTC whether or not bd wrote the zone.
+BdTime = Annotated[datetime, AfterValidator(_aware)]
 
 
 class Comment(BaseModel):
@@ -43,12 +54,7 @@ class Comment(BaseModel):
 
     text: str = ""
     author: str = ""
-    created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    created_at: BdTime
 
 
 class Bead(BaseModel):
@@ -63,10 +69,10 @@ class Bead(BaseModel):
     assignee: str = ""
     acceptance_criteria: str = ""
     notes: str = ""
-    created_at: datetime
-    updated_at: datetime
+    created_at: BdTime
+    updated_at: BdTime
     # `bd create --defer` keeps the status `open`: only this stamp keeps it out of `bd ready`.
-    defer_until: datetime | None = None
+    defer_until: BdTime | None = None
     issue_type: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     # Only `bd show` prints them; `bd comments add` leaves updated_at alone.
@@ -88,12 +94,6 @@ class Bead(BaseModel):
         """The row's size as bd stores it (jobs/rowsize.py), from the fields bd printed: a
         `bd ready` row has no notes or metadata, so only a query or show row tells it all."""
         return stored_size(self._row)
-
-    @field_validator("created_at", "updated_at", "defer_until")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        # bd writes UTC; a naive stamp would make age arithmetic silently wrong.
-        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -343,7 +343,7 @@ class BdClient:
             return json.loads(completed.stdout) if completed.stdout.strip() else []
         except json.JSONDecodeError:
             raise BdError(
-                f"bd {args[0]} printed invalid JSON: {_excerpt(completed.stdout)!r}"
+                f"bd {args[0]} printed invalid JSON: {excerpt(completed.stdout, _ERROR_EXCERPT)!r}"
             ) from None
 
 
@@ -365,7 +365,7 @@ def _beads_from(payload: Any, what: str) -> QueryResult:
             where = ".".join(str(part) for part in first["loc"]) or "bead"
             bead_id = item.get("id") if isinstance(item, dict) else None
             key = bead_id if isinstance(bead_id, str) and bead_id else f"#{index}"
-            unreadable[key] = _excerpt(f"{where}: {first['msg']}")
+            unreadable[key] = excerpt(f"{where}: {first['msg']}", _ERROR_EXCERPT)
     return QueryResult(beads, unreadable)
 
 
@@ -374,7 +374,7 @@ def _error_message(stdout: str, stderr: str) -> str:
     metadata.json surfaces as "database name must not be empty" without it)."""
     error = _error(stdout, stderr)
     causes = [line.strip() for line in stderr.splitlines() if _CONFIG_CAUSE.search(line)]
-    return _excerpt(f"{error} ({causes[0]})") if causes else error
+    return excerpt(f"{error} ({causes[0]})", _ERROR_EXCERPT) if causes else error
 
 
 def _error(stdout: str, stderr: str) -> str:
@@ -387,13 +387,15 @@ def _error(stdout: str, stderr: str) -> str:
             except json.JSONDecodeError:
                 continue
             if isinstance(payload, dict) and payload.get("error"):
-                return _excerpt(str(payload["error"]))
+                return excerpt(str(payload["error"]), _ERROR_EXCERPT)
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     # bd adds advisory lines (deprecations, the beads.role hint) around the real error.
     useful = [line for line in lines if not _ADVISORY.match(line)]
     # Prefer the error itself over hint lines bd prints after it.
     errors = [line for line in useful if line.lower().startswith("error")]
-    return _excerpt((errors or useful or lines or ["(no message)"])[0 if errors else -1])
+    return excerpt(
+        (errors or useful or lines or ["(no message)"])[0 if errors else -1], _ERROR_EXCERPT
+    )
 
 
 # bd 1.0.2's warnings when it cannot read its metadata.json (it then goes on without it).
@@ -408,12 +410,3 @@ _REJECTION = re.compile(r"already claimed|not found|no issues? found", re.IGNORE
 
 def _is_rejection(message: str) -> bool:
     return _REJECTION.search(message) is not None
-
-
-def _excerpt(text: str) -> str:
-    """At most _ERROR_EXCERPT characters; bd often names the cause last, so keep both ends."""
-    flat = " ".join(text.split())
-    if len(flat) <= _ERROR_EXCERPT:
-        return flat
-    half = (_ERROR_EXCERPT - 3) // 2
-    return f"{flat[:half]} … {flat[-half:]}"

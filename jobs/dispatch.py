@@ -29,6 +29,7 @@ from jobs import notes
 from jobs.beadboard import (
     AgentBusy,
     AgentLoad,
+    AgentServiceError,
     BeadBoardError,
     Dispatched,
     DispatchFailed,
@@ -92,7 +93,7 @@ class RunTally(Tally):
     idle_polls: int = 0
     dispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    returned: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # back to open, no attempt counted
     service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
 
 
@@ -160,9 +161,9 @@ class Dispatcher(Job):
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
         self.tally = RunTally()
         self.backoff = Backoff()
-        # Beads this run will not touch again, with why: a failed or refused (409) dispatch
+        # Beads this run skips from now on, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
-        self._held_back: dict[str, str] = {}
+        self._skipped: dict[str, str] = {}
 
     # -- the run -----------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class Dispatcher(Job):
             dispatched=self.tally.dispatched,
             failed=self.tally.failed,
             blocked=self.tally.blocked,
-            returned_to_queue=self.tally.returned,
+            requeued=self.tally.requeued,
             service_down=self.tally.service_down,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
@@ -248,7 +249,7 @@ class Dispatcher(Job):
         self.tally.polls += 1
         try:
             outcome = self.poll()
-        except (BdError, BeadBoardError, LockError) as exc:
+        except (BdError, BeadBoardError, AgentServiceError, LockError) as exc:
             self.tally.errors += 1
             outcome = log_fault(self.log, exc)
         if outcome == Outcome.QUEUE_EMPTY:
@@ -289,17 +290,15 @@ class Dispatcher(Job):
         """What could go out now, best first: the poll's first read, without the lock.
 
         Today's one `bd query` for the assignee's open beads; only when one of them could go
-        out (acceptance criteria, not held back by this run) does `bd ready` say which bd lets
+        out (acceptance criteria, not skipped by this run) does `bd ready` say which bd lets
         start now (its dependency, deferral and hierarchy rules). `bd ready` computes the
         blocked set over the whole database, ~5x a query on 10,000 beads (`make bench`), so an
         empty queue never pays for it: an idle poll stays one bd query.
         """
         assignee = self.settings.agent_assignee
         queued = self.store.queue(assignee, Status.OPEN)
-        self._hold_back_unreadable(queued.unreadable)
-        wanted = [
-            b for b in eligible_in_order(queued.beads, assignee) if b.id not in self._held_back
-        ]
+        self._skip_unreadable(queued.unreadable)
+        wanted = [b for b in eligible_in_order(queued.beads, assignee) if b.id not in self._skipped]
         if not wanted:
             if self.tally.polls == 1:
                 self.log.event(
@@ -310,7 +309,7 @@ class Dispatcher(Job):
                 )
             return []
         ready = self.store.ready(assignee)
-        self._hold_back_unreadable(ready.unreadable)
+        self._skip_unreadable(ready.unreadable)
         offered = {b.id for b in ready.beads}
         candidates = [b for b in wanted if b.id in offered]
         if not candidates and self.tally.polls == 1:
@@ -328,7 +327,7 @@ class Dispatcher(Job):
         assignee = self.settings.agent_assignee
         ready = self.store.ready(assignee)
         queued = self.store.queue(assignee, Status.OPEN)
-        self._hold_back_unreadable(queued.unreadable)
+        self._skip_unreadable(queued.unreadable)
         offered = {b.id for b in ready.beads}
         fresh = {b.id: b for b in eligible_in_order(queued.beads, assignee) if b.id in offered}
         self._log_queue_read(queued, ready, eligible=len(fresh))
@@ -437,7 +436,7 @@ class Dispatcher(Job):
             margin=WRITE_MARGIN,
             reason=reason,
         )
-        self._hold_back(bead.id, reason, quiet=True)  # once per run: held back from now on
+        self._skip(bead.id, reason, quiet=True)  # once per run: skipped from now on
         return True
 
     def _hand_back(self, bead: Bead, reason: str) -> BdError | None:
@@ -450,7 +449,7 @@ class Dispatcher(Job):
             self._reopen(bead, notes.not_sent(reason, self.clock()))
         except BdError as exc:
             return exc
-        self.tally.returned.append(bead.id)
+        self.tally.requeued.append(bead.id)
         self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
         return None
 
@@ -560,7 +559,7 @@ class Dispatcher(Job):
             notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
         )
         self.tally.failed.append(bead.id)
-        self._hold_back(bead.id, "dispatch outcome unknown")
+        self._skip(bead.id, "dispatch outcome unknown")
         self.log.error(
             "dispatch.unknown", bead=bead.id, reason=outcome.reason, bead_status=Status.IN_PROGRESS
         )
@@ -574,8 +573,8 @@ class Dispatcher(Job):
     def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
         self._reopen(bead, notes.agent_busy(outcome.detail, now))
         # Backed off for the rest of the run: one "agent busy" note per bead per run.
-        self._hold_back(bead.id, "agent busy (409)", quiet=True)
-        self.tally.returned.append(bead.id)
+        self._skip(bead.id, "agent busy (409)", quiet=True)
+        self.tally.requeued.append(bead.id)
         self.log.event("dispatch.agent_busy", bead=bead.id, detail=outcome.detail)
         return Outcome.AGENT_BUSY_ON_DISPATCH
 
@@ -584,8 +583,8 @@ class Dispatcher(Job):
         # answers (the run backs off meanwhile).
         self._reopen(bead, notes.service_down(outcome.reason, now))
         self.tally.service_down += 1
-        if bead.id not in self.tally.returned:
-            self.tally.returned.append(bead.id)
+        if bead.id not in self.tally.requeued:
+            self.tally.requeued.append(bead.id)
         self.log.error(
             "dispatch.service_down",
             bead=bead.id,
@@ -600,7 +599,7 @@ class Dispatcher(Job):
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.max_dispatch_attempts
         note = notes.dispatch_failed(attempt, limit, outcome.reason, now)
-        self._hold_back(bead.id, "dispatch failed", quiet=True)
+        self._skip(bead.id, "dispatch failed", quiet=True)
         self.tally.failed.append(bead.id)
         if attempt >= limit:
             # The count is cleared so a human who reopens the bead gets a fresh set of attempts.
@@ -637,16 +636,18 @@ class Dispatcher(Job):
         fields = {} if handed_back is None else {"handed_back": handed_back}
         self.log.error("bead.failed", bead=bead_id, step=step, error=str(exc), **fields)
         self.tally.errors += 1
-        self._hold_back(bead_id, f"bd failed at {step}: {exc}", quiet=True)
+        self._skip(bead_id, f"bd failed at {step}: {exc}", quiet=True)
 
-    def _hold_back(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
-        if bead_id in self._held_back:
+    def _skip(self, bead_id: str, reason: str, *, quiet: bool = False) -> None:
+        """Left alone for the rest of the run; `quiet` when the caller's own line already
+        said why (then not counted in `skipped`, which lists the `bead.skipped` warnings)."""
+        if bead_id in self._skipped:
             return
-        self._held_back[bead_id] = reason
+        self._skipped[bead_id] = reason
         if not quiet:
             self.tally.skipped.append(bead_id)
             self.log.warning("bead.skipped", bead=bead_id, reason=reason, until="the next run")
 
-    def _hold_back_unreadable(self, unreadable: dict[str, str]) -> None:
+    def _skip_unreadable(self, unreadable: dict[str, str]) -> None:
         for bead_id, reason in unreadable.items():
-            self._hold_back(bead_id, f"bd printed it in a shape we cannot read: {reason}")
+            self._skip(bead_id, f"bd printed it in a shape we cannot read: {reason}")

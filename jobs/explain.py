@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from jobs import notes
-from jobs.beadboard import BeadBoardError
+from jobs.beadboard import AgentServiceError, BeadBoardError
 from jobs.beads import BdClient, Bead
 from jobs.dispatch import eligible_in_order
 from jobs.log import Clock, iso_utc
@@ -21,7 +21,8 @@ from jobs.protocol import BLOCKING_DEPENDENCIES, NOT_WORK_TYPES, Status
 from jobs.rowsize import too_large
 from jobs.settings import JobSettings, env_name
 
-# How many agent slots are free right now; raises BeadBoardError when it cannot be told.
+# How many agent slots are free right now; raises BeadBoardError (or AgentServiceError, with
+# agentHealthUrl) when it cannot be told.
 FreeSlots = Callable[[], int]
 
 
@@ -134,7 +135,7 @@ class Explainer:
         ahead = line[: line.index(bead.id)]
         try:
             free = self.free_slots()
-        except BeadBoardError as exc:
+        except (BeadBoardError, AgentServiceError) as exc:
             return [f"ready, number {len(ahead) + 1} in line; agent slots unknown ({exc})"]
         if free == 0:
             return [f"waiting for a free agent slot (number {len(ahead) + 1} in line)"]

@@ -27,6 +27,19 @@ def iso_utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def excerpt(text: str, limit: int) -> str:
+    """`text` on one line, at most `limit` characters: a longer one loses its middle to `…`.
+
+    Both ends are kept because bd often names the cause last, and an HTTP body says what it
+    is first. No spaces around the `…`, so a cut job id is still one word in a note.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    tail = (limit - 1) // 2
+    return f"{flat[: limit - 1 - tail]}…{flat[len(flat) - tail :]}"
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

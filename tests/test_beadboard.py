@@ -12,6 +12,7 @@ from jobs.beadboard import (
     BODY_LIMIT_BYTES,
     AgentBusy,
     AgentHealth,
+    AgentServiceError,
     BeadBoard,
     BeadBoardError,
     Dispatched,
@@ -71,10 +72,10 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
             ),
         ),
         (answering(204), Dispatched(None, 204, EMPTY)),
-        (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 79 + "…")),
+        (answering(200, json={"job_id": "j" * 200}), Dispatched("j" * 40 + "…" + "j" * 39)),
         (
             answering(200, content=NESTED),
-            Dispatched(None, 200, Unconfirmed("a non-JSON body", "", "[" * 119 + "…")),
+            Dispatched(None, 200, Unconfirmed("a non-JSON body", "", "[" * 60 + "…" + "[" * 59)),
         ),
         # Read no further than the limit: what is cut is not read as an answer.
         (
@@ -90,7 +91,10 @@ def answering(status: int, **kwargs: object) -> httpx.MockTransport:
         ),
         (answering(404, text="Not Found"), DispatchFailed("HTTP 404")),
         # BeadBoard or the agent service down: not the bead's fault, so never "failed".
-        (answering(500, json={"error": "x" * 500}), ServiceDown("HTTP 500 " + "x" * 159 + "…")),
+        (
+            answering(500, json={"error": "x" * 500}),
+            ServiceDown("HTTP 500 " + "x" * 80 + "…" + "x" * 79),
+        ),
         (answering(502, text="Bad Gateway"), ServiceDown("HTTP 502")),
         (answering(502, json={"error": "Queue full"}), ServiceDown("HTTP 502 Queue full")),
         (answering(503), ServiceDown("HTTP 503")),
@@ -163,7 +167,7 @@ def test_status_reads_busy(busy: bool) -> None:
 )
 def test_health_faults_raise(transport: httpx.MockTransport, message: str) -> None:
     health = AgentHealth("http://agent.test/health", timeout_seconds=1, transport=transport)
-    with pytest.raises(BeadBoardError, match=message):
+    with pytest.raises(AgentServiceError, match=message):
         health.load()
 
 
@@ -203,7 +207,8 @@ def test_an_answer_dripped_byte_by_byte_is_cut_at_the_timeout(where: str, call: 
             expected = DispatchUnknown(f"timeout (no whole answer within {TIMEOUT:g}s)")
             assert ask(call, server.url) == expected
         else:
-            with pytest.raises(BeadBoardError, match="timeout"):
+            fault = AgentServiceError if call == "load" else BeadBoardError
+            with pytest.raises(fault, match="timeout"):
                 ask(call, server.url)
         assert time.monotonic() - started < TIMEOUT + 1.5  # slack for a loaded machine
 
@@ -222,6 +227,6 @@ def test_a_huge_answer_is_read_no_further_than_the_limit() -> None:
         finally:
             tracemalloc.stop()
     assert outcome == Dispatched(
-        None, 200, Unconfirmed("a body longer than 64 KiB", "", "x" * 119 + "…")
+        None, 200, Unconfirmed("a body longer than 64 KiB", "", "x" * 60 + "…" + "x" * 59)
     )
     assert peak < 2**20  # the whole body would be 32 MiB

@@ -180,7 +180,7 @@ def test_409_puts_the_bead_back_without_counting_an_attempt(
     run = harness.dispatch()
     assert run.code == 0
     assert run.summary["outcome"] == "agent_busy_on_dispatch"
-    assert run.summary["returned_to_queue"] == [bead]
+    assert run.summary["requeued"] == [bead]
     state = store.bead(bead)
     assert (state.status, state.metadata) == ("open", {})
     assert store.notes(bead)[-1] == (
@@ -609,7 +609,7 @@ def test_beadboard_down_at_status_check_changes_nothing(
     assert run.code == 1
     failed = run.event("tick.failed")
     assert failed["kind"] == "BeadBoardError"
-    assert failed["error"].startswith("GET /api/agent-status: connection failed")
+    assert failed["error"].startswith("BeadBoard GET /api/agent-status: connection failed")
     assert store.snapshot() == before
     assert harness.lock_is_free()
 

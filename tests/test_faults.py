@@ -717,7 +717,7 @@ def test_a_long_error_keeps_both_ends() -> None:
     message = str(caught.value)
     assert message.startswith("bd update exited 1: Error: context context")
     assert message.endswith("caused by: disk full")
-    assert " … " in message
+    assert "…" in message
 
 
 @pytest.mark.parametrize(

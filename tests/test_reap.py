@@ -47,7 +47,7 @@ def test_blocks_stale_agent_beads_and_spares_fresh_ones(
     run = harness.reap()
     assert run.code == 0, run.stdout
     assert run.summary["outcome"] == "reaped"
-    assert (run.summary["in_progress"], run.summary["stale"]) == (2, 1)
+    assert (run.summary["in_progress"], run.summary["due"]) == (2, 1)
     assert run.summary["blocked"] == [stale]
     assert run.event("queue.read")["due"] == [stale]
     blocked = run.event("reap.blocked")
@@ -148,7 +148,7 @@ def test_bd_failing_to_write_exits_1_and_names_the_bead(
     run = harness.reap()
     assert run.code == 1
     [failed] = [e for e in run.events if e["level"] == "error"]
-    assert (failed["event"], failed["bead"], failed["action"]) == ("reap.failed", bead, "block")
+    assert (failed["event"], failed["bead"], failed["step"]) == ("bead.failed", bead, "block")
     assert failed["error"] == "bd update exited 1: injected failure"
     assert (run.summary["errors"], run.summary["skipped"]) == (1, [bead])
     assert run.summary["outcome"] == "error"
@@ -300,7 +300,7 @@ def test_nothing_due_never_touches_the_lock(harness: JobHarness, store: MemorySt
     stuck(store, 5)
     run = harness.reap()
     assert run.code == 0
-    assert (run.summary["outcome"], run.summary["stale"]) == ("nothing_due", 0)
+    assert (run.summary["outcome"], run.summary["due"]) == ("nothing_due", 0)
     assert store.methods() == ["queue"]
     assert not harness.lock_path.exists()
 

@@ -86,10 +86,10 @@ def test_the_reaper_warns_once_about_a_bead_stuck_past_the_limit_and_succeeds(
     for _ in range(2):
         run = harness.reap()
         assert run.code == 0, run.stdout
-        [warning] = events_named(run, "reap.too_large")
+        [warning] = events_named(run, "bead.too_large")
         assert (warning["bead"], warning["level"], warning["size"]) == (stuck, "warning", 65_536)
-        assert f"`bd close {stuck}` still works" in warning["detail"]
-        assert events_named(run, "reap.failed") == []
+        assert f"`bd close {stuck}` still works" in warning["reason"]
+        assert events_named(run, "bead.failed") == []
     assert limited.rows[stuck]["status"] == "in_progress"
 
 
@@ -101,7 +101,7 @@ def test_the_reaper_takes_bds_word_when_its_own_count_falls_short(
     clock.advance(3600)
     run = harness.reap()
     assert run.code == 0
-    assert events_named(run, "reap.too_large")[0]["bead"] == stuck
+    assert events_named(run, "bead.too_large")[0]["bead"] == stuck
 
 
 # -- the size itself ---------------------------------------------------------------------

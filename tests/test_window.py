@@ -299,7 +299,7 @@ def test_the_switch_is_read_before_every_post(
     )
     assert {bead: store.snapshot()[bead] for bead in rest} == untouched
     assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
-    assert (run.summary["polls"], run.summary["returned_to_queue"]) == (1, [second])
+    assert (run.summary["polls"], run.summary["requeued"]) == (1, [second])
 
 
 # -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------

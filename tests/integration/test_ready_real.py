@@ -25,7 +25,7 @@ from jobs.log import Clock, EventLog
 from jobs.run import RunContext
 from jobs.settings import JobSettings
 from tests.integration.conftest import RealJobRunner, real_env
-from tests.support.harness import FakeClock
+from tests.support.harness import FakeClock, closed_port
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH
 
@@ -409,6 +409,16 @@ def test_explain_waiting_for_a_free_agent_slot(
     bead = agent_task(real_bd, "ready")
     beadboard.busy = True
     assert explain(run_real, bead) == ["waiting for a free agent slot (number 1 in line)"]
+
+
+def test_explain_names_the_agent_service_when_its_health_does_not_answer(
+    real_bd: RealBd, run_real: RealJobRunner
+) -> None:
+    bead = agent_task(real_bd, "ready")
+    health = f"http://127.0.0.1:{closed_port()}/health"
+    [line] = explain(run_real, bead, AGENT_HEALTH_URL=health)
+    unknown = f"agent slots unknown (claude-agent-service GET {health}: connection failed"
+    assert line.startswith(f"ready, number 1 in line; {unknown}")
 
 
 def test_explain_kill_switch_off(real_bd: RealBd, run_real: RealJobRunner) -> None:

@@ -98,9 +98,9 @@ def test_a_bead_stuck_past_the_limit_costs_the_reaper_a_warning_not_a_failed_run
     for minutes in (45, 55):
         run = run_real("reap", now=updated + timedelta(minutes=minutes))
         assert run.code == 0, run.stdout + run.stderr
-        warning = run.event("reap.too_large")
+        warning = run.event("bead.too_large")
         assert (warning["bead"], warning["level"]) == (stuck, "warning")
-        assert [e for e in run.events if e["event"] == "reap.failed"] == []
+        assert [e for e in run.events if e["event"] == "bead.failed"] == []
     # A human's reopen fails too; closing it is the way out.
     assert update(real_bd, stuck, "--status", "open").returncode == 1
     real_bd.close(stuck)

@@ -106,7 +106,7 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
     run = JobRun(process.returncode, stdout, stderr)
     assert run.event("run.stopping")["detail"] == "SIGTERM: finished the bead in hand"
     assert run.summary["dispatched"] == [first]
-    assert run.summary["returned_to_queue"] == []
+    assert run.summary["requeued"] == []
     # The bead in hand is finished: sent, and its dispatch recorded.
     state = real_bd.show(first)
     assert state["status"] == "in_progress"
