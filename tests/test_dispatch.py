@@ -328,7 +328,7 @@ def test_a_misrouted_200_is_dispatched_and_flagged_for_a_human(
 def test_no_answer_after_sending_is_never_sent_again(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, reason: str
 ) -> None:
-    harness.http_timeout = 0.3
+    harness.over_sockets()
     bead = store.add()
     beadboard.program(DISPATCH, reply)
     first = harness.dispatch()

@@ -335,7 +335,7 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
     if fault.bd is not None:
         fault.bd(store, bead)
     if fault.fast_http:
-        harness.http_timeout = 0.3
+        harness.over_sockets()
     settings: dict[str, Any] = {}
     if fault.refused_post:
         # Slots from /health, so BeadBoard is asked nothing before the POST that fails.
@@ -443,7 +443,7 @@ def test_a_timed_out_post_that_beadboard_accepted_is_not_sent_twice(
     store.add()
     # BeadBoard started the job and answered 200, but the body arrived after our timeout.
     beadboard.program(DISPATCH, Reply(stall=1, json={"job_id": "job-started"}))
-    harness.http_timeout = 0.3
+    harness.over_sockets()
     assert [harness.dispatch().code, harness.dispatch().code] == [1, 0]
     assert len(beadboard.requests_to(DISPATCH)) == 1
 
