@@ -9,13 +9,14 @@ the end with an injected runner, or a tiny scripted `bd` where a real process is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -87,7 +88,7 @@ class Fault:
     dispatch_reply: Reply | None = None
     status_reply: Reply | None = None
     bd: BdFault | None = None
-    fast_http: bool = False  # a 0.3 s HTTP timeout, for replies that come late or never
+    late: bool = False  # the reply comes late or never: a real socket, a 0.3 s timeout
     refused_post: bool = False  # BeadBoard's POST hits a closed port
     lock_held: bool = False  # another live run holds the dispatch lock
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
@@ -141,7 +142,7 @@ DISPATCH_FAULTS = (
         1,
         "unknown",
         Reply(delay=1),
-        fast_http=True,
+        late=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -151,7 +152,7 @@ DISPATCH_FAULTS = (
         1,
         "unknown",
         Reply(stall=1, json={"job_id": "job-late"}),
-        fast_http=True,
+        late=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -226,7 +227,7 @@ DISPATCH_FAULTS = (
         1,
         "unchanged",
         status_reply=Reply(delay=1),
-        fast_http=True,
+        late=True,
     ),
     Fault(
         "status-slow-body",
@@ -234,7 +235,7 @@ DISPATCH_FAULTS = (
         1,
         "unchanged",
         status_reply=Reply(stall=1, json={"busy": False}),
-        fast_http=True,
+        late=True,
     ),
     # bd faults, wherever in the run they hit.
     Fault(
@@ -317,14 +318,42 @@ DISPATCH_FAULTS = (
 )
 
 
-@pytest.mark.parametrize("fault", DISPATCH_FAULTS, ids=[fault.id for fault in DISPATCH_FAULTS])
-def test_dispatch_fault_one_error_line_right_state_nothing_else(
+@dataclass(frozen=True)
+class FaultedRun:
+    """One dispatcher run with a fault injected, and the store as it was before it."""
+
+    fault: Fault
+    run: JobRun
+    bead: str  # the bead in hand
+    before: dict[str, Any]
+    stderr: str
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return error_lines(self.run)
+
+
+def each(faults: Sequence[Fault]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("fault", faults, ids=[fault.id for fault in faults])
+
+
+def ending(*beads: str) -> tuple[Fault, ...]:
+    return tuple(fault for fault in DISPATCH_FAULTS if fault.bead in beads)
+
+
+def the(fault_id: str) -> Fault:
+    [fault] = [fault for fault in DISPATCH_FAULTS if fault.id == fault_id]
+    return fault
+
+
+@pytest.fixture
+def faulted(
     fault: Fault,
     harness: JobHarness,
     store: MemoryStore,
     beadboard: BeadBoardStub,
     capsys: pytest.CaptureFixture[str],
-) -> None:
+) -> FaultedRun:
     bystanders(store)
     bead = store.add("the one in hand", priority=0)
     before = store.snapshot()
@@ -334,7 +363,7 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
         beadboard.program(STATUS, fault.status_reply)
     if fault.bd is not None:
         fault.bd(store, bead)
-    if fault.fast_http:
+    if fault.late:
         harness.over_sockets()
     settings: dict[str, Any] = {}
     if fault.refused_post:
@@ -342,82 +371,194 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
         settings["agent_health_url"] = f"{beadboard.url}/health"
         settings["beadboard_url"] = f"http://127.0.0.1:{closed_port()}"
     lock = unreachable_dolt_lock() if fault.lock_unreachable else None
-    if fault.lock_held:
-        with harness.lock_held_elsewhere():
-            run = harness.dispatch(lock=lock, **settings)
-    else:
+    with harness.lock_held_elsewhere() if fault.lock_held else contextlib.nullcontext():
         run = harness.dispatch(lock=lock, **settings)
+    return FaultedRun(fault, run, bead, before, capsys.readouterr().err)
 
-    assert run.code == fault.exit_code, run.stdout
-    assert capsys.readouterr().err == "", "a fault of the world is logged, never a traceback"
-    errors = error_lines(run)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0]), errors[0]
-        assert "\n" not in error_text(errors[0])
-    if fault.warning is None:
-        assert warning_lines(run) == []
-    else:
-        [warning] = warning_lines(run)
-        assert (warning["event"], warning["bead"]) == (fault.warned, bead)
-        assert fault.warning in error_text(warning) + str(warning.get("body")), warning
-    assert run.summary["exit_code"] == fault.exit_code
-    assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    if fault.lock_held:
-        assert run.summary["outcome"] == "lock_busy"
+
+# -- every fault: the exit code, the log, the requests, the lock, the bystanders ------------
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_exit_code(faulted: FaultedRun) -> None:
+    assert faulted.run.code == faulted.fault.exit_code, faulted.run.stdout
+    assert faulted.run.summary["exit_code"] == faulted.fault.exit_code
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_is_logged_never_a_traceback(faulted: FaultedRun) -> None:
+    assert faulted.stderr == ""
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.error is not None])
+def test_dispatch_fault_is_one_error_line_naming_it(faulted: FaultedRun) -> None:
+    [error] = faulted.errors
+    assert str(faulted.fault.error) in error_text(error), error
+    assert "\n" not in error_text(error)
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.error is None])
+def test_no_fault_of_the_run_no_error_line(faulted: FaultedRun) -> None:
+    assert faulted.errors == []
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.warning is not None])
+def test_the_one_warning_names_the_bead_and_the_trouble(faulted: FaultedRun) -> None:
+    [warning] = warning_lines(faulted.run)
+    assert (warning["event"], warning["bead"]) == (faulted.fault.warned, faulted.bead)
+    assert str(faulted.fault.warning) in error_text(warning) + str(warning.get("body")), warning
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.warning is None])
+def test_no_warning_line(faulted: FaultedRun) -> None:
+    assert warning_lines(faulted.run) == []
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_posts_at_most_once(faulted: FaultedRun, beadboard: BeadBoardStub) -> None:
+    assert len(beadboard.requests_to(DISPATCH)) == faulted.fault.posts
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_releases_the_lock(faulted: FaultedRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_leaves_the_other_beads_alone(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
     after = store.snapshot()
-    state = store.bead(bead)
-    if fault.bead == "unchanged":
-        assert after[bead] == before[bead]
-    elif fault.bead in ("unknown", "unrecorded"):
-        assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-        if fault.bead == "unknown":
-            assert store.comments(bead)[-1].startswith("dispatch outcome unknown: ")
-        elif fault.id == "bd-comment-fails":
-            assert store.comments(bead) == []
-        else:
-            assert store.comments(bead)[-1].startswith("dispatched: job=job-1 ")
-        assert harness.dispatch().code == 0, "a bead maybe sent is never sent again"
-        assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    elif fault.bead in ("dispatched", "unconfirmed"):
-        assert (state.status, state.metadata) == ("in_progress", {})
-        record = store.comments(bead)[-1]
-        if fault.bead == "dispatched":
-            assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
-        else:
-            assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
-            assert f"with {fault.warning} (" in record and "check BeadBoard's ingress" in record
-    else:
-        assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
-        last = store.notes(bead)[-1]
-        if fault.bead == "failed":
-            assert state.metadata == {ATTEMPTS_KEY: 1}
-            assert last.startswith("dispatch failed (attempt 1/3): ")
-            assert fault.error is not None and fault.error in last
-        elif fault.bead == "busy":
-            assert state.metadata == {}
-            assert last.startswith("agent busy (Agent is busy); back to open")
-        elif fault.bead == "service_down":
-            assert state.metadata == {}
-            assert last.startswith(f"not sent: agent service unavailable ({fault.error}")
-            assert "back to open, no attempt counted" in last
-            [down] = errors
-            assert (down["event"], down["bead"]) == ("dispatch.service_down", bead)
-        else:
-            assert fault.bead == "handed_back"
-            assert state.metadata == {}
-            assert last.startswith("not dispatched: bd failed ")
-            assert "back to open, not counted as a failed attempt" in last
-            [failed] = errors
-            assert (failed["event"], failed["handed_back"]) == ("bead.failed", True)
-    # Everything else — the bystanders — as it was, and nothing new was created.
-    assert {k: v for k, v in after.items() if k != bead} == {
-        k: v for k, v in before.items() if k != bead
-    }
+    after.pop(faulted.bead)
+    assert after == {k: v for k, v in faulted.before.items() if k != faulted.bead}
+
+
+@each([the("lock-held")])
+def test_a_lock_held_elsewhere_ends_the_run_as_lock_busy(faulted: FaultedRun) -> None:
+    assert faulted.run.summary["outcome"] == "lock_busy"
+
+
+# -- the bead in hand: one end state each --------------------------------------------------
+
+
+@each(ending("unchanged"))
+def test_a_fault_before_the_claim_leaves_the_bead_as_it_was(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.snapshot()[faulted.bead] == faulted.before[faulted.bead]
+
+
+@each(ending("unknown", "unrecorded"))
+def test_a_bead_maybe_sent_stays_in_progress_at_stage_sending(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+
+
+@each(ending("unknown", "unrecorded"))
+def test_a_bead_maybe_sent_is_never_sent_again(
+    faulted: FaultedRun, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
+    assert harness.dispatch().code == 0
+    assert len(beadboard.requests_to(DISPATCH)) == faulted.fault.posts
+
+
+@pytest.mark.parametrize(
+    ("fault", "comment"),
+    [(fault, "dispatch outcome unknown: ") for fault in ending("unknown")]
+    + [(the("bd-clearing-the-stage-fails"), "dispatched: job=job-1 ")],
+    ids=[fault.id for fault in ending("unknown")] + ["bd-clearing-the-stage-fails"],
+)
+def test_a_bead_maybe_sent_says_how_far_it_got(
+    faulted: FaultedRun, store: MemoryStore, comment: str
+) -> None:
+    assert store.comments(faulted.bead)[-1].startswith(comment)
+
+
+@each([the("bd-comment-fails")])
+def test_a_dispatch_bd_failed_to_comment_has_no_comment(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.comments(faulted.bead) == []
+
+
+@each(ending("dispatched", "unconfirmed"))
+def test_a_bead_beadboard_took_is_in_progress_with_no_stage(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, state.metadata) == ("in_progress", {})
+
+
+@each(ending("dispatched"))
+def test_a_bead_beadboard_took_without_a_job_id_says_so(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    record = store.comments(faulted.bead)[-1]
+    assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
+
+
+@each(ending("unconfirmed"))
+def test_an_unconfirmed_dispatch_asks_a_human_to_check_the_ingress(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    record = store.comments(faulted.bead)[-1]
+    assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
+    assert f"with {faulted.fault.warning} (" in record and "check BeadBoard's ingress" in record
+
+
+@each(ending("failed", "busy", "service_down", "handed_back"))
+def test_a_bead_not_taken_goes_back_to_open_with_no_stage(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
+
+
+@each(ending("failed"))
+def test_a_bead_beadboard_refused_counts_one_attempt(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.bead(faulted.bead).metadata == {ATTEMPTS_KEY: 1}
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith("dispatch failed (attempt 1/3): ") and str(faulted.fault.error) in last
+
+
+@each(ending("busy", "service_down", "handed_back"))
+def test_a_bead_not_at_fault_counts_no_attempt(faulted: FaultedRun, store: MemoryStore) -> None:
+    assert store.bead(faulted.bead).metadata == {}
+
+
+@each(ending("busy"))
+def test_a_busy_agent_is_noted_on_the_bead(faulted: FaultedRun, store: MemoryStore) -> None:
+    assert store.notes(faulted.bead)[-1].startswith("agent busy (Agent is busy); back to open")
+
+
+@each(ending("service_down"))
+def test_a_service_down_is_noted_on_the_bead(faulted: FaultedRun, store: MemoryStore) -> None:
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith(f"not sent: agent service unavailable ({faulted.fault.error}")
+    assert "back to open, no attempt counted" in last
+
+
+@each(ending("service_down"))
+def test_a_service_down_is_the_error_line_of_the_bead(faulted: FaultedRun) -> None:
+    [down] = faulted.errors
+    assert (down["event"], down["bead"]) == ("dispatch.service_down", faulted.bead)
+
+
+@each(ending("handed_back"))
+def test_a_bead_handed_back_says_bd_failed(faulted: FaultedRun, store: MemoryStore) -> None:
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith("not dispatched: bd failed ")
+    assert "back to open, not counted as a failed attempt" in last
+
+
+@each(ending("handed_back"))
+def test_a_bead_handed_back_is_the_error_line(faulted: FaultedRun) -> None:
+    [failed] = faulted.errors
+    assert (failed["event"], failed["handed_back"]) == ("bead.failed", True)
 
 
 def test_a_bd_failure_on_one_bead_does_not_stop_the_others(
