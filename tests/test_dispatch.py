@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
-from devtools.pods.process import base_env, start_jobs
+from devtools.pods.process import JobRun, base_env, start_jobs
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
@@ -36,56 +37,95 @@ def posted(beadboard: BeadBoardStub) -> list[str]:
     return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
-def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@dataclass(frozen=True)
+class HappyRun:
+    """One run dispatching one eligible bead, and what was true while its POST was in flight."""
+
+    run: JobRun
+    bead: str
+    at_post: list[tuple[object, bool]]  # (the bead's stage, the lock free?) per POST
+
+
+@pytest.fixture
+def happy(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> HappyRun:
     bead = store.add()
-    seen_at_post: list[tuple[object, bool]] = []
+    at_post: list[tuple[object, bool]] = []
 
     def dispatch(request: RecordedRequest) -> Reply:
         # What a reaper (or a second dispatcher) would find while the POST is in flight.
-        seen_at_post.append((store.rows[bead]["metadata"].get(STAGE_KEY), harness.lock_is_free()))
+        at_post.append((store.rows[bead]["metadata"].get(STAGE_KEY), harness.lock_is_free()))
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch()
-    assert run.code == 0, run.stdout
-    assert run.summary["outcome"] == "dispatched"
-    assert run.summary["dispatched"] == [bead]
-    state = store.bead(bead)
+    return HappyRun(harness.dispatch(), bead, at_post)
+
+
+def test_dispatching_the_eligible_bead_exits_0(happy: HappyRun) -> None:
+    assert happy.run.code == 0, happy.run.stdout
+    assert (happy.run.summary["outcome"], happy.run.summary["dispatched"]) == (
+        "dispatched",
+        [happy.bead],
+    )
+
+
+def test_a_dispatched_bead_is_in_progress_for_agent_with_no_stage(
+    happy: HappyRun, store: MemoryStore
+) -> None:
+    state = store.bead(happy.bead)
     assert (state.status, state.assignee, state.metadata) == ("in_progress", "agent", {})
-    # The claim is a note; the dispatch a comment (it cannot overwrite the agent's first note).
-    assert store.notes(bead) == [f"beads-dispatcher claimed at {STAMP}"]
-    [comment] = state.comments
+
+
+def test_the_claim_is_a_note(happy: HappyRun, store: MemoryStore) -> None:
+    assert store.notes(happy.bead) == [f"beads-dispatcher claimed at {STAMP}"]
+
+
+def test_the_dispatch_is_a_comment_with_the_job_id(happy: HappyRun, store: MemoryStore) -> None:
+    # A comment, not a note: it cannot overwrite the agent's first note.
+    [comment] = store.bead(happy.bead).comments
     assert comment.text == f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"
     assert (comment.author, comment.created_at) == ("agent", NOW)
-    # Marked "sending" before the POST, under the lock held from claim to record.
-    assert seen_at_post == [("sending", False)]
+
+
+def test_the_bead_is_marked_sending_under_the_lock_before_the_post(happy: HappyRun) -> None:
+    assert happy.at_post == [("sending", False)]
+
+
+def test_a_dispatch_asks_the_status_then_posts_the_bead_id(
+    happy: HappyRun, beadboard: BeadBoardStub
+) -> None:
     assert [(r.method, r.path) for r in beadboard.requests] == [("GET", STATUS), ("POST", DISPATCH)]
-    assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": bead}
+    assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": happy.bead}
+
+
+def test_a_dispatch_costs_eight_bd_calls_in_runbook_order(
+    happy: HappyRun, store: MemoryStore
+) -> None:
     # bd ready, under the lock bd ready + the full query, claim, stage=sending, comment,
     # clear the stage.
-    assert store.methods() == [
-        "queue",
-        "ready",
-        "ready",
-        "queue",
-        "update",
-        "update",
-        "comment",
-        "update",
-    ]
-    claim = store.log[4]
-    assert claim.args == {
+    expected = ["queue", "ready", "ready", "queue", "update", "update", "comment", "update"]
+    assert store.methods() == expected
+    assert happy.run.summary["bd_calls"] == len(expected)
+
+
+def test_the_claim_is_one_update(happy: HappyRun, store: MemoryStore) -> None:
+    assert store.log[4].args == {
         "claim": True,
         "status": "in_progress",
         "note": f"beads-dispatcher claimed at {STAMP}",
         "set_metadata": {STAGE_KEY: "claimed"},
         "actor": "agent",
     }
-    assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
-    assert run.summary["bd_calls"] == 8
-    assert list(store.rows) == [bead]  # no lock bead, nothing created
+
+
+def test_clearing_the_stage_touches_metadata_only(happy: HappyRun, store: MemoryStore) -> None:
+    assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}
+
+
+def test_a_dispatch_creates_no_bead(happy: HappyRun, store: MemoryStore) -> None:
+    assert list(store.rows) == [happy.bead]  # no lock bead either
+
+
+def test_a_dispatch_releases_the_lock(happy: HappyRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
 

@@ -969,17 +969,19 @@ def leaks(text: str) -> list[str]:
     ]
 
 
-def test_no_secret_in_logs_notes_requests_or_manifests(
-    harness: JobHarness,
-    store: MemoryStore,
-    beadboard: BeadBoardStub,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Set where any code could pick them up: the process environment.
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The secrets set where any code could pick them up: the process environment."""
     for name, value in SECRET_ENV.items():
         monkeypatch.setenv(name, value)
+    return SECRET_ENV
+
+
+@pytest.fixture
+def runs_among_secrets(
+    secret_env: dict[str, str], harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> list[JobRun]:
+    """A dispatch, a refused dispatch, a reap, a dry run and a bd failure, secrets all around."""
     store.add("dispatched", priority=0)
     store.add("fails", priority=1)
     store.add("stuck", status="in_progress", updated_at=STALE)
@@ -988,48 +990,63 @@ def test_no_secret_in_logs_notes_requests_or_manifests(
     )
     runs = [harness.dispatch(), harness.dispatch(), harness.reap(), harness.dispatch(dry_run=True)]
     store.fail("queue")
-    runs.append(harness.dispatch())
-    # The server-mode lock reads the password from the env: a failure must not quote it.
-    (tmp_path / "metadata.json").write_text(
-        json.dumps(
-            {
-                "dolt_mode": "server",
-                "dolt_server_host": "127.0.0.1",
-                "dolt_server_port": closed_port(),
-                "dolt_database": "code",
-            }
-        ),
-        encoding="utf-8",
-    )
-    lock = lock_on(resolve(tmp_path, SECRET_ENV), SECRET_ENV)
-    with pytest.raises(LockError) as lock_failure:
-        lock.try_acquire()
-    assert [run.code for run in runs] == [0, 1, 0, 0, 1]
-    for text in [*(run.stdout for run in runs), str(lock_failure.value)]:
-        assert leaks(text) == []
+    return [*runs, harness.dispatch()]
+
+
+def test_no_secret_in_the_log_of_any_run(runs_among_secrets: list[JobRun]) -> None:
+    assert [run.code for run in runs_among_secrets] == [0, 1, 0, 0, 1]
+    assert leaks("".join(run.stdout for run in runs_among_secrets)) == []
+
+
+def test_no_secret_in_the_notes(runs_among_secrets: list[JobRun], store: MemoryStore) -> None:
     notes = "\n".join(str(row["notes"]) for row in store.rows.values())
-    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes, clean
+    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes
     assert leaks(notes) == []
+
+
+def test_no_secret_in_the_comments(runs_among_secrets: list[JobRun], store: MemoryStore) -> None:
     comments = "\n".join("\n".join(store.comments(bead)) for bead in store.rows)
     assert "dispatched: job=job-1" in comments
     assert leaks(comments) == []
-    # BeadBoard's agent routes need no token: none is sent, in headers or body.
-    assert len(beadboard.requests) >= 4
-    for request in beadboard.requests:
-        assert leaks(json.dumps(request.headers) + request.text) == []
-        assert "authorization" not in {name.lower() for name in request.headers}
-    # Configuration errors quote what was typed: a secret set alongside is never among it.
+
+
+def test_no_secret_in_the_requests(
+    runs_among_secrets: list[JobRun], beadboard: BeadBoardStub
+) -> None:
+    sent = [json.dumps(request.headers) + request.text for request in beadboard.requests]
+    assert len(sent) >= 4
+    assert leaks("\n".join(sent)) == []
+
+
+def test_beadboard_gets_no_authorization_header(
+    runs_among_secrets: list[JobRun], beadboard: BeadBoardStub
+) -> None:
+    # BeadBoard's agent routes need no token.
+    headers = [{name.lower() for name in request.headers} for request in beadboard.requests]
+    assert len(headers) >= 4
+    assert [names for names in headers if "authorization" in names] == []
+
+
+def test_a_lock_failure_does_not_quote_the_password(tmp_path: Path) -> None:
+    # The server-mode lock reads the password from the env.
+    server = {"dolt_mode": "server", "dolt_server_host": "127.0.0.1"}
+    server |= {"dolt_server_port": closed_port(), "dolt_database": "code"}
+    (tmp_path / "metadata.json").write_text(json.dumps(server), encoding="utf-8")
+    with pytest.raises(LockError) as failure:
+        lock_on(resolve(tmp_path, SECRET_ENV), SECRET_ENV).try_acquire()
+    assert leaks(str(failure.value)) == []
+
+
+def test_a_configuration_error_quotes_no_secret_set_alongside(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     stream = io.StringIO()
     environ = {**SECRET_ENV, "HTTP_TIMEOUT_SECONDS": "soon", "BD_BIN": "/nonexistent/bd"}
     assert cli.main(["dispatch"], environ=environ, stream=stream) == 2
     assert leaks(stream.getvalue() + capsys.readouterr().err) == []
 
 
-def test_no_secret_from_the_environment_reaches_the_manifests(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name, value in SECRET_ENV.items():
-        monkeypatch.setenv(name, value)
+def test_no_secret_from_the_environment_reaches_the_manifests(secret_env: dict[str, str]) -> None:
     rendered = render_program(
         {"doltPasswordSecretName": "dolt-credentials", "doltPasswordSecretKey": "password"}
     )
