@@ -795,10 +795,24 @@ def test_an_unknown_job_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "invalid choice: 'dispatchh'" in capsys.readouterr().err
 
 
-def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
-    tmp_path: Path, beadboard: BeadBoardStub
-) -> None:
-    """The module as the CronJob runs it: a process, a scripted bd, SIGTERM while idle."""
+@dataclass(frozen=True)
+class StoppedRun:
+    """`python3 -m jobs dispatch` as the CronJob runs it, sent SIGTERM while idle in its window."""
+
+    returncode: int
+    stderr: str
+    events: list[dict[str, Any]]
+    bd_argv: list[str]  # one line per bd call
+    beads_dir: Path
+    requests: list[RecordedRequest]  # what reached BeadBoard
+
+
+@pytest.fixture(scope="module")
+def sigterm_while_idle(
+    tmp_path_factory: pytest.TempPathFactory, beadboard_server: BeadBoardStub
+) -> StoppedRun:
+    # Module scope: one process serves every test below (each start costs ~0.5 s of CPU).
+    tmp_path = tmp_path_factory.mktemp("sigterm")
     argv_log = tmp_path / "bd-argv"
     bd = tmp_path / "bd"
     bd.write_text(f"#!/bin/sh\necho \"$@\" >> '{argv_log}'\necho '[]'\n", encoding="utf-8")
@@ -810,30 +824,55 @@ def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
         HOME=str(tmp_path),
         BD_BIN=str(bd),
         BEADS_DB=str(beads_dir),
-        BEADBOARD_URL=beadboard.url,
+        BEADBOARD_URL=beadboard_server.url,
         DISPATCHER_WINDOW_SECONDS="120",
         POLL_INTERVAL_SECONDS="60",
     )
+    beadboard_server.reset()
     process = start_jobs(["dispatch"], env)
     try:
         assert process.stdout is not None
         # The first poll is logged; the run now waits out its poll interval.
         seen = [process.stdout.readline(), process.stdout.readline()]
         assert all(seen), f"the run ended early: {seen}"
-        assert [json.loads(line)["event"] for line in seen] == ["run.start", "queue.read"]
         process.send_signal(signal.SIGTERM)
         rest, stderr = process.communicate(timeout=10)
     finally:
         process.kill()
         process.wait(timeout=10)
-    assert process.returncode == 0, stderr
-    assert stderr == ""
     events = [json.loads(line) for line in [*seen, *rest.splitlines()]]
-    summary = events[-1]
+    argv = argv_log.read_text().splitlines()
+    return StoppedRun(
+        process.returncode, stderr, events, argv, beads_dir, beadboard_server.requests
+    )
+
+
+def test_python_m_jobs_logs_its_first_poll_before_waiting(sigterm_while_idle: StoppedRun) -> None:
+    assert [e["event"] for e in sigterm_while_idle.events[:2]] == ["run.start", "queue.read"]
+
+
+def test_python_m_jobs_exits_0_quietly_on_sigterm(sigterm_while_idle: StoppedRun) -> None:
+    assert (sigterm_while_idle.returncode, sigterm_while_idle.stderr) == (0, "")
+
+
+def test_python_m_jobs_says_it_is_stopping(sigterm_while_idle: StoppedRun) -> None:
+    assert "run.stopping" in [e["event"] for e in sigterm_while_idle.events]
+
+
+def test_python_m_jobs_stopped_in_its_window_sums_up_one_poll(
+    sigterm_while_idle: StoppedRun,
+) -> None:
+    summary = sigterm_while_idle.events[-1]
     assert summary["event"] == "tick.done"
     assert (summary["outcome"], summary["polls"], summary["bd_calls"]) == ("stopped", 1, 1)
-    assert "run.stopping" in [e["event"] for e in events]
-    assert argv_log.read_text().splitlines() == [
-        f'--db {beads_dir} --actor agent --json query assignee="agent" AND status=open --limit 0'
+
+
+def test_python_m_jobs_idle_poll_is_one_unlimited_bd_query(sigterm_while_idle: StoppedRun) -> None:
+    assert sigterm_while_idle.bd_argv == [
+        f"--db {sigterm_while_idle.beads_dir} --actor agent --json query "
+        'assignee="agent" AND status=open --limit 0'
     ]
-    assert beadboard.requests == []
+
+
+def test_python_m_jobs_idle_asks_beadboard_nothing(sigterm_while_idle: StoppedRun) -> None:
+    assert sigterm_while_idle.requests == []
