@@ -636,36 +636,90 @@ REAP_FAULTS = (
 )
 
 
-@pytest.mark.parametrize("fault", REAP_FAULTS, ids=[fault.id for fault in REAP_FAULTS])
-def test_reap_fault_one_line_and_nothing_else_changed(
-    fault: ReapFault, harness: JobHarness, store: MemoryStore, capsys: pytest.CaptureFixture[str]
-) -> None:
+@dataclass(frozen=True)
+class ReapedRun:
+    fault: ReapFault
+    run: JobRun
+    stuck: str  # the stale bead
+    before: dict[str, Any]
+    stderr: str
+
+
+def each_reap(faults: Sequence[ReapFault]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("reap_fault", faults, ids=[fault.id for fault in faults])
+
+
+@pytest.fixture
+def reaped(
+    reap_fault: ReapFault,
+    harness: JobHarness,
+    store: MemoryStore,
+    capsys: pytest.CaptureFixture[str],
+) -> ReapedRun:
     bystanders(store)
     stuck = store.add("stuck for an hour", status="in_progress", updated_at=STALE)
     before = store.snapshot()
-    if fault.bd is not None:
-        fault.bd(store, stuck)
-    run = harness.reap(lock=unreachable_dolt_lock() if fault.lock_unreachable else None)
-    assert run.code == fault.exit_code, run.stdout
-    assert capsys.readouterr().err == ""
-    errors = error_lines(run)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0])
-    if fault.warning is None:
-        assert warning_lines(run) == []
-    else:
-        [warning] = warning_lines(run)
-        assert (warning["event"], warning["bead"]) == ("bead.skipped", stuck)
-        assert fault.warning in error_text(warning), warning
+    if reap_fault.bd is not None:
+        reap_fault.bd(store, stuck)
+    run = harness.reap(lock=unreachable_dolt_lock() if reap_fault.lock_unreachable else None)
+    return ReapedRun(reap_fault, run, stuck, before, capsys.readouterr().err)
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_exit_code(reaped: ReapedRun) -> None:
+    assert reaped.run.code == reaped.fault.exit_code, reaped.run.stdout
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_is_logged_never_a_traceback(reaped: ReapedRun) -> None:
+    assert reaped.stderr == ""
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.error is not None])
+def test_reap_fault_is_one_error_line_naming_it(reaped: ReapedRun) -> None:
+    [error] = error_lines(reaped.run)
+    assert str(reaped.fault.error) in error_text(error), error
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.error is None])
+def test_a_bead_the_reaper_skips_is_no_error(reaped: ReapedRun) -> None:
+    assert error_lines(reaped.run) == []
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.warning is not None])
+def test_a_bead_the_reaper_skips_is_one_warning_naming_it(reaped: ReapedRun) -> None:
+    [warning] = warning_lines(reaped.run)
+    assert (warning["event"], warning["bead"]) == ("bead.skipped", reaped.stuck)
+    assert str(reaped.fault.warning) in error_text(warning), warning
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.warning is None])
+def test_reap_fault_no_warning_line(reaped: ReapedRun) -> None:
+    assert warning_lines(reaped.run) == []
+
+
+@each_reap([fault for fault in REAP_FAULTS if not fault.blocked])
+def test_a_stale_bead_the_reaper_could_not_block_stays_in_progress(
+    reaped: ReapedRun, store: MemoryStore
+) -> None:
+    # The next run blocks it.
+    assert store.bead(reaped.stuck).status == "in_progress"
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.blocked])
+def test_a_block_that_landed_before_bd_failed_stays(reaped: ReapedRun, store: MemoryStore) -> None:
+    assert store.bead(reaped.stuck).status == "blocked"
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_leaves_the_other_beads_alone(reaped: ReapedRun, store: MemoryStore) -> None:
     after = store.snapshot()
-    # The stale bead is still in_progress (the next run blocks it), unless the write landed.
-    assert store.bead(stuck).status == ("blocked" if fault.blocked else "in_progress")
-    after.pop(stuck)
-    before.pop(stuck)
-    assert after == before
+    after.pop(reaped.stuck)
+    assert after == {k: v for k, v in reaped.before.items() if k != reaped.stuck}
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_releases_the_lock(reaped: ReapedRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
 
