@@ -38,8 +38,8 @@ def posted(beadboard: BeadBoardStub) -> list[str]:
 
 
 @dataclass(frozen=True)
-class HappyRun:
-    """One run dispatching one eligible bead, and what was true while its POST was in flight."""
+class BeadRun:
+    """One run over one eligible bead, and what was true while its POST was in flight."""
 
     run: JobRun
     bead: str
@@ -47,7 +47,7 @@ class HappyRun:
 
 
 @pytest.fixture
-def happy(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> HappyRun:
+def happy(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BeadRun:
     bead = store.add()
     at_post: list[tuple[object, bool]] = []
 
@@ -57,10 +57,10 @@ def happy(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> 
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    return HappyRun(harness.dispatch(), bead, at_post)
+    return BeadRun(harness.dispatch(), bead, at_post)
 
 
-def test_dispatching_the_eligible_bead_exits_0(happy: HappyRun) -> None:
+def test_dispatching_the_eligible_bead_exits_0(happy: BeadRun) -> None:
     assert happy.run.code == 0, happy.run.stdout
     assert (happy.run.summary["outcome"], happy.run.summary["dispatched"]) == (
         "dispatched",
@@ -69,36 +69,36 @@ def test_dispatching_the_eligible_bead_exits_0(happy: HappyRun) -> None:
 
 
 def test_a_dispatched_bead_is_in_progress_for_agent_with_no_stage(
-    happy: HappyRun, store: MemoryStore
+    happy: BeadRun, store: MemoryStore
 ) -> None:
     state = store.bead(happy.bead)
     assert (state.status, state.assignee, state.metadata) == ("in_progress", "agent", {})
 
 
-def test_the_claim_is_a_note(happy: HappyRun, store: MemoryStore) -> None:
+def test_the_claim_is_a_note(happy: BeadRun, store: MemoryStore) -> None:
     assert store.notes(happy.bead) == [f"beads-dispatcher claimed at {STAMP}"]
 
 
-def test_the_dispatch_is_a_comment_with_the_job_id(happy: HappyRun, store: MemoryStore) -> None:
+def test_the_dispatch_is_a_comment_with_the_job_id(happy: BeadRun, store: MemoryStore) -> None:
     # A comment, not a note: it cannot overwrite the agent's first note.
     [comment] = store.bead(happy.bead).comments
     assert comment.text == f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"
     assert (comment.author, comment.created_at) == ("agent", NOW)
 
 
-def test_the_bead_is_marked_sending_under_the_lock_before_the_post(happy: HappyRun) -> None:
+def test_the_bead_is_marked_sending_under_the_lock_before_the_post(happy: BeadRun) -> None:
     assert happy.at_post == [("sending", False)]
 
 
 def test_a_dispatch_asks_the_status_then_posts_the_bead_id(
-    happy: HappyRun, beadboard: BeadBoardStub
+    happy: BeadRun, beadboard: BeadBoardStub
 ) -> None:
     assert [(r.method, r.path) for r in beadboard.requests] == [("GET", STATUS), ("POST", DISPATCH)]
     assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": happy.bead}
 
 
 def test_a_dispatch_costs_eight_bd_calls_in_runbook_order(
-    happy: HappyRun, store: MemoryStore
+    happy: BeadRun, store: MemoryStore
 ) -> None:
     # bd ready, under the lock bd ready + the full query, claim, stage=sending, comment,
     # clear the stage.
@@ -107,7 +107,7 @@ def test_a_dispatch_costs_eight_bd_calls_in_runbook_order(
     assert happy.run.summary["bd_calls"] == len(expected)
 
 
-def test_the_claim_is_one_update(happy: HappyRun, store: MemoryStore) -> None:
+def test_the_claim_is_one_update(happy: BeadRun, store: MemoryStore) -> None:
     assert store.log[4].args == {
         "claim": True,
         "status": "in_progress",
@@ -117,15 +117,15 @@ def test_the_claim_is_one_update(happy: HappyRun, store: MemoryStore) -> None:
     }
 
 
-def test_clearing_the_stage_touches_metadata_only(happy: HappyRun, store: MemoryStore) -> None:
+def test_clearing_the_stage_touches_metadata_only(happy: BeadRun, store: MemoryStore) -> None:
     assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}
 
 
-def test_a_dispatch_creates_no_bead(happy: HappyRun, store: MemoryStore) -> None:
+def test_a_dispatch_creates_no_bead(happy: BeadRun, store: MemoryStore) -> None:
     assert list(store.rows) == [happy.bead]  # no lock bead either
 
 
-def test_a_dispatch_releases_the_lock(happy: HappyRun, harness: JobHarness) -> None:
+def test_a_dispatch_releases_the_lock(happy: BeadRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
 
@@ -231,29 +231,52 @@ def test_409_puts_the_bead_back_without_counting_an_attempt(
     assert posted(beadboard) == [bead]
 
 
-def test_409_in_a_watch_window_notes_and_posts_each_bead_once(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
-    first = store.add("first", priority=0)
-    second = store.add("second", priority=1)
-    # BeadBoard's status says "free" every time, yet every POST is refused.
+@dataclass(frozen=True)
+class BusyWindow:
+    """A watch window over two beads where BeadBoard's status says "free" and every POST 409s."""
+
+    run: JobRun
+    beads: list[str]  # in dispatch order
+
+
+@pytest.fixture
+def busy_window(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BusyWindow:
+    beads = [store.add("first", priority=0), store.add("second", priority=1)]
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=409, json={"error": "full"}))
-    run = harness.dispatch(**WINDOW)
-    assert run.code == 0, run.stdout
-    assert run.summary["polls"] == 6  # the last four find nothing left to try
-    assert posted(beadboard) == [first, second]
-    for bead in (first, second):
-        assert store.bead(bead).status == "open"
-        notes = store.notes(bead)
-        assert len([n for n in notes if n.startswith("agent busy")]) == 1, notes
-        assert len([n for n in notes if n.startswith("beads-dispatcher claimed")]) == 1, notes
-    # A 409 ends its poll: the next bead waits for the next poll, not the same lock hold.
-    steps = [
-        e["event"]
-        for e in run.events
-        if e["event"] in ("lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released")
-    ]
-    assert steps == ["lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released"] * 2
+    return BusyWindow(harness.dispatch(**WINDOW), beads)
+
+
+def test_409_in_a_watch_window_is_no_failure(busy_window: BusyWindow) -> None:
+    assert busy_window.run.code == 0, busy_window.run.stdout
+    assert busy_window.run.summary["polls"] == 6  # the last four find nothing left to try
+
+
+def test_409_in_a_watch_window_posts_each_bead_once(
+    busy_window: BusyWindow, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == busy_window.beads
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["first", "second"])
+def test_409_in_a_watch_window_hands_each_bead_back_open(
+    busy_window: BusyWindow, store: MemoryStore, which: int
+) -> None:
+    assert store.bead(busy_window.beads[which]).status == "open"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["first", "second"])
+@pytest.mark.parametrize("note", ["beads-dispatcher claimed", "agent busy"])
+def test_409_in_a_watch_window_notes_each_bead_once(
+    busy_window: BusyWindow, store: MemoryStore, which: int, note: str
+) -> None:
+    notes = store.notes(busy_window.beads[which])
+    assert len([n for n in notes if n.startswith(note)]) == 1, notes
+
+
+def test_409_ends_its_poll_and_the_next_bead_waits_for_the_next(busy_window: BusyWindow) -> None:
+    kept = ("lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released")
+    steps = [e["event"] for e in busy_window.run.events if e["event"] in kept]
+    assert steps == list(kept) * 2
 
 
 @pytest.mark.parametrize(
@@ -330,30 +353,41 @@ def test_any_2xx_is_dispatched_and_never_sent_again(
     assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
 
 
-def test_a_misrouted_200_is_dispatched_and_flagged_for_a_human(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
-    """An ingress answering for BeadBoard: the bead is taken as sent (a resend risks double
-    work), and the record and a warning say the answer was not BeadBoard's."""
+NGINX_PAGE = "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
+
+
+@pytest.fixture
+def misrouted(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BeadRun:
+    """An ingress answering for BeadBoard with its own page."""
     bead = store.add()
-    page = "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
-    beadboard.program(DISPATCH, Reply(body=page, headers={"Content-Type": "text/html"}))
-    run = harness.dispatch()
-    assert (run.code, run.summary["dispatched"]) == (0, [bead])
-    suspicious = run.event("dispatch.suspicious")
-    assert suspicious["level"] == "warning"
-    assert (suspicious["bead"], suspicious["http"], suspicious["content_type"]) == (
-        bead,
-        200,
-        "text/html",
-    )
-    assert suspicious["excerpt"] == page
-    assert store.comments(bead) == [
+    beadboard.program(DISPATCH, Reply(body=NGINX_PAGE, headers={"Content-Type": "text/html"}))
+    return BeadRun(harness.dispatch(), bead, [])
+
+
+def test_a_misrouted_200_is_taken_as_sent(misrouted: BeadRun) -> None:
+    # A resend risks double work.
+    assert (misrouted.run.code, misrouted.run.summary["dispatched"]) == (0, [misrouted.bead])
+
+
+def test_a_misrouted_200_is_a_warning_quoting_the_answer(misrouted: BeadRun) -> None:
+    suspicious = misrouted.run.event("dispatch.suspicious")
+    assert (suspicious["level"], suspicious["bead"]) == ("warning", misrouted.bead)
+    assert (suspicious["http"], suspicious["content_type"]) == (200, "text/html")
+    assert suspicious["excerpt"] == NGINX_PAGE
+
+
+def test_a_misrouted_200_asks_a_human_on_the_bead(misrouted: BeadRun, store: MemoryStore) -> None:
+    assert store.comments(misrouted.bead) == [
         "dispatched, unconfirmed: HTTP 200 with a non-JSON body (text/html); check BeadBoard's "
         f"ingress. Not sent again (beads-dispatcher, {STAMP})"
     ]
+
+
+def test_a_misrouted_200_is_never_sent_again(
+    misrouted: BeadRun, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
     assert harness.dispatch().code == 0
-    assert posted(beadboard) == [bead]
+    assert posted(beadboard) == [misrouted.bead]
 
 
 @pytest.mark.parametrize(
