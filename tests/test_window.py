@@ -3,6 +3,7 @@ switch re-read from the runtime dir between polls, and SIGTERM (`stop.request()`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from devtools.pods.process import JobRun
 from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
@@ -266,9 +268,21 @@ def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
     assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
 
 
-def test_the_switch_is_read_before_every_post(
+@dataclass(frozen=True)
+class SwitchedOff:
+    """Five beads, ten free slots, and the kill switch turned off while the first POST is
+    answered."""
+
+    run: JobRun
+    first: str
+    second: str  # claimed when the switch was seen off
+    rest: dict[str, Any]  # the other three, as they were before the run
+
+
+@pytest.fixture
+def switched_off(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, tmp_path: Path
-) -> None:
+) -> SwitchedOff:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     switch = runtime / "DISPATCHER_ENABLED"
@@ -278,7 +292,7 @@ def test_the_switch_is_read_before_every_post(
     beadboard.health.capacity = 10
 
     def dispatch(request: RecordedRequest) -> Reply:
-        switch.write_text("false", encoding="utf-8")  # flipped while the first POST is answered
+        switch.write_text("false", encoding="utf-8")
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
@@ -288,18 +302,42 @@ def test_the_switch_is_read_before_every_post(
         runtime_config_dir=runtime,
         **WINDOW,
     )
-    assert posted(beadboard) == [first]
-    assert run.code == 0
-    # The second bead was claimed when the switch was seen off: handed back, not counted.
-    state = store.bead(second)
+    return SwitchedOff(run, first, second, untouched)
+
+
+def test_the_switch_is_read_before_every_post(
+    switched_off: SwitchedOff, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [switched_off.first]
+
+
+def test_a_switch_turned_off_mid_run_ends_it_paused(switched_off: SwitchedOff) -> None:
+    assert switched_off.run.code == 0
+    assert switched_off.run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
+    assert switched_off.run.summary["polls"] == 1
+
+
+def test_a_bead_claimed_as_the_switch_turned_off_goes_back_uncounted(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    state = store.bead(switched_off.second)
     assert (state.status, state.metadata) == ("open", {})
-    assert store.notes(second)[-1].startswith(
+    assert switched_off.run.summary["returned_to_queue"] == [switched_off.second]
+
+
+def test_a_bead_claimed_as_the_switch_turned_off_says_why(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    assert store.notes(switched_off.second)[-1].startswith(
         "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
         "back to open, not counted as a failed attempt"
     )
-    assert {bead: store.snapshot()[bead] for bead in rest} == untouched
-    assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
-    assert (run.summary["polls"], run.summary["returned_to_queue"]) == (1, [second])
+
+
+def test_beads_not_reached_before_the_switch_turned_off_are_untouched(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    assert {bead: store.snapshot()[bead] for bead in switched_off.rest} == switched_off.rest
 
 
 # -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------
@@ -307,14 +345,23 @@ def test_the_switch_is_read_before_every_post(
 DOWN = Reply(status=502, json={"error": "agent service unreachable"})
 
 
-def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+@dataclass(frozen=True)
+class Outage:
     """Every POST answers 502 for 10 minutes, then BeadBoard recovers; 150 s windows start
     every 3 minutes. Before, the third window blocked all six (attempt 3/3)."""
+
+    codes: list[int]  # of each window's run
+    beads: list[str]  # in line
+    answers: list[tuple[str, bool]]  # (bead, taken) per POST
+
+
+@pytest.fixture
+def outage(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> Outage:
     beads = [store.add(f"b{i}", priority=i) for i in range(6)]
     recovered = NOW + timedelta(minutes=10)
-    answers: list[tuple[str, bool]] = []  # (bead, taken)
+    answers: list[tuple[str, bool]] = []
 
     def dispatch(request: RecordedRequest) -> Reply:
         taken = clock() >= recovered
@@ -326,18 +373,41 @@ def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
     for minute in range(0, 18, 3):
         clock.advance((NOW + timedelta(minutes=minute) - clock.now).total_seconds())
         codes.append(harness.dispatch(dispatcher_window_seconds=150).code)
-    assert codes == [1, 1, 1, 1, 0, 0]
-    # One POST a poll while it was down (0, 30 and 90 s into each window; the fourth window's
-    # third poll, at 10m30s, found it up), all for the first bead in line; then each bead once.
-    assert [bead for bead, taken in answers if not taken] == [beads[0]] * 11
-    assert [bead for bead, taken in answers if taken] == beads
-    for bead in beads:
-        state = store.bead(bead)
-        assert (state.status, state.metadata) == ("in_progress", {})
-        assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
-        [record] = store.comments(bead)
-        assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
-    down_notes = [n for n in store.notes(beads[0]) if n.startswith("not sent:")]
+    return Outage(codes, beads, answers)
+
+
+def test_an_outage_fails_the_runs_while_it_lasts(outage: Outage) -> None:
+    assert outage.codes == [1, 1, 1, 1, 0, 0]
+
+
+def test_an_outage_costs_one_post_a_poll_for_the_first_bead_in_line(outage: Outage) -> None:
+    # 0, 30 and 90 s into each window; the fourth window's third poll, at 10m30s, found it up.
+    assert [bead for bead, taken in outage.answers if not taken] == [outage.beads[0]] * 11
+
+
+def test_every_bead_is_posted_once_the_outage_ends(outage: Outage) -> None:
+    assert [bead for bead, taken in outage.answers if taken] == outage.beads
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_every_bead_is_dispatched_once_the_outage_ends(
+    outage: Outage, store: MemoryStore, which: int
+) -> None:
+    bead = outage.beads[which]
+    [record] = store.comments(bead)
+    assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
+    assert store.bead(bead).status == "in_progress"
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_an_outage_costs_no_attempt(outage: Outage, store: MemoryStore, which: int) -> None:
+    bead = outage.beads[which]
+    assert store.bead(bead).metadata == {}
+    assert [note for note in store.notes(bead) if note.startswith("dispatch failed")] == []
+
+
+def test_each_post_in_an_outage_is_noted_on_the_bead(outage: Outage, store: MemoryStore) -> None:
+    down_notes = [n for n in store.notes(outage.beads[0]) if n.startswith("not sent:")]
     assert len(down_notes) == 11
     assert down_notes[0] == (
         "not sent: agent service unavailable (HTTP 502 agent service unreachable); back to "
@@ -345,39 +415,64 @@ def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
     )
 
 
-def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(
+@dataclass(frozen=True)
+class DownWindow:
+    run: JobRun
+    paused: list[tuple[int, bool]]  # (POSTs so far, lock free) in each pause
+
+
+@pytest.fixture
+def down_window(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+) -> DownWindow:
     for i in range(3):
         store.add(f"b{i}")
     beadboard.health.capacity = 10
     beadboard.set_handler(DISPATCH, lambda request: DOWN)
-    seen: list[tuple[int, bool]] = []  # (POSTs so far, lock free) in each pause
+    paused: list[tuple[int, bool]] = []
 
     def between_polls(wait: int) -> None:
-        seen.append((len(posted(beadboard)), harness.lock_is_free()))
+        paused.append((len(posted(beadboard)), harness.lock_is_free()))
 
     run = harness.dispatch(
         stop=FakeClockStop(clock, between_polls),
         agent_health_url=f"{beadboard.url}/health",
         **WINDOW,
     )
-    # One POST, then the pause: the lock was already free. Polls at 0 and 30 s; the next
-    # would be at 90 s, past the 60 s window.
-    assert seen == [(1, True)]
-    steps = [
-        e["event"]
-        for e in run.events
-        if e["event"] in ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
-    ]
-    assert steps[:4] == ["claim.done", "dispatch.service_down", "lock.released", "run.backing_off"]
-    down = run.event("dispatch.service_down")
+    return DownWindow(run, paused)
+
+
+def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(down_window: DownWindow) -> None:
+    # One POST, then the pause. Polls at 0 and 30 s; the next would be at 90 s, past the
+    # 60 s window.
+    assert down_window.paused == [(1, True)]
+
+
+def test_the_service_down_answer_releases_the_lock_before_backing_off(
+    down_window: DownWindow,
+) -> None:
+    kept = ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
+    assert [e["event"] for e in down_window.run.events if e["event"] in kept][:4] == list(kept)
+
+
+def test_the_service_down_answer_is_an_error_line_with_the_bead_open(
+    down_window: DownWindow,
+) -> None:
+    down = down_window.run.event("dispatch.service_down")
     assert (down["level"], down["reason"], down["bead_status"]) == (
         "error",
         "HTTP 502 agent service unreachable",
         "open",
     )
-    assert (run.code, run.summary["outcome"], run.summary["service_down"]) == (1, "service_down", 2)
+
+
+def test_a_window_the_service_was_down_in_exits_1(down_window: DownWindow) -> None:
+    summary = down_window.run.summary
+    assert (down_window.run.code, summary["outcome"], summary["service_down"]) == (
+        1,
+        "service_down",
+        2,
+    )
 
 
 def test_the_backoff_doubles_to_five_minutes_and_a_dispatch_starts_it_over(
