@@ -23,6 +23,7 @@ from jobs.beadboard import (
 )
 from tests.support.harness import plain_http
 from tests.support.raw_http import ScriptedAnswer
+from tests.support.routes import DISPATCH, HEALTH
 
 NESTED = b"[" * 50_000  # within BODY_LIMIT_BYTES, and json.loads raises RecursionError
 EMPTY = Unconfirmed("an empty body", "", "")
@@ -128,7 +129,7 @@ def test_dispatch_posts_the_task_id_to_the_route() -> None:
     with board_answering(httpx.MockTransport(handle)) as board:
         board.dispatch("bd-7")
     assert seen[0].method == "POST"
-    assert str(seen[0].url) == "http://beadboard.test/api/agent-dispatch"
+    assert str(seen[0].url) == f"http://beadboard.test{DISPATCH}"
     assert seen[0].read() == b'{"taskId":"bd-7"}'
 
 
@@ -162,7 +163,7 @@ def test_status_reads_busy(busy: bool) -> None:
     ],
 )
 def test_health_faults_raise(transport: httpx.MockTransport, message: str) -> None:
-    health = AgentHealth("http://agent.test/health", timeout_seconds=1, transport=transport)
+    health = AgentHealth(f"http://agent.test{HEALTH}", timeout_seconds=1, transport=transport)
     with pytest.raises(BeadBoardError, match=message):
         health.load()
 
@@ -183,7 +184,7 @@ DRIPS = {
 
 def ask(call: str, url: str) -> object:
     if call == "load":
-        health = AgentHealth(f"{url}/health", TIMEOUT, plain_http())
+        health = AgentHealth(f"{url}{HEALTH}", TIMEOUT, plain_http())
         try:
             return health.load()
         finally:

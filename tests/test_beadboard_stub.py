@@ -11,14 +11,8 @@ from typing import Any
 
 import pytest
 
-from devtools.localservices.beadboard import (
-    AGENT_DISPATCH,
-    AGENT_STATUS,
-    HEALTH,
-    BeadBoardStub,
-    RecordedRequest,
-    Reply,
-)
+from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from tests.support.routes import DISPATCH, HEALTH, STATUS
 
 
 def _call(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
@@ -33,8 +27,8 @@ def _call(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0)
 
 
 def test_stub_defaults_and_records_requests(beadboard: BeadBoardStub) -> None:
-    assert _call(beadboard.url + AGENT_STATUS) == (200, {"busy": False})
-    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "bd-1"}) == (
+    assert _call(beadboard.url + STATUS) == (200, {"busy": False})
+    assert _call(beadboard.url + DISPATCH, "POST", {"taskId": "bd-1"}) == (
         200,
         {"job_id": "job-1"},
     )
@@ -44,7 +38,7 @@ def test_stub_defaults_and_records_requests(beadboard: BeadBoardStub) -> None:
     )
     assert _call(beadboard.url + "/nope")[0] == 404
 
-    dispatches = beadboard.requests_to(AGENT_DISPATCH)
+    dispatches = beadboard.requests_to(DISPATCH)
     assert [(r.method, r.json) for r in dispatches] == [("POST", {"taskId": "bd-1"})]
     assert len(beadboard.requests) == 4
     beadboard.clear()
@@ -53,47 +47,47 @@ def test_stub_defaults_and_records_requests(beadboard: BeadBoardStub) -> None:
 
 def test_stub_replays_programmed_replies_then_falls_back(beadboard: BeadBoardStub) -> None:
     beadboard.program(
-        AGENT_DISPATCH,
+        DISPATCH,
         Reply(status=409, json={"error": "Agent is busy"}),
         Reply(status=502, body=b"upstream exploded"),
     )
     beadboard.set_handler(
-        AGENT_STATUS, lambda request: Reply(json={"busy": request.query.get("x") == ["1"]})
+        STATUS, lambda request: Reply(json={"busy": request.query.get("x") == ["1"]})
     )
 
-    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "a"}) == (
+    assert _call(beadboard.url + DISPATCH, "POST", {"taskId": "a"}) == (
         409,
         {"error": "Agent is busy"},
     )
     with pytest.raises(json.JSONDecodeError):
-        _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "b"})
-    assert _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "c"}) == (
+        _call(beadboard.url + DISPATCH, "POST", {"taskId": "b"})
+    assert _call(beadboard.url + DISPATCH, "POST", {"taskId": "c"}) == (
         200,
         {"job_id": "job-1"},
     )
-    assert _call(beadboard.url + AGENT_STATUS + "?x=1") == (200, {"busy": True})
-    assert beadboard.pending(AGENT_DISPATCH) == 0
+    assert _call(beadboard.url + STATUS + "?x=1") == (200, {"busy": True})
+    assert beadboard.pending(DISPATCH) == 0
 
 
 def test_stub_delay_stall_and_drop(beadboard: BeadBoardStub) -> None:
-    beadboard.program(AGENT_STATUS, Reply(delay=2.0, json={"busy": False}))
+    beadboard.program(STATUS, Reply(delay=2.0, json={"busy": False}))
     started = time.monotonic()
     with pytest.raises((TimeoutError, urllib.error.URLError)):
-        _call(beadboard.url + AGENT_STATUS, timeout=0.3)
+        _call(beadboard.url + STATUS, timeout=0.3)
     assert time.monotonic() - started < 1.5
 
-    beadboard.program(AGENT_STATUS, Reply(stall=2.0, json={"busy": False}))
+    beadboard.program(STATUS, Reply(stall=2.0, json={"busy": False}))
     connection = http.client.HTTPConnection("127.0.0.1", beadboard.port, timeout=0.3)
-    connection.request("GET", AGENT_STATUS)
+    connection.request("GET", STATUS)
     response = connection.getresponse()  # headers arrive promptly...
     assert response.status == 200
     with pytest.raises(TimeoutError):
         response.read()  # ...the body does not
     connection.close()
 
-    beadboard.program(AGENT_DISPATCH, Reply(drop=True))
+    beadboard.program(DISPATCH, Reply(drop=True))
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError, urllib.error.URLError)):
-        _call(beadboard.url + AGENT_DISPATCH, "POST", {"taskId": "x"})
+        _call(beadboard.url + DISPATCH, "POST", {"taskId": "x"})
 
     seen: list[RecordedRequest] = beadboard.requests
-    assert [r.path for r in seen] == [AGENT_STATUS, AGENT_STATUS, AGENT_DISPATCH]
+    assert [r.path for r in seen] == [STATUS, STATUS, DISPATCH]

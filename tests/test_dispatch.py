@@ -25,16 +25,12 @@ from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
+from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
 STAMP = iso_utc(NOW)
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 @dataclass(frozen=True)
@@ -603,7 +599,7 @@ def test_lock_lost_before_the_post_sends_nothing_and_stops_the_run(
     beadboard.health.capacity = 2
     # Right after the sending marker lands, the lock file is replaced under the run's feet.
     store.after("update", harness.lock_path.unlink, nth=2)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 1
     assert run.summary["outcome"] == "lock_lost"
     [error] = [e for e in run.events if e["level"] == "error"]
@@ -645,7 +641,7 @@ def test_lock_lost_during_the_post_records_nothing_more(
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 1
     assert run.summary["outcome"] == "lock_lost"
     assert run.event("lock.lost")["level"] == "error"
@@ -683,7 +679,7 @@ def test_beadboard_down_at_status_check_changes_nothing(
     assert run.code == 1
     failed = run.event("tick.failed")
     assert failed["kind"] == "BeadBoardError"
-    assert failed["error"].startswith("GET /api/agent-status: connection failed")
+    assert failed["error"].startswith(f"GET {STATUS}: connection failed")
     assert store.snapshot() == before
     assert harness.lock_is_free()
 

@@ -206,7 +206,7 @@ DISPATCH_FAULTS = (
         warned="dispatch.suspicious",
     ),
     # The status check fails before anything is claimed: the bead stays as it was.
-    Fault("status-500", "GET /api/agent-status: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
+    Fault("status-500", f"GET {STATUS}: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
     Fault(
         "status-invalid-json",
         "answer has no boolean 'busy'",
@@ -223,7 +223,7 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "status-timeout",
-        "GET /api/agent-status: timeout",
+        f"GET {STATUS}: timeout",
         1,
         "unchanged",
         status_reply=Reply(delay=1),
@@ -231,7 +231,7 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "status-slow-body",
-        "GET /api/agent-status: timeout",
+        f"GET {STATUS}: timeout",
         1,
         "unchanged",
         status_reply=Reply(stall=1, json={"busy": False}),
@@ -368,7 +368,7 @@ def faulted(
     settings: dict[str, Any] = {}
     if fault.refused_post:
         # Slots from /health, so BeadBoard is asked nothing before the POST that fails.
-        settings["agent_health_url"] = f"{beadboard.url}/health"
+        settings["agent_health_url"] = harness.health_url
         settings["beadboard_url"] = f"http://127.0.0.1:{closed_port()}"
     lock = unreachable_dolt_lock() if fault.lock_unreachable else None
     with harness.lock_held_elsewhere() if fault.lock_held else contextlib.nullcontext():
@@ -568,7 +568,7 @@ def test_a_bd_failure_on_one_bead_does_not_stop_the_others(
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
     store.fail(bead=first)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 1
     [failed] = error_lines(run)
     assert (failed["event"], failed["bead"], failed["step"]) == ("bead.failed", first, "claim")

@@ -14,16 +14,12 @@ from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Rep
 from devtools.pods.process import JobRun
 from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
-from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
+from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
 # Polls at 0, 10, ... 50 s: the last starts with less than one interval (+1 s) left.
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 def test_idle_window_polls_with_one_bd_call_and_no_http(
@@ -82,7 +78,7 @@ def test_health_url_fills_every_free_slot_in_one_poll(
     beads = [store.add(f"b{i}", priority=(i * 3) % 5) for i in range(5)]
     beadboard.health.capacity = 10
     beadboard.health.active = 6  # four free slots
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 0, run.stdout
     assert run.summary["polls"] == 1
     by_priority = sorted(beads, key=lambda bead: store.bead(bead).priority)
@@ -102,7 +98,7 @@ def test_max_in_flight_caps_the_slots(
         store.add(f"b{i}")
     beadboard.health.capacity = 10
     beadboard.health.active = 1
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health", max_in_flight=3)
+    run = harness.dispatch(agent_health_url=harness.health_url, max_in_flight=3)
     assert len(run.summary["dispatched"]) == 2
     assert run.event("agent.load")["free"] == 2
 
@@ -113,7 +109,7 @@ def test_no_free_slot_is_agent_busy_without_touching_the_lock(
     store.add()
     beadboard.health.capacity = 2
     beadboard.health.queued = 2
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.summary["outcome"] == "agent_busy"
     assert posted(beadboard) == []
     assert not harness.lock_path.exists()
@@ -207,7 +203,7 @@ def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_claims_no_more(
         return Reply(json={"job_id": "slow"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch(stop=stop, agent_health_url=f"{beadboard.url}/health", **WINDOW)
+    run = harness.dispatch(stop=stop, agent_health_url=harness.health_url, **WINDOW)
     assert run.code == 0, run.stdout
     assert posted(beadboard) == [first]
     state = store.bead(first)
@@ -297,7 +293,7 @@ def switched_off(
 
     beadboard.set_handler(DISPATCH, dispatch)
     run = harness.dispatch(
-        agent_health_url=f"{beadboard.url}/health",
+        agent_health_url=harness.health_url,
         max_in_flight=10,
         runtime_config_dir=runtime,
         **WINDOW,
@@ -436,7 +432,7 @@ def down_window(
 
     run = harness.dispatch(
         stop=FakeClockStop(clock, between_polls),
-        agent_health_url=f"{beadboard.url}/health",
+        agent_health_url=harness.health_url,
         **WINDOW,
     )
     return DownWindow(run, paused)

@@ -30,6 +30,7 @@ from jobs.run import RunContext, StopSignal
 from jobs.settings import JobSettings
 from tests.support.in_process import stub_transport
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH, HEALTH
 
 # Whole seconds, as bd stamps: a note's time can be asserted exactly.
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -50,6 +51,11 @@ def plain_http() -> httpx.HTTPTransport:
 
 def events_named(run: JobRun, name: str) -> list[dict[str, Any]]:
     return [event for event in run.events if event["event"] == name]
+
+
+def posted(board: BeadBoardStub) -> list[str]:
+    """The bead ids POSTed to BeadBoard, in order."""
+    return [request.json["taskId"] for request in board.requests_to(DISPATCH)]
 
 
 class FakeClock:
@@ -111,6 +117,11 @@ class JobHarness:
     # HTTP timeout of the clients the harness builds; settings cannot go below 1 s.
     http_timeout: float = 2.0
     sockets: bool = False  # talk to the stub over loopback instead of in process
+
+    @property
+    def health_url(self) -> str:
+        """The agent service's /health, as the stub serves it."""
+        return f"{self.board.url}{HEALTH}"
 
     def over_sockets(self, http_timeout: float = 0.3) -> None:
         """Real sockets and a short timeout: for replies that come late or never."""
