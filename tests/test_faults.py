@@ -1087,7 +1087,7 @@ def test_beadboard_gets_no_authorization_header(
 
 def test_a_lock_failure_does_not_quote_the_password(tmp_path: Path) -> None:
     # The server-mode lock reads the password from the env.
-    server = {"dolt_mode": "server", "dolt_server_host": "127.0.0.1"}
+    server: dict[str, object] = {"dolt_mode": "server", "dolt_server_host": "127.0.0.1"}
     server |= {"dolt_server_port": closed_port(), "dolt_database": "code"}
     (tmp_path / "metadata.json").write_text(json.dumps(server), encoding="utf-8")
     with pytest.raises(LockError) as failure:
