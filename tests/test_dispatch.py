@@ -591,29 +591,67 @@ def test_a_lock_held_by_a_killed_process_is_free_at_once(
     assert store.bead(bead).status == "in_progress"
 
 
-def test_lock_lost_before_the_post_sends_nothing_and_stops_the_run(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@dataclass(frozen=True)
+class LockLost:
+    """Two beads, two free slots, and the lock file replaced under the run's feet."""
+
+    run: JobRun
+    first: str  # the bead in hand when the lock was lost
+    second: str
+
+
+@pytest.fixture
+def lost_before_post(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> LockLost:
     first = store.add("first", priority=0)
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
-    # Right after the sending marker lands, the lock file is replaced under the run's feet.
+    # Right after the sending marker lands.
     store.after("update", harness.lock_path.unlink, nth=2)
-    run = harness.dispatch(agent_health_url=harness.health_url)
-    assert run.code == 1
-    assert run.summary["outcome"] == "lock_lost"
-    [error] = [e for e in run.events if e["level"] == "error"]
+    return LockLost(harness.dispatch(agent_health_url=harness.health_url), first, second)
+
+
+def test_lock_lost_before_the_post_fails_the_run(lost_before_post: LockLost) -> None:
+    assert lost_before_post.run.code == 1
+    assert lost_before_post.run.summary["outcome"] == "lock_lost"
+
+
+def test_lock_lost_before_the_post_is_one_error_line(lost_before_post: LockLost) -> None:
+    [error] = [e for e in lost_before_post.run.events if e["level"] == "error"]
     assert error["event"] == "lock.lost"
     assert "is no longer held by this run" in error["error"]
+
+
+def test_lock_lost_before_the_post_sends_nothing(
+    lost_before_post: LockLost, beadboard: BeadBoardStub
+) -> None:
     assert posted(beadboard) == []
-    state = store.bead(first)
+
+
+def test_lock_lost_before_the_post_leaves_the_bead_sending(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    state = store.bead(lost_before_post.first)
     assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-    [comment] = store.comments(first)
+
+
+def test_lock_lost_before_the_post_comments_not_sent(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    [comment] = store.comments(lost_before_post.first)
     assert comment.startswith("beads-dispatcher lost its dispatch lock (")
     assert "before sending: NOT sent to BeadBoard" in comment
-    assert store.bead(second).status == "open"
-    # Nothing written after the loss but that one comment.
+
+
+def test_lock_lost_before_the_post_writes_nothing_after_that_comment(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
     assert store.methods()[-3:] == ["update", "update", "comment"]
+
+
+def test_lock_lost_before_the_post_stops_the_run(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    assert store.bead(lost_before_post.second).status == "open"
 
 
 def test_the_lost_lock_comment_says_what_the_reaper_will_do(
@@ -629,9 +667,8 @@ def test_the_lost_lock_comment_says_what_the_reaper_will_do(
     assert "NOT sent" in comment and "the reaper blocks it after 30m" in comment, comment
 
 
-def test_lock_lost_during_the_post_records_nothing_more(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@pytest.fixture
+def lost_during_post(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> LockLost:
     first = store.add("first", priority=0)
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
@@ -641,17 +678,39 @@ def test_lock_lost_during_the_post_records_nothing_more(
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch(agent_health_url=harness.health_url)
-    assert run.code == 1
-    assert run.summary["outcome"] == "lock_lost"
-    assert run.event("lock.lost")["level"] == "error"
-    assert posted(beadboard) == [first]
-    # Taken by BeadBoard: commented, but the stage stays `sending` (never resent) and the
-    # second bead is never claimed.
-    assert store.comments(first) == [f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"]
-    assert store.bead(first).metadata == {STAGE_KEY: "sending"}
-    assert store.bead(second).status == "open"
-    assert store.methods()[-1] == "comment"
+    return LockLost(harness.dispatch(agent_health_url=harness.health_url), first, second)
+
+
+def test_lock_lost_during_the_post_fails_the_run(lost_during_post: LockLost) -> None:
+    assert lost_during_post.run.code == 1
+    assert lost_during_post.run.summary["outcome"] == "lock_lost"
+    assert lost_during_post.run.event("lock.lost")["level"] == "error"
+
+
+def test_lock_lost_during_the_post_sent_the_bead_once(
+    lost_during_post: LockLost, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [lost_during_post.first]
+
+
+def test_lock_lost_during_the_post_still_comments_the_dispatch(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    comments = store.comments(lost_during_post.first)
+    assert comments == [f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"]
+
+
+def test_lock_lost_during_the_post_leaves_the_stage_sending(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    # Never resent.
+    assert store.bead(lost_during_post.first).metadata == {STAGE_KEY: "sending"}
+
+
+def test_lock_lost_during_the_post_claims_no_more(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    assert store.bead(lost_during_post.second).status == "open"
 
 
 def test_bd_failing_on_the_query_exits_1_with_one_log_line_and_no_request(
