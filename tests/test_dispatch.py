@@ -1,5 +1,6 @@
 """The dispatcher run, in process: a memory store for bd, a fake clock, a real lock file and the
-real BeadBoard client against the loopback stub. Event names and fields are the log contract.
+real BeadBoard client, answered by the stub through httpx.MockTransport (over a socket where an
+answer comes late or never). Event names and fields are the log contract.
 
 The end of the file covers `python3 -m jobs` itself: configuration errors, the kill switch, and
 one run of the module as a process.
