@@ -3,8 +3,9 @@ the right state for the bead in hand, and changes nothing else.
 
 Faults of bd are injected into the memory store (the jobs see a BdError wherever bd would
 fail); BeadBoard's answers come from the stub, in process, and the answers that come late or
-never (and a refused connection) over a real socket; what bd itself can do wrong (hang, crash, garbage, advisory noise) is turned into that BdError by BdClient, tested at
-the end with an injected runner, or a tiny scripted `bd` where a real process is the point.
+never (and a refused connection) over a real socket; what bd itself can do wrong (hang, crash,
+garbage, advisory noise) is turned into that BdError by BdClient, tested at the end with an
+injected runner, or a tiny scripted `bd` where a real process is the point.
 """
 
 from __future__ import annotations
