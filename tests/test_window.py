@@ -3,6 +3,7 @@ switch re-read from the runtime dir between polls, and SIGTERM (`stop.request()`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -190,30 +191,66 @@ def test_sigterm_while_idle_stops_at_once(
     assert clock.now == NOW + timedelta(seconds=20)
 
 
-def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_claims_no_more(
+@dataclass(frozen=True)
+class StoppedMidPost:
+    """Two beads, two free slots, and SIGTERM while the first bead's POST is in flight."""
+
+    run: JobRun
+    first: str
+    second: str
+    second_before: dict[str, Any]
+
+
+@pytest.fixture
+def stopped_mid_post(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+) -> StoppedMidPost:
     first, second = store.add("first", priority=0), store.add("second", priority=1)
     second_before = store.snapshot()[second]
     beadboard.health.capacity = 2
     stop = FakeClockStop(clock)
 
     def dispatch(request: RecordedRequest) -> Reply:
-        stop.request()  # SIGTERM lands while the POST is in flight
+        stop.request()
         return Reply(json={"job_id": "slow"})
 
     beadboard.set_handler(DISPATCH, dispatch)
     run = harness.dispatch(stop=stop, agent_health_url=harness.health_url, **WINDOW)
+    return StoppedMidPost(run, first, second, second_before)
+
+
+def test_sigterm_mid_dispatch_ends_the_run_cleanly(stopped_mid_post: StoppedMidPost) -> None:
+    run = stopped_mid_post.run
     assert run.code == 0, run.stdout
-    assert posted(beadboard) == [first]
-    state = store.bead(first)
-    assert state.status == "in_progress"
-    assert STAGE_KEY not in state.metadata
-    assert store.comments(first)[-1].startswith("dispatched: job=slow")
+    assert (run.summary["dispatched"], run.summary["polls"]) == ([stopped_mid_post.first], 1)
+
+
+def test_sigterm_mid_dispatch_says_it_finished_the_bead_in_hand(
+    stopped_mid_post: StoppedMidPost,
+) -> None:
+    stopping = stopped_mid_post.run.event("run.stopping")
+    assert stopping["detail"] == "SIGTERM: finished the bead in hand"
+
+
+def test_sigterm_mid_dispatch_records_the_bead_in_hand(
+    stopped_mid_post: StoppedMidPost, store: MemoryStore
+) -> None:
+    state = store.bead(stopped_mid_post.first)
+    assert (state.status, STAGE_KEY in state.metadata) == ("in_progress", False)
+    assert store.comments(stopped_mid_post.first)[-1].startswith("dispatched: job=slow")
+
+
+def test_sigterm_mid_dispatch_posts_no_more(
+    stopped_mid_post: StoppedMidPost, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [stopped_mid_post.first]
+
+
+def test_sigterm_mid_dispatch_claims_no_more(
+    stopped_mid_post: StoppedMidPost, store: MemoryStore
+) -> None:
     # One bead in hand at a time: the second was never claimed, so there is nothing to undo.
-    assert store.snapshot()[second] == second_before
-    assert run.event("run.stopping")["detail"] == "SIGTERM: finished the bead in hand"
-    assert (run.summary["dispatched"], run.summary["polls"]) == ([first], 1)
+    assert store.snapshot()[stopped_mid_post.second] == stopped_mid_post.second_before
 
 
 def test_polls_start_every_interval_however_long_a_poll_takes(
@@ -234,34 +271,70 @@ def slow_reply(clock: FakeClock, seconds: float) -> Reply:
     return Reply(json={"job_id": "job-1"})
 
 
-@pytest.mark.parametrize("during", ["poll", "pause"])
-@pytest.mark.parametrize("step", [-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
-def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
+def in_the_second_poll(clock: FakeClock, store: MemoryStore, step: int) -> Callable[[], None]:
+    store.after("ready", lambda: clock.step_wall(step), nth=2)
+    return lambda: None
+
+
+def in_the_second_pause(clock: FakeClock, store: MemoryStore, step: int) -> Callable[[], None]:
+    return lambda: clock.step_wall(step)
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """A 60 s window whose wall clock is stepped by `step` seconds; a bead is assigned in the
+    second pause."""
+
+    run: JobRun
+    stop: FakeClockStop
+    step: int
+    late: list[str]
+
+
+@pytest.fixture(params=[-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
+def step(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+@pytest.fixture(params=[in_the_second_poll, in_the_second_pause], ids=["poll", "pause"])
+def stepped(
+    request: pytest.FixtureRequest,
     harness: JobHarness,
     store: MemoryStore,
-    beadboard: BeadBoardStub,
     clock: FakeClock,
     step: int,
-    during: str,
-) -> None:
-    """Windows and pauses run on the monotonic clock; only what is written uses wall time."""
+) -> Stepped:
+    in_the_pause = request.param(clock, store, step)
     late: list[str] = []
 
     def between_polls(wait: int) -> None:
         if wait == 2:
-            if during == "pause":
-                clock.step_wall(step)
+            in_the_pause()
             late.append(store.add("assigned after the step"))
 
-    if during == "poll":
-        store.after("ready", lambda: clock.step_wall(step), nth=2)  # inside the second poll
     stop = FakeClockStop(clock, between_polls)
-    run = harness.dispatch(stop=stop, **WINDOW)
-    assert run.summary["polls"] == 6
-    assert stop.asked == [10.0] * 5
-    assert posted(beadboard) == late
-    # Sent at the third poll, 20 s into the window; the record carries the wall time.
-    assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
+    return Stepped(harness.dispatch(stop=stop, **WINDOW), stop, step, late)
+
+
+def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(stepped: Stepped) -> None:
+    """Windows and pauses run on the monotonic clock."""
+    assert stepped.run.summary["polls"] == 6
+    assert stepped.stop.asked == [10.0] * 5
+
+
+def test_a_bead_assigned_after_a_wall_clock_step_is_sent(
+    stepped: Stepped, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == stepped.late
+
+
+def test_the_record_after_a_wall_clock_step_carries_the_wall_time(
+    stepped: Stepped, store: MemoryStore
+) -> None:
+    # Sent at the third poll, 20 s into the window.
+    sent_at = iso_utc(NOW + timedelta(seconds=20 + stepped.step))
+    assert sent_at in store.comments(stepped.late[0])[-1]
 
 
 @dataclass(frozen=True)
