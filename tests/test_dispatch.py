@@ -387,36 +387,71 @@ def test_a_misrouted_200_is_never_sent_again(
     assert posted(beadboard) == [misrouted.bead]
 
 
-@pytest.mark.parametrize(
-    ("reply", "reason"),
-    # The whole request is bounded by the timeout, so the deadline speaks before httpx's own.
-    [
+@dataclass(frozen=True)
+class Unanswered:
+    """A POST that went out and got no whole answer, and the reason the run gives for it."""
+
+    run: JobRun
+    bead: str
+    reason: str
+
+
+@pytest.fixture(
+    params=[
+        # The whole request is bounded by the timeout, so the deadline speaks before httpx's own.
         (Reply(delay=2), "timeout (no whole answer within 0.3s)"),
         (Reply(drop=True), "RemoteProtocolError"),
     ],
     ids=["timeout", "dropped"],
 )
-def test_no_answer_after_sending_is_never_sent_again(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, reason: str
-) -> None:
+def no_answer(
+    request: pytest.FixtureRequest,
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+) -> Unanswered:
+    reply, reason = request.param
     harness.over_sockets()
     bead = store.add()
     beadboard.program(DISPATCH, reply)
-    first = harness.dispatch()
-    assert first.code == 1
-    assert first.summary["outcome"] == "dispatch_unknown"
-    unknown = first.event("dispatch.unknown")
+    return Unanswered(harness.dispatch(), bead, reason)
+
+
+def test_no_answer_after_sending_fails_the_run_as_unknown(no_answer: Unanswered) -> None:
+    assert (no_answer.run.code, no_answer.run.summary["outcome"]) == (1, "dispatch_unknown")
+
+
+def test_no_answer_after_sending_is_an_error_line_with_the_bead_in_progress(
+    no_answer: Unanswered,
+) -> None:
+    unknown = no_answer.run.event("dispatch.unknown")
     assert (unknown["level"], unknown["bead"], unknown["bead_status"]) == (
         "error",
-        bead,
+        no_answer.bead,
         "in_progress",
     )
-    state = store.bead(bead)
+
+
+def test_no_answer_after_sending_leaves_the_bead_sending(
+    no_answer: Unanswered, store: MemoryStore
+) -> None:
+    state = store.bead(no_answer.bead)
     assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-    assert store.comments(bead)[-1].startswith(f"dispatch outcome unknown: {reason}")
-    assert "the reaper blocks this bead after 30m" in store.comments(bead)[-1]
+
+
+def test_no_answer_after_sending_comments_why_and_what_comes_next(
+    no_answer: Unanswered, store: MemoryStore
+) -> None:
+    comment = store.comments(no_answer.bead)[-1]
+    assert comment.startswith(f"dispatch outcome unknown: {no_answer.reason}")
+    assert "the reaper blocks this bead after 30m" in comment
+
+
+def test_no_answer_after_sending_is_never_sent_again(
+    no_answer: Unanswered, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
     assert harness.dispatch().code == 0
-    assert posted(beadboard) == [bead]
+    assert posted(beadboard) == [no_answer.bead]
 
 
 def test_the_nth_failure_blocks_the_bead_and_stops_retrying(
