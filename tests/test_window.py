@@ -128,13 +128,19 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     assert store.bead(bead).status == "open"
 
 
-def test_pause_reaches_a_running_window(
-    harness: JobHarness,
-    store: MemoryStore,
-    beadboard: BeadBoardStub,
-    clock: FakeClock,
-    tmp_path: Path,
-) -> None:
+@dataclass(frozen=True)
+class PausedWindow:
+    """A window paused through the runtime dir in its second pause, as the kubelet does when
+    `pulumi up` changes the mounted ConfigMap; a bead is assigned at the same moment."""
+
+    run: JobRun
+    late: list[str]
+
+
+@pytest.fixture
+def paused_window(
+    harness: JobHarness, store: MemoryStore, clock: FakeClock, tmp_path: Path
+) -> PausedWindow:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     switch = runtime / "DISPATCHER_ENABLED"
@@ -143,19 +149,32 @@ def test_pause_reaches_a_running_window(
 
     def between_polls(wait: int) -> None:
         if wait == 2:
-            # What the kubelet does when `pulumi up` changes the mounted ConfigMap.
             switch.write_text("false", encoding="utf-8")
             late.append(store.add("assigned after the pause"))
 
     run = harness.dispatch(
         stop=FakeClockStop(clock, between_polls), runtime_config_dir=runtime, **WINDOW
     )
-    assert run.code == 0
-    assert run.summary["polls"] == 2
-    assert run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
-    assert run.summary["outcome"] == "paused"  # not the idle polls before it
-    assert store.bead(late[0]).status == "open"
+    return PausedWindow(run, late)
+
+
+def test_pause_reaches_a_running_window(paused_window: PausedWindow) -> None:
+    assert (paused_window.run.code, paused_window.run.summary["polls"]) == (0, 2)
+    assert paused_window.run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
+
+
+def test_a_paused_window_ends_paused_not_idle(paused_window: PausedWindow) -> None:
+    assert paused_window.run.summary["outcome"] == "paused"
+
+
+def test_a_paused_window_leaves_a_new_bead_alone(
+    paused_window: PausedWindow, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    assert store.bead(paused_window.late[0]).status == "open"
     assert posted(beadboard) == []
+
+
+def test_a_paused_window_reads_bd_no_more(paused_window: PausedWindow, store: MemoryStore) -> None:
     assert store.methods() == ["queue", "queue"]
 
 
