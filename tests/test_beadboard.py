@@ -24,6 +24,7 @@ from jobs.beadboard import (
 )
 from tests.support.harness import plain_http
 from tests.support.raw_http import ScriptedAnswer
+from tests.support.routes import DISPATCH, HEALTH
 
 NESTED = b"[" * 50_000  # within BODY_LIMIT_BYTES, and json.loads raises RecursionError
 EMPTY = Unconfirmed("an empty body", "", "")
@@ -132,7 +133,7 @@ def test_dispatch_posts_the_task_id_to_the_route() -> None:
     with board_answering(httpx.MockTransport(handle)) as board:
         board.dispatch("bd-7")
     assert seen[0].method == "POST"
-    assert str(seen[0].url) == "http://beadboard.test/api/agent-dispatch"
+    assert str(seen[0].url) == f"http://beadboard.test{DISPATCH}"
     assert seen[0].read() == b'{"taskId":"bd-7"}'
 
 
@@ -166,7 +167,7 @@ def test_status_reads_busy(busy: bool) -> None:
     ],
 )
 def test_health_faults_raise(transport: httpx.MockTransport, message: str) -> None:
-    health = AgentHealth("http://agent.test/health", timeout_seconds=1, transport=transport)
+    health = AgentHealth(f"http://agent.test{HEALTH}", timeout_seconds=1, transport=transport)
     with pytest.raises(AgentServiceError, match=message):
         health.load()
 
@@ -187,7 +188,7 @@ DRIPS = {
 
 def ask(call: str, url: str) -> object:
     if call == "load":
-        health = AgentHealth(f"{url}/health", TIMEOUT, plain_http())
+        health = AgentHealth(f"{url}{HEALTH}", TIMEOUT, plain_http())
         try:
             return health.load()
         finally:

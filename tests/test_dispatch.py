@@ -1,5 +1,6 @@
 """The dispatcher run, in process: a memory store for bd, a fake clock, a real lock file and the
-real BeadBoard client against the loopback stub. Event names and fields are the log contract.
+real BeadBoard client, answered by the stub through httpx.MockTransport (over a socket where an
+answer comes late or never). Event names and fields are the log contract.
 
 The end of the file covers `python3 -m jobs` itself: configuration errors, the kill switch, and
 one run of the module as a process.
@@ -12,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,12 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
-from devtools.pods.process import base_env, start_jobs
+from devtools.pods.process import JobRun, base_env, start_jobs
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
-from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
+from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
@@ -32,60 +34,95 @@ STAMP = iso_utc(NOW)
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 
 
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
+@dataclass(frozen=True)
+class BeadRun:
+    """One run over one eligible bead, and what was true while its POST was in flight."""
+
+    run: JobRun
+    bead: str
+    at_post: list[tuple[object, bool]]  # (the bead's stage, the lock free?) per POST
 
 
-def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@pytest.fixture
+def happy(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BeadRun:
     bead = store.add()
-    seen_at_post: list[tuple[object, bool]] = []
+    at_post: list[tuple[object, bool]] = []
 
     def dispatch(request: RecordedRequest) -> Reply:
         # What a reaper (or a second dispatcher) would find while the POST is in flight.
-        seen_at_post.append((store.rows[bead]["metadata"].get(STAGE_KEY), harness.lock_is_free()))
+        at_post.append((store.rows[bead]["metadata"].get(STAGE_KEY), harness.lock_is_free()))
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch()
-    assert run.code == 0, run.stdout
-    assert run.summary["outcome"] == "dispatched"
-    assert run.summary["dispatched"] == [bead]
-    state = store.bead(bead)
+    return BeadRun(harness.dispatch(), bead, at_post)
+
+
+def test_dispatching_the_eligible_bead_exits_0(happy: BeadRun) -> None:
+    assert happy.run.code == 0, happy.run.stdout
+    assert (happy.run.summary["outcome"], happy.run.summary["dispatched"]) == (
+        "dispatched",
+        [happy.bead],
+    )
+
+
+def test_a_dispatched_bead_is_in_progress_for_agent_with_no_stage(
+    happy: BeadRun, store: MemoryStore
+) -> None:
+    state = store.bead(happy.bead)
     assert (state.status, state.assignee, state.metadata) == ("in_progress", "agent", {})
-    # The claim is a note; the dispatch a comment (it cannot overwrite the agent's first note).
-    assert store.notes(bead) == [f"beads-dispatcher claimed at {STAMP}"]
-    [comment] = state.comments
+
+
+def test_the_claim_is_a_note(happy: BeadRun, store: MemoryStore) -> None:
+    assert store.notes(happy.bead) == [f"beads-dispatcher claimed at {STAMP}"]
+
+
+def test_the_dispatch_is_a_comment_with_the_job_id(happy: BeadRun, store: MemoryStore) -> None:
+    # A comment, not a note: it cannot overwrite the agent's first note.
+    [comment] = store.bead(happy.bead).comments
     assert comment.text == f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"
     assert (comment.author, comment.created_at) == ("agent", NOW)
-    # Marked "sending" before the POST, under the lock held from claim to record.
-    assert seen_at_post == [("sending", False)]
+
+
+def test_the_bead_is_marked_sending_under_the_lock_before_the_post(happy: BeadRun) -> None:
+    assert happy.at_post == [("sending", False)]
+
+
+def test_a_dispatch_asks_the_status_then_posts_the_bead_id(
+    happy: BeadRun, beadboard: BeadBoardStub
+) -> None:
     assert [(r.method, r.path) for r in beadboard.requests] == [("GET", STATUS), ("POST", DISPATCH)]
-    assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": bead}
+    assert beadboard.requests_to(DISPATCH)[0].json == {"taskId": happy.bead}
+
+
+def test_a_dispatch_costs_eight_bd_calls_in_runbook_order(
+    happy: BeadRun, store: MemoryStore
+) -> None:
     # bd ready, under the lock bd ready + the full query, claim, stage=sending, comment,
     # clear the stage.
-    assert store.methods() == [
-        "queue",
-        "ready",
-        "ready",
-        "queue",
-        "update",
-        "update",
-        "comment",
-        "update",
-    ]
-    claim = store.log[4]
-    assert claim.args == {
+    expected = ["queue", "ready", "ready", "queue", "update", "update", "comment", "update"]
+    assert store.methods() == expected
+    assert happy.run.summary["bd_calls"] == len(expected)
+
+
+def test_the_claim_is_one_update(happy: BeadRun, store: MemoryStore) -> None:
+    assert store.log[4].args == {
         "claim": True,
         "status": "in_progress",
         "note": f"beads-dispatcher claimed at {STAMP}",
         "set_metadata": {STAGE_KEY: "claimed"},
         "actor": "agent",
     }
-    assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
-    assert run.summary["bd_calls"] == 8
-    assert list(store.rows) == [bead]  # no lock bead, nothing created
+
+
+def test_clearing_the_stage_touches_metadata_only(happy: BeadRun, store: MemoryStore) -> None:
+    assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}
+
+
+def test_a_dispatch_creates_no_bead(happy: BeadRun, store: MemoryStore) -> None:
+    assert list(store.rows) == [happy.bead]  # no lock bead either
+
+
+def test_a_dispatch_releases_the_lock(happy: BeadRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
 
@@ -191,29 +228,52 @@ def test_409_puts_the_bead_back_without_counting_an_attempt(
     assert posted(beadboard) == [bead]
 
 
-def test_409_in_a_watch_window_notes_and_posts_each_bead_once(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
-    first = store.add("first", priority=0)
-    second = store.add("second", priority=1)
-    # BeadBoard's status says "free" every time, yet every POST is refused.
+@dataclass(frozen=True)
+class BusyWindow:
+    """A watch window over two beads where BeadBoard's status says "free" and every POST 409s."""
+
+    run: JobRun
+    beads: list[str]  # in dispatch order
+
+
+@pytest.fixture
+def busy_window(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BusyWindow:
+    beads = [store.add("first", priority=0), store.add("second", priority=1)]
     beadboard.set_handler(DISPATCH, lambda request: Reply(status=409, json={"error": "full"}))
-    run = harness.dispatch(**WINDOW)
-    assert run.code == 0, run.stdout
-    assert run.summary["polls"] == 6  # the last four find nothing left to try
-    assert posted(beadboard) == [first, second]
-    for bead in (first, second):
-        assert store.bead(bead).status == "open"
-        notes = store.notes(bead)
-        assert len([n for n in notes if n.startswith("agent busy")]) == 1, notes
-        assert len([n for n in notes if n.startswith("beads-dispatcher claimed")]) == 1, notes
-    # A 409 ends its poll: the next bead waits for the next poll, not the same lock hold.
-    steps = [
-        e["event"]
-        for e in run.events
-        if e["event"] in ("lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released")
-    ]
-    assert steps == ["lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released"] * 2
+    return BusyWindow(harness.dispatch(**WINDOW), beads)
+
+
+def test_409_in_a_watch_window_is_no_failure(busy_window: BusyWindow) -> None:
+    assert busy_window.run.code == 0, busy_window.run.stdout
+    assert busy_window.run.summary["polls"] == 6  # the last four find nothing left to try
+
+
+def test_409_in_a_watch_window_posts_each_bead_once(
+    busy_window: BusyWindow, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == busy_window.beads
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["first", "second"])
+def test_409_in_a_watch_window_hands_each_bead_back_open(
+    busy_window: BusyWindow, store: MemoryStore, which: int
+) -> None:
+    assert store.bead(busy_window.beads[which]).status == "open"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["first", "second"])
+@pytest.mark.parametrize("note", ["beads-dispatcher claimed", "agent busy"])
+def test_409_in_a_watch_window_notes_each_bead_once(
+    busy_window: BusyWindow, store: MemoryStore, which: int, note: str
+) -> None:
+    notes = store.notes(busy_window.beads[which])
+    assert len([n for n in notes if n.startswith(note)]) == 1, notes
+
+
+def test_409_ends_its_poll_and_the_next_bead_waits_for_the_next(busy_window: BusyWindow) -> None:
+    kept = ("lock.acquired", "claim.done", "dispatch.agent_busy", "lock.released")
+    steps = [e["event"] for e in busy_window.run.events if e["event"] in kept]
+    assert steps == list(kept) * 2
 
 
 @pytest.mark.parametrize(
@@ -290,62 +350,108 @@ def test_any_2xx_is_dispatched_and_never_sent_again(
     assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
 
 
-def test_a_misrouted_200_is_dispatched_and_flagged_for_a_human(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
-    """An ingress answering for BeadBoard: the bead is taken as sent (a resend risks double
-    work), and the record and a warning say the answer was not BeadBoard's."""
+NGINX_PAGE = "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
+
+
+@pytest.fixture
+def misrouted(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> BeadRun:
+    """An ingress answering for BeadBoard with its own page."""
     bead = store.add()
-    page = "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
-    beadboard.program(DISPATCH, Reply(body=page, headers={"Content-Type": "text/html"}))
-    run = harness.dispatch()
-    assert (run.code, run.summary["dispatched"]) == (0, [bead])
-    suspicious = run.event("dispatch.suspicious")
-    assert suspicious["level"] == "warning"
-    assert (suspicious["bead"], suspicious["http"], suspicious["content_type"]) == (
-        bead,
-        200,
-        "text/html",
-    )
-    assert suspicious["excerpt"] == page
-    assert store.comments(bead) == [
+    beadboard.program(DISPATCH, Reply(body=NGINX_PAGE, headers={"Content-Type": "text/html"}))
+    return BeadRun(harness.dispatch(), bead, [])
+
+
+def test_a_misrouted_200_is_taken_as_sent(misrouted: BeadRun) -> None:
+    # A resend risks double work.
+    assert (misrouted.run.code, misrouted.run.summary["dispatched"]) == (0, [misrouted.bead])
+
+
+def test_a_misrouted_200_is_a_warning_quoting_the_answer(misrouted: BeadRun) -> None:
+    suspicious = misrouted.run.event("dispatch.suspicious")
+    assert (suspicious["level"], suspicious["bead"]) == ("warning", misrouted.bead)
+    assert (suspicious["http"], suspicious["content_type"]) == (200, "text/html")
+    assert suspicious["excerpt"] == NGINX_PAGE
+
+
+def test_a_misrouted_200_asks_a_human_on_the_bead(misrouted: BeadRun, store: MemoryStore) -> None:
+    assert store.comments(misrouted.bead) == [
         "dispatched, unconfirmed: HTTP 200 with a non-JSON body (text/html); check BeadBoard's "
         f"ingress. Not sent again (beads-dispatcher, {STAMP})"
     ]
+
+
+def test_a_misrouted_200_is_never_sent_again(
+    misrouted: BeadRun, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
     assert harness.dispatch().code == 0
-    assert posted(beadboard) == [bead]
+    assert posted(beadboard) == [misrouted.bead]
 
 
-@pytest.mark.parametrize(
-    ("reply", "reason"),
-    # The whole request is bounded by the timeout, so the deadline speaks before httpx's own.
-    [
+@dataclass(frozen=True)
+class Unanswered:
+    """A POST that went out and got no whole answer, and the reason the run gives for it."""
+
+    run: JobRun
+    bead: str
+    reason: str
+
+
+@pytest.fixture(
+    params=[
+        # The whole request is bounded by the timeout, so the deadline speaks before httpx's own.
         (Reply(delay=2), "timeout (no whole answer within 0.3s)"),
         (Reply(drop=True), "RemoteProtocolError"),
     ],
     ids=["timeout", "dropped"],
 )
-def test_no_answer_after_sending_is_never_sent_again(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, reply: Reply, reason: str
-) -> None:
-    harness.http_timeout = 0.3
+def no_answer(
+    request: pytest.FixtureRequest,
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+) -> Unanswered:
+    reply, reason = request.param
+    harness.over_sockets()
     bead = store.add()
     beadboard.program(DISPATCH, reply)
-    first = harness.dispatch()
-    assert first.code == 1
-    assert first.summary["outcome"] == "dispatch_unknown"
-    unknown = first.event("dispatch.unknown")
+    return Unanswered(harness.dispatch(), bead, reason)
+
+
+def test_no_answer_after_sending_fails_the_run_as_unknown(no_answer: Unanswered) -> None:
+    assert (no_answer.run.code, no_answer.run.summary["outcome"]) == (1, "dispatch_unknown")
+
+
+def test_no_answer_after_sending_is_an_error_line_with_the_bead_in_progress(
+    no_answer: Unanswered,
+) -> None:
+    unknown = no_answer.run.event("dispatch.unknown")
     assert (unknown["level"], unknown["bead"], unknown["bead_status"]) == (
         "error",
-        bead,
+        no_answer.bead,
         "in_progress",
     )
-    state = store.bead(bead)
+
+
+def test_no_answer_after_sending_leaves_the_bead_sending(
+    no_answer: Unanswered, store: MemoryStore
+) -> None:
+    state = store.bead(no_answer.bead)
     assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-    assert store.comments(bead)[-1].startswith(f"dispatch outcome unknown: {reason}")
-    assert "the reaper blocks this bead after 30m" in store.comments(bead)[-1]
+
+
+def test_no_answer_after_sending_comments_why_and_what_comes_next(
+    no_answer: Unanswered, store: MemoryStore
+) -> None:
+    comment = store.comments(no_answer.bead)[-1]
+    assert comment.startswith(f"dispatch outcome unknown: {no_answer.reason}")
+    assert "the reaper blocks this bead after 30m" in comment
+
+
+def test_no_answer_after_sending_is_never_sent_again(
+    no_answer: Unanswered, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
     assert harness.dispatch().code == 0
-    assert posted(beadboard) == [bead]
+    assert posted(beadboard) == [no_answer.bead]
 
 
 def test_the_nth_failure_blocks_the_bead_and_stops_retrying(
@@ -521,29 +627,67 @@ def test_a_lock_held_by_a_killed_process_is_free_at_once(
     assert store.bead(bead).status == "in_progress"
 
 
-def test_lock_lost_before_the_post_sends_nothing_and_stops_the_run(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@dataclass(frozen=True)
+class LockLost:
+    """Two beads, two free slots, and the lock file replaced under the run's feet."""
+
+    run: JobRun
+    first: str  # the bead in hand when the lock was lost
+    second: str
+
+
+@pytest.fixture
+def lost_before_post(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> LockLost:
     first = store.add("first", priority=0)
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
-    # Right after the sending marker lands, the lock file is replaced under the run's feet.
+    # Right after the sending marker lands.
     store.after("update", harness.lock_path.unlink, nth=2)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
-    assert run.code == 1
-    assert run.summary["outcome"] == "lock_lost"
-    [error] = [e for e in run.events if e["level"] == "error"]
+    return LockLost(harness.dispatch(agent_health_url=harness.health_url), first, second)
+
+
+def test_lock_lost_before_the_post_fails_the_run(lost_before_post: LockLost) -> None:
+    assert lost_before_post.run.code == 1
+    assert lost_before_post.run.summary["outcome"] == "lock_lost"
+
+
+def test_lock_lost_before_the_post_is_one_error_line(lost_before_post: LockLost) -> None:
+    [error] = [e for e in lost_before_post.run.events if e["level"] == "error"]
     assert error["event"] == "lock.lost"
     assert "is no longer held by this run" in error["error"]
+
+
+def test_lock_lost_before_the_post_sends_nothing(
+    lost_before_post: LockLost, beadboard: BeadBoardStub
+) -> None:
     assert posted(beadboard) == []
-    state = store.bead(first)
+
+
+def test_lock_lost_before_the_post_leaves_the_bead_sending(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    state = store.bead(lost_before_post.first)
     assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-    [comment] = store.comments(first)
+
+
+def test_lock_lost_before_the_post_comments_not_sent(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    [comment] = store.comments(lost_before_post.first)
     assert comment.startswith("beads-dispatcher lost its dispatch lock (")
     assert "before sending: NOT sent to BeadBoard" in comment
-    assert store.bead(second).status == "open"
-    # Nothing written after the loss but that one comment.
+
+
+def test_lock_lost_before_the_post_writes_nothing_after_that_comment(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
     assert store.methods()[-3:] == ["update", "update", "comment"]
+
+
+def test_lock_lost_before_the_post_stops_the_run(
+    lost_before_post: LockLost, store: MemoryStore
+) -> None:
+    assert store.bead(lost_before_post.second).status == "open"
 
 
 def test_the_lost_lock_comment_says_what_the_reaper_will_do(
@@ -559,9 +703,8 @@ def test_the_lost_lock_comment_says_what_the_reaper_will_do(
     assert "NOT sent" in comment and "the reaper blocks it after 30m" in comment, comment
 
 
-def test_lock_lost_during_the_post_records_nothing_more(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
-) -> None:
+@pytest.fixture
+def lost_during_post(harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub) -> LockLost:
     first = store.add("first", priority=0)
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
@@ -571,17 +714,39 @@ def test_lock_lost_during_the_post_records_nothing_more(
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
-    assert run.code == 1
-    assert run.summary["outcome"] == "lock_lost"
-    assert run.event("lock.lost")["level"] == "error"
-    assert posted(beadboard) == [first]
-    # Taken by BeadBoard: commented, but the stage stays `sending` (never resent) and the
-    # second bead is never claimed.
-    assert store.comments(first) == [f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"]
-    assert store.bead(first).metadata == {STAGE_KEY: "sending"}
-    assert store.bead(second).status == "open"
-    assert store.methods()[-1] == "comment"
+    return LockLost(harness.dispatch(agent_health_url=harness.health_url), first, second)
+
+
+def test_lock_lost_during_the_post_fails_the_run(lost_during_post: LockLost) -> None:
+    assert lost_during_post.run.code == 1
+    assert lost_during_post.run.summary["outcome"] == "lock_lost"
+    assert lost_during_post.run.event("lock.lost")["level"] == "error"
+
+
+def test_lock_lost_during_the_post_sent_the_bead_once(
+    lost_during_post: LockLost, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [lost_during_post.first]
+
+
+def test_lock_lost_during_the_post_still_comments_the_dispatch(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    comments = store.comments(lost_during_post.first)
+    assert comments == [f"dispatched: job=job-1 (beads-dispatcher, {STAMP})"]
+
+
+def test_lock_lost_during_the_post_leaves_the_stage_sending(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    # Never resent.
+    assert store.bead(lost_during_post.first).metadata == {STAGE_KEY: "sending"}
+
+
+def test_lock_lost_during_the_post_claims_no_more(
+    lost_during_post: LockLost, store: MemoryStore
+) -> None:
+    assert store.bead(lost_during_post.second).status == "open"
 
 
 def test_bd_failing_on_the_query_exits_1_with_one_log_line_and_no_request(
@@ -609,7 +774,7 @@ def test_beadboard_down_at_status_check_changes_nothing(
     assert run.code == 1
     failed = run.event("tick.failed")
     assert failed["kind"] == "BeadBoardError"
-    assert failed["error"].startswith("BeadBoard GET /api/agent-status: connection failed")
+    assert failed["error"].startswith(f"BeadBoard GET {STATUS}: connection failed")
     assert store.snapshot() == before
     assert harness.lock_is_free()
 
@@ -755,10 +920,24 @@ def test_an_unknown_job_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "invalid choice: 'dispatchh'" in capsys.readouterr().err
 
 
-def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
-    tmp_path: Path, beadboard: BeadBoardStub
-) -> None:
-    """The module as the CronJob runs it: a process, a scripted bd, SIGTERM while idle."""
+@dataclass(frozen=True)
+class StoppedRun:
+    """`python3 -m jobs dispatch` as the CronJob runs it, sent SIGTERM while idle in its window."""
+
+    returncode: int
+    stderr: str
+    events: list[dict[str, Any]]
+    bd_argv: list[str]  # one line per bd call
+    beads_dir: Path
+    requests: list[RecordedRequest]  # what reached BeadBoard
+
+
+@pytest.fixture(scope="module")
+def sigterm_while_idle(
+    tmp_path_factory: pytest.TempPathFactory, beadboard_server: BeadBoardStub
+) -> StoppedRun:
+    # Module scope: one process serves every test below (each start costs ~0.5 s of CPU).
+    tmp_path = tmp_path_factory.mktemp("sigterm")
     argv_log = tmp_path / "bd-argv"
     bd = tmp_path / "bd"
     bd.write_text(f"#!/bin/sh\necho \"$@\" >> '{argv_log}'\necho '[]'\n", encoding="utf-8")
@@ -770,30 +949,55 @@ def test_python_m_jobs_runs_a_window_and_stops_on_sigterm(
         HOME=str(tmp_path),
         BD_BIN=str(bd),
         BEADS_DB=str(beads_dir),
-        BEADBOARD_URL=beadboard.url,
+        BEADBOARD_URL=beadboard_server.url,
         DISPATCHER_WINDOW_SECONDS="120",
         POLL_INTERVAL_SECONDS="60",
     )
+    beadboard_server.reset()
     process = start_jobs(["dispatch"], env)
     try:
         assert process.stdout is not None
         # The first poll is logged; the run now waits out its poll interval.
         seen = [process.stdout.readline(), process.stdout.readline()]
         assert all(seen), f"the run ended early: {seen}"
-        assert [json.loads(line)["event"] for line in seen] == ["run.start", "queue.read"]
         process.send_signal(signal.SIGTERM)
         rest, stderr = process.communicate(timeout=10)
     finally:
         process.kill()
         process.wait(timeout=10)
-    assert process.returncode == 0, stderr
-    assert stderr == ""
     events = [json.loads(line) for line in [*seen, *rest.splitlines()]]
-    summary = events[-1]
+    argv = argv_log.read_text().splitlines()
+    return StoppedRun(
+        process.returncode, stderr, events, argv, beads_dir, beadboard_server.requests
+    )
+
+
+def test_python_m_jobs_logs_its_first_poll_before_waiting(sigterm_while_idle: StoppedRun) -> None:
+    assert [e["event"] for e in sigterm_while_idle.events[:2]] == ["run.start", "queue.read"]
+
+
+def test_python_m_jobs_exits_0_quietly_on_sigterm(sigterm_while_idle: StoppedRun) -> None:
+    assert (sigterm_while_idle.returncode, sigterm_while_idle.stderr) == (0, "")
+
+
+def test_python_m_jobs_says_it_is_stopping(sigterm_while_idle: StoppedRun) -> None:
+    assert "run.stopping" in [e["event"] for e in sigterm_while_idle.events]
+
+
+def test_python_m_jobs_stopped_in_its_window_sums_up_one_poll(
+    sigterm_while_idle: StoppedRun,
+) -> None:
+    summary = sigterm_while_idle.events[-1]
     assert summary["event"] == "tick.done"
     assert (summary["outcome"], summary["polls"], summary["bd_calls"]) == ("stopped", 1, 1)
-    assert "run.stopping" in [e["event"] for e in events]
-    assert argv_log.read_text().splitlines() == [
-        f'--db {beads_dir} --actor agent --json query assignee="agent" AND status=open --limit 0'
+
+
+def test_python_m_jobs_idle_poll_is_one_unlimited_bd_query(sigterm_while_idle: StoppedRun) -> None:
+    assert sigterm_while_idle.bd_argv == [
+        f"--db {sigterm_while_idle.beads_dir} --actor agent --json query "
+        'assignee="agent" AND status=open --limit 0'
     ]
-    assert beadboard.requests == []
+
+
+def test_python_m_jobs_idle_asks_beadboard_nothing(sigterm_while_idle: StoppedRun) -> None:
+    assert sigterm_while_idle.requests == []

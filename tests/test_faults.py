@@ -2,20 +2,22 @@
 the right state for the bead in hand, and changes nothing else.
 
 Faults of bd are injected into the memory store (the jobs see a BdError wherever bd would
-fail); faults of BeadBoard are real HTTP faults from the loopback stub; what bd itself can do
-wrong (hang, crash, garbage, advisory noise) is turned into that BdError by BdClient, tested at
-the end with an injected runner, or a tiny scripted `bd` where a real process is the point.
+fail); BeadBoard's answers come from the stub, in process, and the answers that come late or
+never (and a refused connection) over a real socket; what bd itself can do wrong (hang, crash,
+garbage, advisory noise) is turned into that BdError by BdClient, tested at the end with an
+injected runner, or a tiny scripted `bd` where a real process is the point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -87,7 +89,7 @@ class Fault:
     dispatch_reply: Reply | None = None
     status_reply: Reply | None = None
     bd: BdFault | None = None
-    fast_http: bool = False  # a 0.3 s HTTP timeout, for replies that come late or never
+    late: bool = False  # the reply comes late or never: a real socket, a 0.3 s timeout
     refused_post: bool = False  # BeadBoard's POST hits a closed port
     lock_held: bool = False  # another live run holds the dispatch lock
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
@@ -141,7 +143,7 @@ DISPATCH_FAULTS = (
         1,
         "unknown",
         Reply(delay=1),
-        fast_http=True,
+        late=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -151,7 +153,7 @@ DISPATCH_FAULTS = (
         1,
         "unknown",
         Reply(stall=1, json={"job_id": "job-late"}),
-        fast_http=True,
+        late=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
@@ -205,7 +207,7 @@ DISPATCH_FAULTS = (
         warned="dispatch.suspicious",
     ),
     # The status check fails before anything is claimed: the bead stays as it was.
-    Fault("status-500", "GET /api/agent-status: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
+    Fault("status-500", f"GET {STATUS}: HTTP 500", 1, "unchanged", status_reply=Reply(500)),
     Fault(
         "status-invalid-json",
         "answer has no boolean 'busy'",
@@ -222,19 +224,19 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "status-timeout",
-        "GET /api/agent-status: timeout",
+        f"GET {STATUS}: timeout",
         1,
         "unchanged",
         status_reply=Reply(delay=1),
-        fast_http=True,
+        late=True,
     ),
     Fault(
         "status-slow-body",
-        "GET /api/agent-status: timeout",
+        f"GET {STATUS}: timeout",
         1,
         "unchanged",
         status_reply=Reply(stall=1, json={"busy": False}),
-        fast_http=True,
+        late=True,
     ),
     # bd faults, wherever in the run they hit.
     Fault(
@@ -317,14 +319,42 @@ DISPATCH_FAULTS = (
 )
 
 
-@pytest.mark.parametrize("fault", DISPATCH_FAULTS, ids=[fault.id for fault in DISPATCH_FAULTS])
-def test_dispatch_fault_one_error_line_right_state_nothing_else(
+@dataclass(frozen=True)
+class FaultedRun:
+    """One dispatcher run with a fault injected, and the store as it was before it."""
+
+    fault: Fault
+    run: JobRun
+    bead: str  # the bead in hand
+    before: dict[str, Any]
+    stderr: str
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return error_lines(self.run)
+
+
+def each(faults: Sequence[Fault]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("fault", faults, ids=[fault.id for fault in faults])
+
+
+def ending(*beads: str) -> tuple[Fault, ...]:
+    return tuple(fault for fault in DISPATCH_FAULTS if fault.bead in beads)
+
+
+def the(fault_id: str) -> Fault:
+    [fault] = [fault for fault in DISPATCH_FAULTS if fault.id == fault_id]
+    return fault
+
+
+@pytest.fixture
+def faulted(
     fault: Fault,
     harness: JobHarness,
     store: MemoryStore,
     beadboard: BeadBoardStub,
     capsys: pytest.CaptureFixture[str],
-) -> None:
+) -> FaultedRun:
     bystanders(store)
     bead = store.add("the one in hand", priority=0)
     before = store.snapshot()
@@ -334,90 +364,202 @@ def test_dispatch_fault_one_error_line_right_state_nothing_else(
         beadboard.program(STATUS, fault.status_reply)
     if fault.bd is not None:
         fault.bd(store, bead)
-    if fault.fast_http:
-        harness.http_timeout = 0.3
+    if fault.late:
+        harness.over_sockets()
     settings: dict[str, Any] = {}
     if fault.refused_post:
         # Slots from /health, so BeadBoard is asked nothing before the POST that fails.
-        settings["agent_health_url"] = f"{beadboard.url}/health"
+        settings["agent_health_url"] = harness.health_url
         settings["beadboard_url"] = f"http://127.0.0.1:{closed_port()}"
     lock = unreachable_dolt_lock() if fault.lock_unreachable else None
-    if fault.lock_held:
-        with harness.lock_held_elsewhere():
-            run = harness.dispatch(lock=lock, **settings)
-    else:
+    with harness.lock_held_elsewhere() if fault.lock_held else contextlib.nullcontext():
         run = harness.dispatch(lock=lock, **settings)
+    return FaultedRun(fault, run, bead, before, capsys.readouterr().err)
 
-    assert run.code == fault.exit_code, run.stdout
-    assert capsys.readouterr().err == "", "a fault of the world is logged, never a traceback"
-    errors = error_lines(run)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0]), errors[0]
-        assert "\n" not in error_text(errors[0])
-    if fault.warning is None:
-        assert warning_lines(run) == []
-    else:
-        [warning] = warning_lines(run)
-        assert (warning["event"], warning["bead"]) == (fault.warned, bead)
-        assert fault.warning in error_text(warning) + str(warning.get("body")), warning
-    assert run.summary["exit_code"] == fault.exit_code
-    assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    if fault.lock_held:
-        assert run.summary["outcome"] == "lock_busy"
+
+# -- every fault: the exit code, the log, the requests, the lock, the bystanders ------------
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_exit_code(faulted: FaultedRun) -> None:
+    assert faulted.run.code == faulted.fault.exit_code, faulted.run.stdout
+    assert faulted.run.summary["exit_code"] == faulted.fault.exit_code
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_is_logged_never_a_traceback(faulted: FaultedRun) -> None:
+    assert faulted.stderr == ""
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.error is not None])
+def test_dispatch_fault_is_one_error_line_naming_it(faulted: FaultedRun) -> None:
+    [error] = faulted.errors
+    assert str(faulted.fault.error) in error_text(error), error
+    assert "\n" not in error_text(error)
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.error is None])
+def test_no_fault_of_the_run_no_error_line(faulted: FaultedRun) -> None:
+    assert faulted.errors == []
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.warning is not None])
+def test_the_one_warning_names_the_bead_and_the_trouble(faulted: FaultedRun) -> None:
+    [warning] = warning_lines(faulted.run)
+    assert (warning["event"], warning["bead"]) == (faulted.fault.warned, faulted.bead)
+    assert str(faulted.fault.warning) in error_text(warning) + str(warning.get("body")), warning
+
+
+@each([fault for fault in DISPATCH_FAULTS if fault.warning is None])
+def test_no_warning_line(faulted: FaultedRun) -> None:
+    assert warning_lines(faulted.run) == []
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_posts_at_most_once(faulted: FaultedRun, beadboard: BeadBoardStub) -> None:
+    assert len(beadboard.requests_to(DISPATCH)) == faulted.fault.posts
+
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_releases_the_lock(faulted: FaultedRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
+
+@each(DISPATCH_FAULTS)
+def test_dispatch_fault_leaves_the_other_beads_alone(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
     after = store.snapshot()
-    state = store.bead(bead)
-    if fault.bead == "unchanged":
-        assert after[bead] == before[bead]
-    elif fault.bead in ("unknown", "unrecorded"):
-        assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
-        if fault.bead == "unknown":
-            assert store.comments(bead)[-1].startswith("dispatch outcome unknown: ")
-        elif fault.id == "bd-comment-fails":
-            assert store.comments(bead) == []
-        else:
-            assert store.comments(bead)[-1].startswith("dispatched: job=job-1 ")
-        assert harness.dispatch().code == 0, "a bead maybe sent is never sent again"
-        assert len(beadboard.requests_to(DISPATCH)) == fault.posts
-    elif fault.bead in ("dispatched", "unconfirmed"):
-        assert (state.status, state.metadata) == ("in_progress", {})
-        record = store.comments(bead)[-1]
-        if fault.bead == "dispatched":
-            assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
-        else:
-            assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
-            assert f"with {fault.warning} (" in record and "check BeadBoard's ingress" in record
-    else:
-        assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
-        last = store.notes(bead)[-1]
-        if fault.bead == "failed":
-            assert state.metadata == {ATTEMPTS_KEY: 1}
-            assert last.startswith("dispatch failed (attempt 1/3): ")
-            assert fault.error is not None and fault.error in last
-        elif fault.bead == "busy":
-            assert state.metadata == {}
-            assert last.startswith("agent busy (Agent is busy); back to open")
-        elif fault.bead == "service_down":
-            assert state.metadata == {}
-            assert last.startswith(f"not sent: agent service unavailable ({fault.error}")
-            assert "back to open, no attempt counted" in last
-            [down] = errors
-            assert (down["event"], down["bead"]) == ("dispatch.service_down", bead)
-        else:
-            assert fault.bead == "handed_back"
-            assert state.metadata == {}
-            assert last.startswith("not dispatched: bd failed ")
-            assert "back to open, not counted as a failed attempt" in last
-            [failed] = errors
-            assert (failed["event"], failed["handed_back"]) == ("bead.failed", True)
-    # Everything else — the bystanders — as it was, and nothing new was created.
-    assert {k: v for k, v in after.items() if k != bead} == {
-        k: v for k, v in before.items() if k != bead
-    }
+    after.pop(faulted.bead)
+    assert after == {k: v for k, v in faulted.before.items() if k != faulted.bead}
+
+
+@each([the("lock-held")])
+def test_a_lock_held_elsewhere_ends_the_run_as_lock_busy(faulted: FaultedRun) -> None:
+    assert faulted.run.summary["outcome"] == "lock_busy"
+
+
+# -- the bead in hand: one end state each --------------------------------------------------
+
+
+@each(ending("unchanged"))
+def test_a_fault_before_the_claim_leaves_the_bead_as_it_was(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.snapshot()[faulted.bead] == faulted.before[faulted.bead]
+
+
+@each(ending("unknown", "unrecorded"))
+def test_a_bead_maybe_sent_stays_in_progress_at_stage_sending(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+
+
+@each(ending("unknown", "unrecorded"))
+def test_a_bead_maybe_sent_is_never_sent_again(
+    faulted: FaultedRun, harness: JobHarness, beadboard: BeadBoardStub
+) -> None:
+    assert harness.dispatch().code == 0
+    assert len(beadboard.requests_to(DISPATCH)) == faulted.fault.posts
+
+
+@pytest.mark.parametrize(
+    ("fault", "comment"),
+    [(fault, "dispatch outcome unknown: ") for fault in ending("unknown")]
+    + [(the("bd-clearing-the-stage-fails"), "dispatched: job=job-1 ")],
+    ids=[fault.id for fault in ending("unknown")] + ["bd-clearing-the-stage-fails"],
+)
+def test_a_bead_maybe_sent_says_how_far_it_got(
+    faulted: FaultedRun, store: MemoryStore, comment: str
+) -> None:
+    assert store.comments(faulted.bead)[-1].startswith(comment)
+
+
+@each([the("bd-comment-fails")])
+def test_a_dispatch_bd_failed_to_comment_has_no_comment(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.comments(faulted.bead) == []
+
+
+@each(ending("dispatched", "unconfirmed"))
+def test_a_bead_beadboard_took_is_in_progress_with_no_stage(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, state.metadata) == ("in_progress", {})
+
+
+@each(ending("dispatched"))
+def test_a_bead_beadboard_took_without_a_job_id_says_so(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    record = store.comments(faulted.bead)[-1]
+    assert record.startswith("dispatched: BeadBoard answered HTTP 20"), record
+
+
+@each(ending("unconfirmed"))
+def test_an_unconfirmed_dispatch_asks_a_human_to_check_the_ingress(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    record = store.comments(faulted.bead)[-1]
+    assert record.startswith("dispatched, unconfirmed: HTTP 20"), record
+    assert f"with {faulted.fault.warning} (" in record and "check BeadBoard's ingress" in record
+
+
+@each(ending("failed", "busy", "service_down", "handed_back"))
+def test_a_bead_not_taken_goes_back_to_open_with_no_stage(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    state = store.bead(faulted.bead)
+    assert (state.status, STAGE_KEY in state.metadata) == ("open", False)
+
+
+@each(ending("failed"))
+def test_a_bead_beadboard_refused_counts_one_attempt(
+    faulted: FaultedRun, store: MemoryStore
+) -> None:
+    assert store.bead(faulted.bead).metadata == {ATTEMPTS_KEY: 1}
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith("dispatch failed (attempt 1/3): ") and str(faulted.fault.error) in last
+
+
+@each(ending("busy", "service_down", "handed_back"))
+def test_a_bead_not_at_fault_counts_no_attempt(faulted: FaultedRun, store: MemoryStore) -> None:
+    assert store.bead(faulted.bead).metadata == {}
+
+
+@each(ending("busy"))
+def test_a_busy_agent_is_noted_on_the_bead(faulted: FaultedRun, store: MemoryStore) -> None:
+    assert store.notes(faulted.bead)[-1].startswith("agent busy (Agent is busy); back to open")
+
+
+@each(ending("service_down"))
+def test_a_service_down_is_noted_on_the_bead(faulted: FaultedRun, store: MemoryStore) -> None:
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith(f"not sent: agent service unavailable ({faulted.fault.error}")
+    assert "back to open, no attempt counted" in last
+
+
+@each(ending("service_down"))
+def test_a_service_down_is_the_error_line_of_the_bead(faulted: FaultedRun) -> None:
+    [down] = faulted.errors
+    assert (down["event"], down["bead"]) == ("dispatch.service_down", faulted.bead)
+
+
+@each(ending("handed_back"))
+def test_a_bead_handed_back_says_bd_failed(faulted: FaultedRun, store: MemoryStore) -> None:
+    last = store.notes(faulted.bead)[-1]
+    assert last.startswith("not dispatched: bd failed ")
+    assert "back to open, not counted as a failed attempt" in last
+
+
+@each(ending("handed_back"))
+def test_a_bead_handed_back_is_the_error_line(faulted: FaultedRun) -> None:
+    [failed] = faulted.errors
+    assert (failed["event"], failed["handed_back"]) == ("bead.failed", True)
 
 
 def test_a_bd_failure_on_one_bead_does_not_stop_the_others(
@@ -427,7 +569,7 @@ def test_a_bd_failure_on_one_bead_does_not_stop_the_others(
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
     store.fail(bead=first)
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 1
     [failed] = error_lines(run)
     assert (failed["event"], failed["bead"], failed["step"]) == ("bead.failed", first, "claim")
@@ -443,7 +585,7 @@ def test_a_timed_out_post_that_beadboard_accepted_is_not_sent_twice(
     store.add()
     # BeadBoard started the job and answered 200, but the body arrived after our timeout.
     beadboard.program(DISPATCH, Reply(stall=1, json={"job_id": "job-started"}))
-    harness.http_timeout = 0.3
+    harness.over_sockets()
     assert [harness.dispatch().code, harness.dispatch().code] == [1, 0]
     assert len(beadboard.requests_to(DISPATCH)) == 1
 
@@ -495,36 +637,90 @@ REAP_FAULTS = (
 )
 
 
-@pytest.mark.parametrize("fault", REAP_FAULTS, ids=[fault.id for fault in REAP_FAULTS])
-def test_reap_fault_one_line_and_nothing_else_changed(
-    fault: ReapFault, harness: JobHarness, store: MemoryStore, capsys: pytest.CaptureFixture[str]
-) -> None:
+@dataclass(frozen=True)
+class ReapedRun:
+    fault: ReapFault
+    run: JobRun
+    stuck: str  # the stale bead
+    before: dict[str, Any]
+    stderr: str
+
+
+def each_reap(faults: Sequence[ReapFault]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("reap_fault", faults, ids=[fault.id for fault in faults])
+
+
+@pytest.fixture
+def reaped(
+    reap_fault: ReapFault,
+    harness: JobHarness,
+    store: MemoryStore,
+    capsys: pytest.CaptureFixture[str],
+) -> ReapedRun:
     bystanders(store)
     stuck = store.add("stuck for an hour", status="in_progress", updated_at=STALE)
     before = store.snapshot()
-    if fault.bd is not None:
-        fault.bd(store, stuck)
-    run = harness.reap(lock=unreachable_dolt_lock() if fault.lock_unreachable else None)
-    assert run.code == fault.exit_code, run.stdout
-    assert capsys.readouterr().err == ""
-    errors = error_lines(run)
-    if fault.error is None:
-        assert errors == []
-    else:
-        assert len(errors) == 1, errors
-        assert fault.error in error_text(errors[0])
-    if fault.warning is None:
-        assert warning_lines(run) == []
-    else:
-        [warning] = warning_lines(run)
-        assert (warning["event"], warning["bead"]) == ("bead.skipped", stuck)
-        assert fault.warning in error_text(warning), warning
+    if reap_fault.bd is not None:
+        reap_fault.bd(store, stuck)
+    run = harness.reap(lock=unreachable_dolt_lock() if reap_fault.lock_unreachable else None)
+    return ReapedRun(reap_fault, run, stuck, before, capsys.readouterr().err)
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_exit_code(reaped: ReapedRun) -> None:
+    assert reaped.run.code == reaped.fault.exit_code, reaped.run.stdout
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_is_logged_never_a_traceback(reaped: ReapedRun) -> None:
+    assert reaped.stderr == ""
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.error is not None])
+def test_reap_fault_is_one_error_line_naming_it(reaped: ReapedRun) -> None:
+    [error] = error_lines(reaped.run)
+    assert str(reaped.fault.error) in error_text(error), error
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.error is None])
+def test_a_bead_the_reaper_skips_is_no_error(reaped: ReapedRun) -> None:
+    assert error_lines(reaped.run) == []
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.warning is not None])
+def test_a_bead_the_reaper_skips_is_one_warning_naming_it(reaped: ReapedRun) -> None:
+    [warning] = warning_lines(reaped.run)
+    assert (warning["event"], warning["bead"]) == ("bead.skipped", reaped.stuck)
+    assert str(reaped.fault.warning) in error_text(warning), warning
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.warning is None])
+def test_reap_fault_no_warning_line(reaped: ReapedRun) -> None:
+    assert warning_lines(reaped.run) == []
+
+
+@each_reap([fault for fault in REAP_FAULTS if not fault.blocked])
+def test_a_stale_bead_the_reaper_could_not_block_stays_in_progress(
+    reaped: ReapedRun, store: MemoryStore
+) -> None:
+    # The next run blocks it.
+    assert store.bead(reaped.stuck).status == "in_progress"
+
+
+@each_reap([fault for fault in REAP_FAULTS if fault.blocked])
+def test_a_block_that_landed_before_bd_failed_stays(reaped: ReapedRun, store: MemoryStore) -> None:
+    assert store.bead(reaped.stuck).status == "blocked"
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_leaves_the_other_beads_alone(reaped: ReapedRun, store: MemoryStore) -> None:
     after = store.snapshot()
-    # The stale bead is still in_progress (the next run blocks it), unless the write landed.
-    assert store.bead(stuck).status == ("blocked" if fault.blocked else "in_progress")
-    after.pop(stuck)
-    before.pop(stuck)
-    assert after == before
+    after.pop(reaped.stuck)
+    assert after == {k: v for k, v in reaped.before.items() if k != reaped.stuck}
+
+
+@each_reap(REAP_FAULTS)
+def test_reap_fault_releases_the_lock(reaped: ReapedRun, harness: JobHarness) -> None:
     assert harness.lock_is_free()
 
 
@@ -607,8 +803,7 @@ def test_one_update_carries_the_claim_status_note_and_metadata_together() -> Non
         unset_metadata=["c"],
         actor="bot",
     )
-    client.comment("tb-1", "--not-a-flag")
-    [update, comment] = bd.commands
+    [update] = bd.commands
     assert update[4:] == [
         "bot",
         "--json",
@@ -626,9 +821,14 @@ def test_one_update_carries_the_claim_status_note_and_metadata_together() -> Non
         "--unset-metadata",
         "c",
     ]
-    # `--` first: a comment that starts with a dash is text, never a flag.
+    assert client.calls == 1
+
+
+def test_a_comment_starting_with_a_dash_is_text_never_a_flag() -> None:
+    bd = ScriptedBd()
+    bd.client().comment("tb-1", "--not-a-flag")
+    [comment] = bd.commands
     assert comment[4:] == ["agent", "--json", "comments", "add", "tb-1", "--", "--not-a-flag"]
-    assert client.calls == 2
 
 
 # What bd 1.0.2 prints when --db names a directory holding no database (recorded).
@@ -828,17 +1028,19 @@ def leaks(text: str) -> list[str]:
     ]
 
 
-def test_no_secret_in_logs_notes_requests_or_manifests(
-    harness: JobHarness,
-    store: MemoryStore,
-    beadboard: BeadBoardStub,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Set where any code could pick them up: the process environment.
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The secrets set where any code could pick them up: the process environment."""
     for name, value in SECRET_ENV.items():
         monkeypatch.setenv(name, value)
+    return SECRET_ENV
+
+
+@pytest.fixture
+def runs_among_secrets(
+    secret_env: dict[str, str], harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> list[JobRun]:
+    """A dispatch, a refused dispatch, a reap, a dry run and a bd failure, secrets all around."""
     store.add("dispatched", priority=0)
     store.add("fails", priority=1)
     store.add("stuck", status="in_progress", updated_at=STALE)
@@ -847,48 +1049,63 @@ def test_no_secret_in_logs_notes_requests_or_manifests(
     )
     runs = [harness.dispatch(), harness.dispatch(), harness.reap(), harness.dispatch(dry_run=True)]
     store.fail("queue")
-    runs.append(harness.dispatch())
-    # The server-mode lock reads the password from the env: a failure must not quote it.
-    (tmp_path / "metadata.json").write_text(
-        json.dumps(
-            {
-                "dolt_mode": "server",
-                "dolt_server_host": "127.0.0.1",
-                "dolt_server_port": closed_port(),
-                "dolt_database": "code",
-            }
-        ),
-        encoding="utf-8",
-    )
-    lock = lock_on(resolve(tmp_path, SECRET_ENV), SECRET_ENV)
-    with pytest.raises(LockError) as lock_failure:
-        lock.try_acquire()
-    assert [run.code for run in runs] == [0, 1, 0, 0, 1]
-    for text in [*(run.stdout for run in runs), str(lock_failure.value)]:
-        assert leaks(text) == []
+    return [*runs, harness.dispatch()]
+
+
+def test_no_secret_in_the_log_of_any_run(runs_among_secrets: list[JobRun]) -> None:
+    assert [run.code for run in runs_among_secrets] == [0, 1, 0, 0, 1]
+    assert leaks("".join(run.stdout for run in runs_among_secrets)) == []
+
+
+def test_no_secret_in_the_notes(runs_among_secrets: list[JobRun], store: MemoryStore) -> None:
     notes = "\n".join(str(row["notes"]) for row in store.rows.values())
-    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes, clean
+    assert "agent service unavailable (HTTP 502 down)" in notes  # the failure path's notes
     assert leaks(notes) == []
+
+
+def test_no_secret_in_the_comments(runs_among_secrets: list[JobRun], store: MemoryStore) -> None:
     comments = "\n".join("\n".join(store.comments(bead)) for bead in store.rows)
     assert "dispatched: job=job-1" in comments
     assert leaks(comments) == []
-    # BeadBoard's agent routes need no token: none is sent, in headers or body.
-    assert len(beadboard.requests) >= 4
-    for request in beadboard.requests:
-        assert leaks(json.dumps(request.headers) + request.text) == []
-        assert "authorization" not in {name.lower() for name in request.headers}
-    # Configuration errors quote what was typed: a secret set alongside is never among it.
+
+
+def test_no_secret_in_the_requests(
+    runs_among_secrets: list[JobRun], beadboard: BeadBoardStub
+) -> None:
+    sent = [json.dumps(request.headers) + request.text for request in beadboard.requests]
+    assert len(sent) >= 4
+    assert leaks("\n".join(sent)) == []
+
+
+def test_beadboard_gets_no_authorization_header(
+    runs_among_secrets: list[JobRun], beadboard: BeadBoardStub
+) -> None:
+    # BeadBoard's agent routes need no token.
+    headers = [{name.lower() for name in request.headers} for request in beadboard.requests]
+    assert len(headers) >= 4
+    assert [names for names in headers if "authorization" in names] == []
+
+
+def test_a_lock_failure_does_not_quote_the_password(tmp_path: Path) -> None:
+    # The server-mode lock reads the password from the env.
+    server: dict[str, object] = {"dolt_mode": "server", "dolt_server_host": "127.0.0.1"}
+    server |= {"dolt_server_port": closed_port(), "dolt_database": "code"}
+    (tmp_path / "metadata.json").write_text(json.dumps(server), encoding="utf-8")
+    with pytest.raises(LockError) as failure:
+        lock_on(resolve(tmp_path, SECRET_ENV), SECRET_ENV).try_acquire()
+    assert leaks(str(failure.value)) == []
+
+
+def test_a_configuration_error_quotes_no_secret_set_alongside(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     stream = io.StringIO()
     environ = {**SECRET_ENV, "HTTP_TIMEOUT_SECONDS": "soon", "BD_BIN": "/nonexistent/bd"}
     assert cli.main(["dispatch"], environ=environ, stream=stream) == 2
     assert leaks(stream.getvalue() + capsys.readouterr().err) == []
 
 
-def test_no_secret_from_the_environment_reaches_the_manifests(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name, value in SECRET_ENV.items():
-        monkeypatch.setenv(name, value)
+def test_no_secret_from_the_environment_reaches_the_manifests(secret_env: dict[str, str]) -> None:
     rendered = render_program(
         {"doltPasswordSecretName": "dolt-credentials", "doltPasswordSecretKey": "password"}
     )

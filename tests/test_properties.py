@@ -27,6 +27,7 @@ from components.config import CONFIG_KEYS, DeploySettings, settings_from
 from jobs.beads import BdClient, BdError, BdRejected, QueryResult
 from jobs.protocol import Status
 from jobs.settings import ConfigError, JobSettings, RuntimeSettings, env_name, load_settings
+from tests.support.routes import STATUS
 
 PROPERTY = settings(
     max_examples=200,
@@ -389,7 +390,7 @@ def test_an_accepted_url_is_one_httpx_can_request(scheme: str, host: str, port: 
         assert_one_line(str(exc))
         return
     try:
-        httpx.Request("GET", loaded.beadboard_url + "/api/agent-status")
+        httpx.Request("GET", loaded.beadboard_url + STATUS)
     except httpx.InvalidURL as exc:
         # Not an httpx.HTTPError: in the dispatcher it escapes every handler.
         raise AssertionError(f"accepted {url!r}, which httpx rejects: {exc}") from None

@@ -12,20 +12,15 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub
-from tests.support.harness import NOW, JobHarness, events_named
+from tests.support.harness import NOW, JobHarness, events_named, posted
 from tests.support.memory_store import MemoryStore
-from tests.support.routes import DISPATCH
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 @pytest.fixture
-def slots(beadboard: BeadBoardStub) -> dict[str, Any]:
+def slots(beadboard: BeadBoardStub, harness: JobHarness) -> dict[str, Any]:
     """Ten free agent slots: whatever bd offers goes out in one poll."""
     beadboard.health.capacity = 10
-    return {"agent_health_url": f"{beadboard.url}/health", "max_in_flight": 10}
+    return {"agent_health_url": harness.health_url, "max_in_flight": 10}
 
 
 def close(store: MemoryStore, bead: str) -> None:

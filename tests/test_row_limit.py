@@ -15,9 +15,8 @@ from devtools.localservices.beadboard import BeadBoardStub
 from jobs.beads import BdTooLarge
 from jobs.protocol import STAGE_KEY, Stage
 from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, json_size, stored_size
-from tests.support.harness import FakeClock, JobHarness, events_named
+from tests.support.harness import FakeClock, JobHarness, events_named, posted
 from tests.support.memory_store import MemoryStore
-from tests.support.routes import DISPATCH
 
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
 
@@ -35,10 +34,6 @@ def sized(store: MemoryStore, size: int, **fields: Any) -> str:
 def limited(store: MemoryStore) -> MemoryStore:
     store.row_limit = ROW_LIMIT
     return store
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 def test_a_bead_without_room_for_the_jobs_notes_is_never_claimed(

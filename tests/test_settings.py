@@ -28,26 +28,43 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.runtime_config_dir is None
 
 
-def test_values_are_read_and_normalised() -> None:
-    settings = load_settings(
-        {
-            "BEADBOARD_URL": " http://beadboard.beads-server.svc.cluster.local/ ",
-            "DISPATCHER_ENABLED": "FALSE",
-            "REAPER_THRESHOLD_MINUTES": "45",
-            "MAX_DISPATCH_ATTEMPTS": " 5 ",
-            "BEADS_METADATA_FILE": "/etc/bd/metadata.json",
-            "RUNTIME_CONFIG_DIR": "/etc/beads-autodispatch/runtime",
-            # Blank is unset: the default stands.
-            "POLL_INTERVAL_SECONDS": "  ",
-        }
-    )
-    assert settings.beadboard_url == "http://beadboard.beads-server.svc.cluster.local"
-    assert settings.dispatcher_enabled is False
-    assert settings.reaper_threshold_minutes == 45
-    assert settings.max_dispatch_attempts == 5
-    assert settings.beads_metadata_file == Path("/etc/bd/metadata.json")
-    assert settings.runtime_config_dir == Path("/etc/beads-autodispatch/runtime")
-    assert settings.poll_interval_seconds == 10
+# (env var, as set, field, as read)
+READ_AND_NORMALISED: list[tuple[str, str, str, object]] = [
+    (
+        "BEADBOARD_URL",
+        " http://beadboard.beads-server.svc.cluster.local/ ",
+        "beadboard_url",
+        "http://beadboard.beads-server.svc.cluster.local",
+    ),
+    ("DISPATCHER_ENABLED", "FALSE", "dispatcher_enabled", False),
+    ("REAPER_THRESHOLD_MINUTES", "45", "reaper_threshold_minutes", 45),
+    ("MAX_DISPATCH_ATTEMPTS", " 5 ", "max_dispatch_attempts", 5),
+    (
+        "BEADS_METADATA_FILE",
+        "/etc/bd/metadata.json",
+        "beads_metadata_file",
+        Path("/etc/bd/metadata.json"),
+    ),
+    (
+        "RUNTIME_CONFIG_DIR",
+        "/etc/beads-autodispatch/runtime",
+        "runtime_config_dir",
+        Path("/etc/beads-autodispatch/runtime"),
+    ),
+    # Blank is unset: the default stands.
+    ("POLL_INTERVAL_SECONDS", "  ", "poll_interval_seconds", 10),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    READ_AND_NORMALISED,
+    ids=[row[0] for row in READ_AND_NORMALISED],
+)
+def test_values_are_read_and_normalised(
+    name: str, value: str, field: str, expected: object
+) -> None:
+    assert getattr(load_settings({name: value}), field) == expected
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ switch re-read from the runtime dir between polls, and SIGTERM (`stop.request()`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,18 +12,15 @@ from typing import Any
 import pytest
 
 from devtools.localservices.beadboard import BeadBoardStub, RecordedRequest, Reply
+from devtools.pods.process import JobRun
 from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
-from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named
+from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
 # Polls at 0, 10, ... 50 s: the last starts with less than one interval (+1 s) left.
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 def test_idle_window_polls_with_one_bd_call_and_no_http(
@@ -80,7 +79,7 @@ def test_health_url_fills_every_free_slot_in_one_poll(
     beads = [store.add(f"b{i}", priority=(i * 3) % 5) for i in range(5)]
     beadboard.health.capacity = 10
     beadboard.health.active = 6  # four free slots
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.code == 0, run.stdout
     assert run.summary["polls"] == 1
     by_priority = sorted(beads, key=lambda bead: store.bead(bead).priority)
@@ -100,7 +99,7 @@ def test_max_in_flight_caps_the_slots(
         store.add(f"b{i}")
     beadboard.health.capacity = 10
     beadboard.health.active = 1
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health", max_in_flight=3)
+    run = harness.dispatch(agent_health_url=harness.health_url, max_in_flight=3)
     assert len(run.summary["dispatched"]) == 2
     assert run.event("agent.load")["free"] == 2
 
@@ -111,7 +110,7 @@ def test_no_free_slot_is_agent_busy_without_touching_the_lock(
     store.add()
     beadboard.health.capacity = 2
     beadboard.health.queued = 2
-    run = harness.dispatch(agent_health_url=f"{beadboard.url}/health")
+    run = harness.dispatch(agent_health_url=harness.health_url)
     assert run.summary["outcome"] == "agent_busy"
     assert posted(beadboard) == []
     assert not harness.lock_path.exists()
@@ -129,13 +128,19 @@ def test_a_failed_bead_is_not_retried_within_the_same_window(
     assert store.bead(bead).status == "open"
 
 
-def test_pause_reaches_a_running_window(
-    harness: JobHarness,
-    store: MemoryStore,
-    beadboard: BeadBoardStub,
-    clock: FakeClock,
-    tmp_path: Path,
-) -> None:
+@dataclass(frozen=True)
+class PausedWindow:
+    """A window paused through the runtime dir in its second pause, as the kubelet does when
+    `pulumi up` changes the mounted ConfigMap; a bead is assigned at the same moment."""
+
+    run: JobRun
+    late: list[str]
+
+
+@pytest.fixture
+def paused_window(
+    harness: JobHarness, store: MemoryStore, clock: FakeClock, tmp_path: Path
+) -> PausedWindow:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     switch = runtime / "DISPATCHER_ENABLED"
@@ -144,19 +149,32 @@ def test_pause_reaches_a_running_window(
 
     def between_polls(wait: int) -> None:
         if wait == 2:
-            # What the kubelet does when `pulumi up` changes the mounted ConfigMap.
             switch.write_text("false", encoding="utf-8")
             late.append(store.add("assigned after the pause"))
 
     run = harness.dispatch(
         stop=FakeClockStop(clock, between_polls), runtime_config_dir=runtime, **WINDOW
     )
-    assert run.code == 0
-    assert run.summary["polls"] == 2
-    assert run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
-    assert run.summary["outcome"] == "paused"  # not the idle polls before it
-    assert store.bead(late[0]).status == "open"
+    return PausedWindow(run, late)
+
+
+def test_pause_reaches_a_running_window(paused_window: PausedWindow) -> None:
+    assert (paused_window.run.code, paused_window.run.summary["polls"]) == (0, 2)
+    assert paused_window.run.event("run.paused")["detail"] == "DISPATCHER_ENABLED is false"
+
+
+def test_a_paused_window_ends_paused_not_idle(paused_window: PausedWindow) -> None:
+    assert paused_window.run.summary["outcome"] == "paused"
+
+
+def test_a_paused_window_leaves_a_new_bead_alone(
+    paused_window: PausedWindow, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    assert store.bead(paused_window.late[0]).status == "open"
     assert posted(beadboard) == []
+
+
+def test_a_paused_window_reads_bd_no_more(paused_window: PausedWindow, store: MemoryStore) -> None:
     assert store.methods() == ["queue", "queue"]
 
 
@@ -192,30 +210,66 @@ def test_sigterm_while_idle_stops_at_once(
     assert clock.now == NOW + timedelta(seconds=20)
 
 
-def test_sigterm_mid_dispatch_finishes_the_bead_in_hand_and_claims_no_more(
+@dataclass(frozen=True)
+class StoppedMidPost:
+    """Two beads, two free slots, and SIGTERM while the first bead's POST is in flight."""
+
+    run: JobRun
+    first: str
+    second: str
+    second_before: dict[str, Any]
+
+
+@pytest.fixture
+def stopped_mid_post(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+) -> StoppedMidPost:
     first, second = store.add("first", priority=0), store.add("second", priority=1)
     second_before = store.snapshot()[second]
     beadboard.health.capacity = 2
     stop = FakeClockStop(clock)
 
     def dispatch(request: RecordedRequest) -> Reply:
-        stop.request()  # SIGTERM lands while the POST is in flight
+        stop.request()
         return Reply(json={"job_id": "slow"})
 
     beadboard.set_handler(DISPATCH, dispatch)
-    run = harness.dispatch(stop=stop, agent_health_url=f"{beadboard.url}/health", **WINDOW)
+    run = harness.dispatch(stop=stop, agent_health_url=harness.health_url, **WINDOW)
+    return StoppedMidPost(run, first, second, second_before)
+
+
+def test_sigterm_mid_dispatch_ends_the_run_cleanly(stopped_mid_post: StoppedMidPost) -> None:
+    run = stopped_mid_post.run
     assert run.code == 0, run.stdout
-    assert posted(beadboard) == [first]
-    state = store.bead(first)
-    assert state.status == "in_progress"
-    assert STAGE_KEY not in state.metadata
-    assert store.comments(first)[-1].startswith("dispatched: job=slow")
+    assert (run.summary["dispatched"], run.summary["polls"]) == ([stopped_mid_post.first], 1)
+
+
+def test_sigterm_mid_dispatch_says_it_finished_the_bead_in_hand(
+    stopped_mid_post: StoppedMidPost,
+) -> None:
+    stopping = stopped_mid_post.run.event("run.stopping")
+    assert stopping["detail"] == "SIGTERM: finished the bead in hand"
+
+
+def test_sigterm_mid_dispatch_records_the_bead_in_hand(
+    stopped_mid_post: StoppedMidPost, store: MemoryStore
+) -> None:
+    state = store.bead(stopped_mid_post.first)
+    assert (state.status, STAGE_KEY in state.metadata) == ("in_progress", False)
+    assert store.comments(stopped_mid_post.first)[-1].startswith("dispatched: job=slow")
+
+
+def test_sigterm_mid_dispatch_posts_no_more(
+    stopped_mid_post: StoppedMidPost, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [stopped_mid_post.first]
+
+
+def test_sigterm_mid_dispatch_claims_no_more(
+    stopped_mid_post: StoppedMidPost, store: MemoryStore
+) -> None:
     # One bead in hand at a time: the second was never claimed, so there is nothing to undo.
-    assert store.snapshot()[second] == second_before
-    assert run.event("run.stopping")["detail"] == "SIGTERM: finished the bead in hand"
-    assert (run.summary["dispatched"], run.summary["polls"]) == ([first], 1)
+    assert store.snapshot()[stopped_mid_post.second] == stopped_mid_post.second_before
 
 
 def test_polls_start_every_interval_however_long_a_poll_takes(
@@ -236,39 +290,87 @@ def slow_reply(clock: FakeClock, seconds: float) -> Reply:
     return Reply(json={"job_id": "job-1"})
 
 
-@pytest.mark.parametrize("during", ["poll", "pause"])
-@pytest.mark.parametrize("step", [-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
-def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(
+def in_the_second_poll(clock: FakeClock, store: MemoryStore, step: int) -> Callable[[], None]:
+    store.after("ready", lambda: clock.step_wall(step), nth=2)
+    return lambda: None
+
+
+def in_the_second_pause(clock: FakeClock, store: MemoryStore, step: int) -> Callable[[], None]:
+    return lambda: clock.step_wall(step)
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """A 60 s window whose wall clock is stepped by `step` seconds; a bead is assigned in the
+    second pause."""
+
+    run: JobRun
+    stop: FakeClockStop
+    step: int
+    late: list[str]
+
+
+@pytest.fixture(params=[-3600, 3600], ids=["wall-back-1h", "wall-forward-1h"])
+def step(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+@pytest.fixture(params=[in_the_second_poll, in_the_second_pause], ids=["poll", "pause"])
+def stepped(
+    request: pytest.FixtureRequest,
     harness: JobHarness,
     store: MemoryStore,
-    beadboard: BeadBoardStub,
     clock: FakeClock,
     step: int,
-    during: str,
-) -> None:
-    """Windows and pauses run on the monotonic clock; only what is written uses wall time."""
+) -> Stepped:
+    in_the_pause = request.param(clock, store, step)
     late: list[str] = []
 
     def between_polls(wait: int) -> None:
         if wait == 2:
-            if during == "pause":
-                clock.step_wall(step)
+            in_the_pause()
             late.append(store.add("assigned after the step"))
 
-    if during == "poll":
-        store.after("ready", lambda: clock.step_wall(step), nth=2)  # inside the second poll
     stop = FakeClockStop(clock, between_polls)
-    run = harness.dispatch(stop=stop, **WINDOW)
-    assert run.summary["polls"] == 6
-    assert stop.asked == [10.0] * 5
-    assert posted(beadboard) == late
-    # Sent at the third poll, 20 s into the window; the record carries the wall time.
-    assert iso_utc(NOW + timedelta(seconds=20 + step)) in store.comments(late[0])[-1]
+    return Stepped(harness.dispatch(stop=stop, **WINDOW), stop, step, late)
 
 
-def test_the_switch_is_read_before_every_post(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, tmp_path: Path
+def test_a_wall_clock_step_neither_stops_nor_stretches_the_window(stepped: Stepped) -> None:
+    """Windows and pauses run on the monotonic clock."""
+    assert stepped.run.summary["polls"] == 6
+    assert stepped.stop.asked == [10.0] * 5
+
+
+def test_a_bead_assigned_after_a_wall_clock_step_is_sent(
+    stepped: Stepped, beadboard: BeadBoardStub
 ) -> None:
+    assert posted(beadboard) == stepped.late
+
+
+def test_the_record_after_a_wall_clock_step_carries_the_wall_time(
+    stepped: Stepped, store: MemoryStore
+) -> None:
+    # Sent at the third poll, 20 s into the window.
+    sent_at = iso_utc(NOW + timedelta(seconds=20 + stepped.step))
+    assert sent_at in store.comments(stepped.late[0])[-1]
+
+
+@dataclass(frozen=True)
+class SwitchedOff:
+    """Five beads, ten free slots, and the kill switch turned off while the first POST is
+    answered."""
+
+    run: JobRun
+    first: str
+    second: str  # claimed when the switch was seen off
+    rest: dict[str, Any]  # the other three, as they were before the run
+
+
+@pytest.fixture
+def switched_off(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, tmp_path: Path
+) -> SwitchedOff:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     switch = runtime / "DISPATCHER_ENABLED"
@@ -278,28 +380,52 @@ def test_the_switch_is_read_before_every_post(
     beadboard.health.capacity = 10
 
     def dispatch(request: RecordedRequest) -> Reply:
-        switch.write_text("false", encoding="utf-8")  # flipped while the first POST is answered
+        switch.write_text("false", encoding="utf-8")
         return Reply(json={"job_id": "job-1"})
 
     beadboard.set_handler(DISPATCH, dispatch)
     run = harness.dispatch(
-        agent_health_url=f"{beadboard.url}/health",
+        agent_health_url=harness.health_url,
         max_in_flight=10,
         runtime_config_dir=runtime,
         **WINDOW,
     )
-    assert posted(beadboard) == [first]
-    assert run.code == 0
-    # The second bead was claimed when the switch was seen off: handed back, not counted.
-    state = store.bead(second)
+    return SwitchedOff(run, first, second, untouched)
+
+
+def test_the_switch_is_read_before_every_post(
+    switched_off: SwitchedOff, beadboard: BeadBoardStub
+) -> None:
+    assert posted(beadboard) == [switched_off.first]
+
+
+def test_a_switch_turned_off_mid_run_ends_it_paused(switched_off: SwitchedOff) -> None:
+    assert switched_off.run.code == 0
+    assert switched_off.run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
+    assert switched_off.run.summary["polls"] == 1
+
+
+def test_a_bead_claimed_as_the_switch_turned_off_goes_back_uncounted(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    state = store.bead(switched_off.second)
     assert (state.status, state.metadata) == ("open", {})
-    assert store.notes(second)[-1].startswith(
+    assert switched_off.run.summary["requeued"] == [switched_off.second]
+
+
+def test_a_bead_claimed_as_the_switch_turned_off_says_why(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    assert store.notes(switched_off.second)[-1].startswith(
         "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
         "back to open, not counted as a failed attempt"
     )
-    assert {bead: store.snapshot()[bead] for bead in rest} == untouched
-    assert run.event("run.paused")["detail"].startswith("DISPATCHER_ENABLED is false")
-    assert (run.summary["polls"], run.summary["requeued"]) == (1, [second])
+
+
+def test_beads_not_reached_before_the_switch_turned_off_are_untouched(
+    switched_off: SwitchedOff, store: MemoryStore
+) -> None:
+    assert {bead: store.snapshot()[bead] for bead in switched_off.rest} == switched_off.rest
 
 
 # -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------
@@ -307,14 +433,23 @@ def test_the_switch_is_read_before_every_post(
 DOWN = Reply(status=502, json={"error": "agent service unreachable"})
 
 
-def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
-    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+@dataclass(frozen=True)
+class Outage:
     """Every POST answers 502 for 10 minutes, then BeadBoard recovers; 150 s windows start
     every 3 minutes. Before, the third window blocked all six (attempt 3/3)."""
+
+    codes: list[int]  # of each window's run
+    beads: list[str]  # in line
+    answers: list[tuple[str, bool]]  # (bead, taken) per POST
+
+
+@pytest.fixture
+def outage(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> Outage:
     beads = [store.add(f"b{i}", priority=i) for i in range(6)]
     recovered = NOW + timedelta(minutes=10)
-    answers: list[tuple[str, bool]] = []  # (bead, taken)
+    answers: list[tuple[str, bool]] = []
 
     def dispatch(request: RecordedRequest) -> Reply:
         taken = clock() >= recovered
@@ -326,18 +461,41 @@ def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
     for minute in range(0, 18, 3):
         clock.advance((NOW + timedelta(minutes=minute) - clock.now).total_seconds())
         codes.append(harness.dispatch(dispatcher_window_seconds=150).code)
-    assert codes == [1, 1, 1, 1, 0, 0]
-    # One POST a poll while it was down (0, 30 and 90 s into each window; the fourth window's
-    # third poll, at 10m30s, found it up), all for the first bead in line; then each bead once.
-    assert [bead for bead, taken in answers if not taken] == [beads[0]] * 11
-    assert [bead for bead, taken in answers if taken] == beads
-    for bead in beads:
-        state = store.bead(bead)
-        assert (state.status, state.metadata) == ("in_progress", {})
-        assert not any(note.startswith("dispatch failed") for note in store.notes(bead))
-        [record] = store.comments(bead)
-        assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
-    down_notes = [n for n in store.notes(beads[0]) if n.startswith("not sent:")]
+    return Outage(codes, beads, answers)
+
+
+def test_an_outage_fails_the_runs_while_it_lasts(outage: Outage) -> None:
+    assert outage.codes == [1, 1, 1, 1, 0, 0]
+
+
+def test_an_outage_costs_one_post_a_poll_for_the_first_bead_in_line(outage: Outage) -> None:
+    # 0, 30 and 90 s into each window; the fourth window's third poll, at 10m30s, found it up.
+    assert [bead for bead, taken in outage.answers if not taken] == [outage.beads[0]] * 11
+
+
+def test_every_bead_is_posted_once_the_outage_ends(outage: Outage) -> None:
+    assert [bead for bead, taken in outage.answers if taken] == outage.beads
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_every_bead_is_dispatched_once_the_outage_ends(
+    outage: Outage, store: MemoryStore, which: int
+) -> None:
+    bead = outage.beads[which]
+    [record] = store.comments(bead)
+    assert record.startswith(f"dispatched: job=job-{bead} (beads-dispatcher, ")
+    assert store.bead(bead).status == "in_progress"
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_an_outage_costs_no_attempt(outage: Outage, store: MemoryStore, which: int) -> None:
+    bead = outage.beads[which]
+    assert store.bead(bead).metadata == {}
+    assert [note for note in store.notes(bead) if note.startswith("dispatch failed")] == []
+
+
+def test_each_post_in_an_outage_is_noted_on_the_bead(outage: Outage, store: MemoryStore) -> None:
+    down_notes = [n for n in store.notes(outage.beads[0]) if n.startswith("not sent:")]
     assert len(down_notes) == 11
     assert down_notes[0] == (
         "not sent: agent service unavailable (HTTP 502 agent service unreachable); back to "
@@ -345,39 +503,64 @@ def test_an_outage_costs_no_attempt_and_every_bead_goes_once_it_ends(
     )
 
 
-def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(
+@dataclass(frozen=True)
+class DownWindow:
+    run: JobRun
+    paused: list[tuple[int, bool]]  # (POSTs so far, lock free) in each pause
+
+
+@pytest.fixture
+def down_window(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
-) -> None:
+) -> DownWindow:
     for i in range(3):
         store.add(f"b{i}")
     beadboard.health.capacity = 10
     beadboard.set_handler(DISPATCH, lambda request: DOWN)
-    seen: list[tuple[int, bool]] = []  # (POSTs so far, lock free) in each pause
+    paused: list[tuple[int, bool]] = []
 
     def between_polls(wait: int) -> None:
-        seen.append((len(posted(beadboard)), harness.lock_is_free()))
+        paused.append((len(posted(beadboard)), harness.lock_is_free()))
 
     run = harness.dispatch(
         stop=FakeClockStop(clock, between_polls),
-        agent_health_url=f"{beadboard.url}/health",
+        agent_health_url=harness.health_url,
         **WINDOW,
     )
-    # One POST, then the pause: the lock was already free. Polls at 0 and 30 s; the next
-    # would be at 90 s, past the 60 s window.
-    assert seen == [(1, True)]
-    steps = [
-        e["event"]
-        for e in run.events
-        if e["event"] in ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
-    ]
-    assert steps[:4] == ["claim.done", "dispatch.service_down", "lock.released", "run.backing_off"]
-    down = run.event("dispatch.service_down")
+    return DownWindow(run, paused)
+
+
+def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(down_window: DownWindow) -> None:
+    # One POST, then the pause. Polls at 0 and 30 s; the next would be at 90 s, past the
+    # 60 s window.
+    assert down_window.paused == [(1, True)]
+
+
+def test_the_service_down_answer_releases_the_lock_before_backing_off(
+    down_window: DownWindow,
+) -> None:
+    kept = ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
+    assert [e["event"] for e in down_window.run.events if e["event"] in kept][:4] == list(kept)
+
+
+def test_the_service_down_answer_is_an_error_line_with_the_bead_open(
+    down_window: DownWindow,
+) -> None:
+    down = down_window.run.event("dispatch.service_down")
     assert (down["level"], down["reason"], down["bead_status"]) == (
         "error",
         "HTTP 502 agent service unreachable",
         "open",
     )
-    assert (run.code, run.summary["outcome"], run.summary["service_down"]) == (1, "service_down", 2)
+
+
+def test_a_window_the_service_was_down_in_exits_1(down_window: DownWindow) -> None:
+    summary = down_window.run.summary
+    assert (down_window.run.code, summary["outcome"], summary["service_down"]) == (
+        1,
+        "service_down",
+        2,
+    )
 
 
 def test_the_backoff_doubles_to_five_minutes_and_a_dispatch_starts_it_over(

@@ -2,7 +2,8 @@
 
 A memory store stands in for bd, a fake clock for time (waits between polls advance it, so a
 watch window of minutes takes milliseconds), a real flock file is the dispatch lock, and the
-real BeadBoard client talks HTTP to the loopback stub. The event log is read back as JSON.
+real BeadBoard client gets the stub's answers in process (httpx.MockTransport), or over a
+loopback socket when the test needs one (`over_sockets`). The event log is read back as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from jobs.log import EventLog
 from jobs.reap import Reaper
 from jobs.run import RunContext, StopSignal
 from jobs.settings import JobSettings
+from tests.support.in_process import stub_transport
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH, HEALTH
 
 # Whole seconds, as bd stamps: a note's time can be asserted exactly.
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -48,6 +51,11 @@ def plain_http() -> httpx.HTTPTransport:
 
 def events_named(run: JobRun, name: str) -> list[dict[str, Any]]:
     return [event for event in run.events if event["event"] == name]
+
+
+def posted(board: BeadBoardStub) -> list[str]:
+    """The bead ids POSTed to BeadBoard, in order."""
+    return [request.json["taskId"] for request in board.requests_to(DISPATCH)]
 
 
 class FakeClock:
@@ -108,6 +116,24 @@ class JobHarness:
     beads_dir: Path
     # HTTP timeout of the clients the harness builds; settings cannot go below 1 s.
     http_timeout: float = 2.0
+    sockets: bool = False  # talk to the stub over loopback instead of in process
+
+    @property
+    def health_url(self) -> str:
+        """The agent service's /health, as the stub serves it."""
+        return f"{self.board.url}{HEALTH}"
+
+    def over_sockets(self, http_timeout: float = 0.3) -> None:
+        """Real sockets and a short timeout: for replies that come late or never."""
+        self.sockets = True
+        self.http_timeout = http_timeout
+
+    def transport(self, url: str) -> httpx.BaseTransport:
+        """The stub in process for its own URLs; any other URL (a closed port) a real socket."""
+        own = url.rstrip("/") == self.board.url or url.startswith(f"{self.board.url}/")
+        if own and not self.sockets:
+            return stub_transport(self.board)
+        return plain_http()
 
     @property
     def lock_path(self) -> Path:
@@ -178,9 +204,14 @@ class JobHarness:
         )
         health = None
         if settings.agent_health_url:
-            health = AgentHealth(settings.agent_health_url, self.http_timeout, plain_http())
+            health = AgentHealth(
+                settings.agent_health_url,
+                self.http_timeout,
+                self.transport(settings.agent_health_url),
+            )
+        board_url = settings.beadboard_url
         try:
-            with BeadBoard(settings.beadboard_url, self.http_timeout, plain_http()) as board:
+            with BeadBoard(board_url, self.http_timeout, self.transport(board_url)) as board:
                 code = Dispatcher(context, board, load=health, switch=switch).run()
         finally:
             if health is not None:
