@@ -74,7 +74,7 @@ def bd_metadata_json(settings: BeadsAutoDispatchArgs) -> str:
     return json.dumps(bd_metadata(settings), indent=2, sort_keys=True) + "\n"
 
 
-def require_mutable_config_maps(component: pulumi.Resource) -> None:
+def require_mutable_config_maps(opts: pulumi.ResourceOptions | None) -> None:
     """Refuse to go on when the stack's default Kubernetes provider would replace a changed
     ConfigMap.
 
@@ -85,9 +85,14 @@ def require_mutable_config_maps(component: pulumi.Resource) -> None:
     which the kubelet then copies into every running pod's mount.
 
     A provider passed in `opts` (or inherited from a parent) keeps its settings to itself:
-    whoever creates it sets enable_config_map_mutable=True (README, Component).
+    whoever creates it sets enable_config_map_mutable=True (README, Component). Checked
+    before the component registers, so a refused run leaves nothing in the stack.
     """
-    if component.get_provider("kubernetes::ConfigMap") is not None:
+    if opts is not None and (
+        opts.provider is not None
+        or opts.providers
+        or (opts.parent is not None and opts.parent.get_provider("kubernetes::ConfigMap"))
+    ):
         return
     package, key = CONFIG_MAP_MUTABLE_KEY.split(":")
     value = pulumi.Config(package).get(key)
@@ -126,8 +131,8 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         *,
         bundle: Bundle | None = None,
     ) -> None:
+        require_mutable_config_maps(opts)
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        require_mutable_config_maps(self)
         self.args = args
         self.bundle = bundle if bundle is not None else build_bundle()
         self._create_config_maps(name)
