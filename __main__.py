@@ -1,29 +1,26 @@
-"""Pulumi program: stack config -> DeploySettings -> BeadsAutoDispatch -> exports."""
+"""Pulumi program: stack config -> BeadsAutoDispatchArgs -> BeadsAutoDispatch -> exports."""
 
 from __future__ import annotations
 
 import pulumi
 
 from components.auto_dispatch import BeadsAutoDispatch
-from components.config import CONFIG_KEYS, DeploySettings, settings_from
-from jobs.settings import ConfigError
+from components.config import CONFIG_KEYS, BeadsAutoDispatchArgs, settings_from
 
 
-def read_settings() -> DeploySettings:
+def read_args() -> BeadsAutoDispatchArgs:
+    """The component's args from this stack's config; a bad value stops the program with one
+    line naming its key (an ArgsError is a RunError: no traceback in `pulumi preview`)."""
     config = pulumi.Config()
-    raw = {key.name: value for key in CONFIG_KEYS if (value := config.get(key.name)) is not None}
-    try:
-        return settings_from(raw)
-    except ConfigError as exc:
-        # A RunError prints as one line in `pulumi preview`, without a Python traceback.
-        raise pulumi.RunError(str(exc)) from None
+    return settings_from(
+        {key.name: value for key in CONFIG_KEYS if (value := config.get(key.name)) is not None}
+    )
 
 
-settings = read_settings()
-dispatch = BeadsAutoDispatch("beads-autodispatch", settings)
+dispatch = BeadsAutoDispatch("beads-autodispatch", read_args())
 
-pulumi.export("dispatcherCronJob", dispatch.dispatcher.metadata.name)
-pulumi.export("reaperCronJob", dispatch.reaper.metadata.name)
-pulumi.export("dispatcherSchedule", settings.dispatcher_schedule)
-pulumi.export("reaperSchedule", settings.reaper_schedule)
-pulumi.export("suspended", not settings.dispatcher_enabled)
+pulumi.export("dispatcherCronJob", dispatch.dispatcher_cron_job_name)
+pulumi.export("reaperCronJob", dispatch.reaper_cron_job_name)
+pulumi.export("dispatcherSchedule", dispatch.dispatcher_schedule)
+pulumi.export("reaperSchedule", dispatch.reaper_schedule)
+pulumi.export("suspended", dispatch.suspended)

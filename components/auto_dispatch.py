@@ -1,10 +1,17 @@
-"""BeadsAutoDispatch: the dispatcher and reaper CronJobs and the ConfigMaps they run from."""
+"""BeadsAutoDispatch: the dispatcher and reaper CronJobs and the ConfigMaps they run from.
+
+    dispatch = BeadsAutoDispatch("beads-autodispatch", BeadsAutoDispatchArgs(namespace="x"))
+    pulumi.export("dispatcher", dispatch.dispatcher_cron_job_name)
+
+`opts` passes through: a Kubernetes provider given there is every child's provider, and
+`transforms` given there see each child.
+"""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
+import os
 
 import pulumi
 from pulumi_kubernetes.batch.v1 import (
@@ -17,8 +24,8 @@ from pulumi_kubernetes.core.v1 import ConfigMap, PodTemplateSpecArgs, ServiceAcc
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.networking.v1 import NetworkPolicy, NetworkPolicySpecArgs
 
-from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle
-from components.config import DeploySettings
+from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle, digest_of
+from components.config import ArgsError, BeadsAutoDispatchArgs
 from components.names import (
     APP_NAME,
     BD_CONFIG_NAME,
@@ -37,9 +44,14 @@ from components.pod import JobKind, pod_spec
 from components.scan import scan_exceptions
 
 COMPONENT_TYPE = "beads:autodispatch:BeadsAutoDispatch"
+# The provider setting that makes a ConfigMap change an update in place, and the env var the
+# provider falls back to when its config does not set it (pulumi-kubernetes 4.25,
+# provider/pkg/provider/provider.go).
+CONFIG_MAP_MUTABLE_KEY = "kubernetes:enableConfigMapMutable"
+CONFIG_MAP_MUTABLE_ENV = "PULUMI_K8S_ENABLE_CONFIGMAP_MUTABLE"
 
 
-def bd_metadata(settings: DeploySettings) -> dict[str, object]:
+def bd_metadata(settings: BeadsAutoDispatchArgs) -> dict[str, object]:
     """bd's server-mode metadata.json (keys as bd 1.0.2 reads them)."""
     data: dict[str, object] = {
         "database": "dolt",
@@ -57,142 +69,179 @@ def bd_metadata(settings: DeploySettings) -> dict[str, object]:
     return data
 
 
-def bd_metadata_json(settings: DeploySettings) -> str:
+def bd_metadata_json(settings: BeadsAutoDispatchArgs) -> str:
     """The metadata.json file exactly as the ConfigMap carries it."""
     return json.dumps(bd_metadata(settings), indent=2, sort_keys=True) + "\n"
 
 
-def checksum(*parts: str | bytes) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(part.encode() if isinstance(part, str) else part)
-        hasher.update(b"\0")
-    return hasher.hexdigest()
+def require_mutable_config_maps(opts: pulumi.ResourceOptions | None) -> None:
+    """Refuse to go on when the stack's default Kubernetes provider would replace a changed
+    ConfigMap.
+
+    Without enableConfigMapMutable the provider replaces a ConfigMap whose data changed:
+    delete, then create under the same name (pulumi/pulumi-kubernetes#1567). A pod starting
+    in between finds no ConfigMap, and the runtime one, which a running window re-reads the
+    kill switch from, is gone for a moment. With it, the same change is an update in place,
+    which the kubelet then copies into every running pod's mount.
+
+    A provider passed in `opts` (or inherited from a parent) keeps its settings to itself:
+    whoever creates it sets enable_config_map_mutable=True (README, Component). Checked
+    before the component registers, so a refused run leaves nothing in the stack.
+    """
+    if opts is not None and (
+        opts.provider is not None
+        or opts.providers
+        or (opts.parent is not None and opts.parent.get_provider("kubernetes::ConfigMap"))
+    ):
+        return
+    package, key = CONFIG_MAP_MUTABLE_KEY.split(":")
+    value = pulumi.Config(package).get(key)
+    if value is None:
+        value = os.environ.get(CONFIG_MAP_MUTABLE_ENV)
+    if value != "true":
+        raise ArgsError(
+            f"{CONFIG_MAP_MUTABLE_KEY} must be true (got {value or 'unset'}), or a changed "
+            "ConfigMap is deleted and created again and the kill switch can miss a running "
+            f"window: run `pulumi config set {CONFIG_MAP_MUTABLE_KEY} true`"
+        )
 
 
 class BeadsAutoDispatch(pulumi.ComponentResource):
-    """Everything the auto-dispatch needs in one namespace, derived from DeploySettings."""
+    """Everything the auto-dispatch needs in one namespace, derived from its args alone."""
+
+    namespace: pulumi.Output[str]
+    """The namespace every child is in."""
+    dispatcher_cron_job_name: pulumi.Output[str]
+    reaper_cron_job_name: pulumi.Output[str]
+    runtime_config_map_name: pulumi.Output[str]
+    """The ConfigMap holding the kill switch and the other runtime knobs."""
+    config_map_names: pulumi.Output[list[str]]
+    """Every ConfigMap: bd's metadata.json, the runtime knobs, the jobs' code, the libraries."""
+    service_account_name: pulumi.Output[str]
+    dispatcher_schedule: pulumi.Output[str]
+    reaper_schedule: pulumi.Output[str]
+    suspended: pulumi.Output[bool]
+    """True while the kill switch is off: both CronJobs are suspended."""
 
     def __init__(
         self,
         name: str,
-        settings: DeploySettings,
-        bundle: Bundle | None = None,
+        args: BeadsAutoDispatchArgs,
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        bundle: Bundle | None = None,
     ) -> None:
+        require_mutable_config_maps(opts)
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        self.settings = settings
+        self.args = args
         self.bundle = bundle if bundle is not None else build_bundle()
-        child = pulumi.ResourceOptions(parent=self)
-        ns = settings.namespace
+        self._create_config_maps(name)
+        self.service_account = self._service_account(name)
+        self.network_policy = self._network_policy(name) if args.network_policy_enabled else None
+        # Any change of code or config changes this, so every change shows in a diff.
+        self.checksum = digest_of(
+            self.bundle.digest(),
+            bd_metadata_json(args),
+            json.dumps(args.as_env(), sort_keys=True),
+        )
+        self.dispatcher = self._cronjob(name, self._dispatcher_kind())
+        self.reaper = self._cronjob(name, self._reaper_kind())
+        self._register_outputs()
 
-        metadata_json = bd_metadata_json(settings)
-        runtime = settings.as_env()
-        self.bd_config = ConfigMap(
-            f"{name}-bd-config",
-            metadata=self._meta(BD_CONFIG_NAME, ns),
-            data={"metadata.json": metadata_json},
-            opts=child,
+    def _create_config_maps(self, name: str) -> None:
+        self.bd_config = self._config_map(
+            f"{name}-bd-config", BD_CONFIG_NAME, data={"metadata.json": bd_metadata_json(self.args)}
         )
-        self.runtime_config = ConfigMap(
-            f"{name}-runtime",
-            metadata=self._meta(RUNTIME_CONFIG_NAME, ns),
-            data=runtime,
-            opts=child,
+        self.runtime_config = self._config_map(
+            f"{name}-runtime", RUNTIME_CONFIG_NAME, data=self.args.as_env()
         )
-        self.code = ConfigMap(
-            f"{name}-code",
-            metadata=self._meta(CODE_NAME, ns),
-            data=dict(sorted(self.bundle.sources.items())),
-            opts=child,
+        self.code = self._config_map(
+            f"{name}-code", CODE_NAME, data=dict(sorted(self.bundle.sources.items()))
         )
-        self.vendor = ConfigMap(
+        self.vendor = self._config_map(
             f"{name}-vendor",
-            metadata=self._meta(VENDOR_NAME, ns, self.bundle.vendored_versions),
+            VENDOR_NAME,
             binary_data={VENDOR_ZIP_NAME: base64.b64encode(self.bundle.vendor_zip).decode()},
-            opts=child,
+            annotations=self.bundle.vendored_versions,
         )
 
-        self.service_account = ServiceAccount(
+    def _config_map(
+        self,
+        resource_name: str,
+        k8s_name: str,
+        *,
+        data: dict[str, str] | None = None,
+        binary_data: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> ConfigMap:
+        return ConfigMap(
+            resource_name,
+            metadata=self._meta(k8s_name, annotations),
+            data=data,
+            binary_data=binary_data,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _service_account(self, name: str) -> ServiceAccount:
+        return ServiceAccount(
             f"{name}-service-account",
-            metadata=self._meta(SERVICE_ACCOUNT_NAME, ns),
+            metadata=self._meta(SERVICE_ACCOUNT_NAME),
             # No token anywhere: the jobs talk to bd and BeadBoard, never to the API server.
             automount_service_account_token=False,
-            opts=child,
-        )
-        self.network_policy = (
-            NetworkPolicy(
-                f"{name}-network-policy",
-                metadata=self._meta(NETWORK_POLICY_NAME, ns),
-                spec=NetworkPolicySpecArgs(
-                    pod_selector=LabelSelectorArgs(
-                        match_labels={"app.kubernetes.io/name": APP_NAME}
-                    ),
-                    # Both types listed and no ingress rule: nothing may connect to the pods.
-                    policy_types=["Ingress", "Egress"],
-                    egress=egress_rules(settings),
-                ),
-                opts=child,
-            )
-            if settings.network_policy_enabled
-            else None
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-        # Any change of code or config changes this, so every change shows in a diff.
-        self.checksum = checksum(
-            self.bundle.digest(), metadata_json, json.dumps(runtime, sort_keys=True)
-        )
-        kinds = (
-            JobKind(
-                DISPATCHER_NAME,
-                "dispatcher",
-                "dispatch",
-                settings.dispatcher_schedule,
-                settings.dispatcher_deadline_seconds,
+    def _network_policy(self, name: str) -> NetworkPolicy:
+        return NetworkPolicy(
+            f"{name}-network-policy",
+            metadata=self._meta(NETWORK_POLICY_NAME),
+            spec=NetworkPolicySpecArgs(
+                pod_selector=LabelSelectorArgs(match_labels={"app.kubernetes.io/name": APP_NAME}),
+                # Both types listed and no ingress rule: nothing may connect to the pods.
+                policy_types=["Ingress", "Egress"],
+                egress=egress_rules(self.args),
             ),
-            JobKind(
-                REAPER_NAME,
-                "reaper",
-                "reap",
-                settings.reaper_schedule,
-                settings.reaper_deadline_seconds,
-            ),
-        )
-        self.dispatcher, self.reaper = (self._cronjob(name, kind) for kind in kinds)
-
-        self.register_outputs(
-            {
-                "dispatcherName": self.dispatcher.metadata.name,
-                "reaperName": self.reaper.metadata.name,
-                "dispatcherSchedule": settings.dispatcher_schedule,
-                "reaperSchedule": settings.reaper_schedule,
-                "suspended": not settings.dispatcher_enabled,
-            }
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-    @staticmethod
-    def _meta(
-        name: str, namespace: str, annotations: dict[str, str] | None = None
-    ) -> ObjectMetaArgs:
+    def _dispatcher_kind(self) -> JobKind:
+        return JobKind(
+            DISPATCHER_NAME,
+            "dispatcher",
+            "dispatch",
+            self.args.dispatcher_schedule,
+            self.args.dispatcher_deadline_seconds,
+        )
+
+    def _reaper_kind(self) -> JobKind:
+        return JobKind(
+            REAPER_NAME,
+            "reaper",
+            "reap",
+            self.args.reaper_schedule,
+            self.args.reaper_deadline_seconds,
+        )
+
+    def _meta(self, name: str, annotations: dict[str, str] | None = None) -> ObjectMetaArgs:
         return ObjectMetaArgs(
-            name=name, namespace=namespace, labels=labels(), annotations=annotations
+            name=name, namespace=self.args.namespace, labels=labels(), annotations=annotations
         )
 
     def _cronjob(self, name: str, kind: JobKind) -> CronJob:
-        settings = self.settings
+        args = self.args
         pod_labels = labels(kind.component)
         return CronJob(
             f"{name}-{kind.component}",
             metadata=ObjectMetaArgs(
                 name=kind.name,
-                namespace=settings.namespace,
+                namespace=args.namespace,
                 labels=pod_labels,
-                annotations=scan_exceptions(settings),
+                annotations=scan_exceptions(args),
             ),
             spec=CronJobSpecArgs(
                 schedule=kind.schedule,
                 time_zone="Etc/UTC",
-                suspend=not settings.dispatcher_enabled,
+                suspend=not args.dispatcher_enabled,
                 concurrency_policy="Forbid",
                 starting_deadline_seconds=60,
                 successful_jobs_history_limit=1,
@@ -208,7 +257,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                                 labels=pod_labels,
                                 annotations={CHECKSUM_ANNOTATION: self.checksum},
                             ),
-                            spec=pod_spec(settings, kind, list(self.bundle.sources)),
+                            spec=pod_spec(args, kind, list(self.bundle.sources)),
                         ),
                     ),
                 ),
@@ -223,4 +272,29 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                     self.service_account,
                 ],
             ),
+        )
+
+    def _register_outputs(self) -> None:
+        config_maps = (self.bd_config, self.runtime_config, self.code, self.vendor)
+        self.namespace = pulumi.Output.from_input(self.args.namespace)
+        self.dispatcher_cron_job_name = self.dispatcher.metadata.name
+        self.reaper_cron_job_name = self.reaper.metadata.name
+        self.runtime_config_map_name = self.runtime_config.metadata.name
+        self.config_map_names = pulumi.Output.all(*(m.metadata.name for m in config_maps))
+        self.service_account_name = self.service_account.metadata.name
+        self.dispatcher_schedule = pulumi.Output.from_input(self.args.dispatcher_schedule)
+        self.reaper_schedule = pulumi.Output.from_input(self.args.reaper_schedule)
+        self.suspended = pulumi.Output.from_input(not self.args.dispatcher_enabled)
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "dispatcherCronJobName": self.dispatcher_cron_job_name,
+                "reaperCronJobName": self.reaper_cron_job_name,
+                "runtimeConfigMapName": self.runtime_config_map_name,
+                "configMapNames": self.config_map_names,
+                "serviceAccountName": self.service_account_name,
+                "dispatcherSchedule": self.dispatcher_schedule,
+                "reaperSchedule": self.reaper_schedule,
+                "suspended": self.suspended,
+            }
         )

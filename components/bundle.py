@@ -41,11 +41,19 @@ class Bundle:
     vendored_versions: dict[str, str]
 
     def digest(self) -> str:
-        hasher = hashlib.sha256()
-        for name in sorted(self.sources):
-            hasher.update(name.encode() + b"\0" + self.sources[name].encode() + b"\0")
-        hasher.update(self.vendor_zip)
-        return hasher.hexdigest()
+        """Changes with any job file's name or text, or with the vendored libraries."""
+        parts = [part for name in sorted(self.sources) for part in (name, self.sources[name])]
+        return digest_of(*parts, self.vendor_zip)
+
+
+def digest_of(*parts: str | bytes) -> str:
+    """sha256 of the parts, each followed by a NUL, so that moving a boundary between two
+    parts changes the result."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode() if isinstance(part, str) else part)
+        hasher.update(b"\0")
+    return hasher.hexdigest()
 
 
 def job_sources(jobs_dir: Path = JOBS_DIR) -> dict[str, str]:

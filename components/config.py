@@ -1,9 +1,14 @@
-"""Stack configuration -> one validated DeploySettings, before any resource exists.
+"""BeadsAutoDispatchArgs: the component's typed, documented arguments, validated at once.
 
-Each key is a field: the runtime knobs are the jobs' own fields (jobs/settings.py), the
-deploy-only keys are declared here. CONFIG_KEYS is derived from those fields; Pulumi.yaml
-and the README's table must equal it (tests/test_config.py). The program applies the
-defaults itself because Pulumi's unit-test mocks do not.
+Each argument is a field and each field is a stack config key: the runtime knobs are the
+jobs' own fields (jobs/settings.py), the deploy-only ones are declared here. CONFIG_KEYS is
+derived from those fields; Pulumi.yaml and the README's table must equal it
+(tests/test_config.py). The program applies the defaults itself because Pulumi's unit-test
+mocks do not.
+
+Built from keywords (`BeadsAutoDispatchArgs(namespace="agents")`, by field name or config
+key) or from stack config (`settings_from`), a bad value ends in one ArgsError line naming
+the config key, the cross-field timing check included.
 """
 
 from __future__ import annotations
@@ -11,9 +16,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, Field
+import pulumi
+from pydantic import (
+    AfterValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from components.cron import CronError, parse_schedule
@@ -21,9 +33,15 @@ from jobs.settings import (
     ConfigError,
     RuntimeSettings,
     config_key,
+    describe_validation_error,
     env_name,
-    validate_settings,
 )
+
+
+class ArgsError(ConfigError, pulumi.RunError):
+    """A bad argument, as one line naming its config key. A RunError too, so that
+    `pulumi preview` prints the line without a Python traceback."""
+
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -64,15 +82,18 @@ def _schedule(value: str) -> str:
 
 
 Namespace = Annotated[str, AfterValidator(_namespace)]
-Schedule = Annotated[str, AfterValidator(_schedule)]
+# The text of a schedule; components.cron.Schedule is what it parses into.
+CronExpression = Annotated[str, AfterValidator(_schedule)]
 OptionalName = Annotated[str, AfterValidator(_optional_name)]
 
 
-class DeploySettings(RuntimeSettings):
-    """The validated stack config: every resource is derived from this alone.
+class BeadsAutoDispatchArgs(RuntimeSettings):
+    """The arguments of BeadsAutoDispatch: every resource is derived from these alone.
 
-    The runtime knobs are inherited from RuntimeSettings (the same fields the jobs validate
-    with); these are the keys only the deployment reads.
+    Keyword-only (a pydantic model). Each field's description is its documentation; the
+    README's configuration table and Pulumi.yaml are generated from them. The runtime knobs
+    are inherited from RuntimeSettings (the same fields the jobs validate with); these are
+    the ones only the deployment reads.
     """
 
     namespace: Namespace = Field(
@@ -86,10 +107,10 @@ class DeploySettings(RuntimeSettings):
     image_pull_secret: OptionalName = Field(
         default="registry-credentials", description="Pull secret for the image; empty for none."
     )
-    dispatcher_schedule: Schedule = Field(
+    dispatcher_schedule: CronExpression = Field(
         default="*/2 * * * *", description="Cron schedule of the dispatcher (UTC)."
     )
-    reaper_schedule: Schedule = Field(
+    reaper_schedule: CronExpression = Field(
         default="*/10 * * * *", description="Cron schedule of the reaper (UTC)."
     )
     dolt_host: Annotated[str, AfterValidator(_pattern(_HOST, "a host name"))] = Field(
@@ -132,25 +153,38 @@ class DeploySettings(RuntimeSettings):
         "service (its URL's port, assumed equal to its pod's). See README, NetworkPolicy.",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            args = handler(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "extra_forbidden":
+                raise ArgsError(f"unknown argument {first['loc'][0]!r}") from None
+            raise ArgsError(describe_validation_error(exc, _LABELS)) from None
+        check_timing(args)
+        return args
+
     @property
     def dispatcher_interval_seconds(self) -> int:
         return parse_schedule(self.dispatcher_schedule).min_interval_minutes() * 60
 
 
-def check_timing(settings: DeploySettings) -> None:
+def check_timing(settings: BeadsAutoDispatchArgs) -> None:
     """A run must end before the next one is due, and its window must fit its deadline."""
     interval = settings.dispatcher_interval_seconds
     deadline = settings.dispatcher_deadline_seconds
     window = settings.dispatcher_window_seconds
     if deadline >= interval:
-        raise ConfigError(
+        raise ArgsError(
             f"config key 'dispatcherDeadlineSeconds': {deadline} s must be shorter than the "
             f"dispatcher schedule's interval ({interval} s), so a run ends before the next is due"
         )
     # The last poll starts at most one interval before the window ends and takes a few bd calls.
     needed = window + settings.poll_interval_seconds + 30 if window else 30
     if deadline < needed:
-        raise ConfigError(
+        raise ArgsError(
             f"config key 'dispatcherWindowSeconds': a {window} s window needs "
             f"dispatcherDeadlineSeconds of at least {needed} s (window + poll interval + 30), "
             f"got {deadline}"
@@ -189,22 +223,29 @@ def _config_key(field: str, info: FieldInfo) -> ConfigKey:
 
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = tuple(
-    _config_key(field, info) for field, info in DeploySettings.model_fields.items()
+    _config_key(field, info) for field, info in BeadsAutoDispatchArgs.model_fields.items()
 )
 _BY_KEY = {key.name: key for key in CONFIG_KEYS}
-_LABELS = {key.field: f"config key {key.name!r}:" for key in CONFIG_KEYS}
+# pydantic names a bad field by its alias (the config key) or by its field name.
+_LABELS = {
+    spelling: f"config key {key.name!r}:"
+    for key in CONFIG_KEYS
+    for spelling in (key.field, key.name)
+}
 
 
-def settings_from(values: Mapping[str, Any]) -> DeploySettings:
-    """Validate config values keyed by config key (text or typed; missing keys take defaults).
+def settings_from(values: Mapping[str, Any]) -> BeadsAutoDispatchArgs:
+    """The args from config values keyed by config key (text or typed; missing keys take
+    the defaults).
 
     Pulumi hands every value over as text; the fields' own types parse it, exactly as the
     jobs parse the same text from their env.
     """
     unknown = sorted(set(values) - set(_BY_KEY))
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}")
-    raw = {_BY_KEY[name].field: value for name, value in values.items()}
-    settings = validate_settings(DeploySettings, raw, _LABELS)
-    check_timing(settings)
-    return settings
+        raise ArgsError(f"unknown config key {unknown[0]!r}")
+    cleaned = {
+        _BY_KEY[name].field: value.strip() if isinstance(value, str) else value
+        for name, value in values.items()
+    }
+    return BeadsAutoDispatchArgs.model_validate(cleaned)

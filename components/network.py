@@ -13,7 +13,7 @@ from pulumi_kubernetes.networking.v1 import (
     NetworkPolicyPortArgs,
 )
 
-from components.config import DeploySettings
+from components.config import BeadsAutoDispatchArgs
 
 # BeadBoard's Service listens on 80 and forwards to the Next.js server on 3000. A
 # NetworkPolicy is enforced after the Service's address translation, on the packet as it
@@ -68,7 +68,7 @@ def url_port(url: str) -> int:
     return parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
-def egress_rules(settings: DeploySettings) -> list[NetworkPolicyEgressRuleArgs]:
+def egress_rules(settings: BeadsAutoDispatchArgs) -> list[NetworkPolicyEgressRuleArgs]:
     """DNS, Dolt, BeadBoard and (when its URL is set) the agent service; nothing else."""
     ns = settings.namespace
     rules = [

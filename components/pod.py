@@ -26,7 +26,7 @@ from pulumi_kubernetes.core.v1 import (
 )
 
 from components.bundle import VENDOR_ZIP_NAME
-from components.config import DeploySettings
+from components.config import BeadsAutoDispatchArgs
 from components.names import (
     BD_CONFIG_NAME,
     CODE_NAME,
@@ -59,7 +59,7 @@ class JobKind:
     deadline_seconds: int
 
 
-def pod_spec(settings: DeploySettings, kind: JobKind, code_files: list[str]) -> PodSpecArgs:
+def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[str]) -> PodSpecArgs:
     """The pod both CronJobs run: the reused agent image, restricted, code from ConfigMaps."""
     env = [
         EnvVarArgs(name="PYTHONPATH", value=PYTHONPATH),

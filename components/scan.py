@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.config import DeploySettings
+from components.config import BeadsAutoDispatchArgs
 
 
 def image_tag(image: str) -> str:
@@ -12,7 +12,7 @@ def image_tag(image: str) -> str:
     return last.rsplit(":", 1)[1] if ":" in last else ""
 
 
-def scan_exceptions(settings: DeploySettings) -> dict[str, str]:
+def scan_exceptions(settings: BeadsAutoDispatchArgs) -> dict[str, str]:
     """The checkov findings this design accepts, as annotations on each CronJob.
 
     checkov reads `checkov.io/skip<N>: <check>=<reason>`, so the reason travels with the

@@ -7,14 +7,22 @@ import io
 import json
 import re
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
+import pulumi
+import pulumi_kubernetes as kubernetes
 import pytest
 import yaml
 
-from components.auto_dispatch import bd_metadata_json
+from components.auto_dispatch import (
+    CONFIG_MAP_MUTABLE_ENV,
+    CONFIG_MAP_MUTABLE_KEY,
+    BeadsAutoDispatch,
+    bd_metadata_json,
+)
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME
-from components.config import settings_from
+from components.config import BeadsAutoDispatchArgs, settings_from
 from components.names import (
     BD_CONFIG_NAME,
     CHECKSUM_ANNOTATION,
@@ -25,7 +33,12 @@ from components.names import (
     SERVICE_ACCOUNT_NAME,
     VENDOR_NAME,
 )
-from devtools.manifests.mocks import Recorder, render_program
+from devtools.manifests.mocks import (
+    STACK_PROVIDER_CONFIG,
+    Recorder,
+    render_program,
+    render_with_config,
+)
 from devtools.paths import ROOT
 from jobs.settings import RuntimeSettings, env_name
 
@@ -200,7 +213,7 @@ def test_schedules_come_from_config() -> None:
 def test_bad_config_fails_with_one_line_naming_the_key(key: str, value: str, message: str) -> None:
     with pytest.raises(Exception, match=re.escape(message)) as caught:
         render_program({key: value})
-    assert type(caught.value).__name__ == "RunError"
+    assert isinstance(caught.value, pulumi.RunError)
     assert "\n" not in str(caught.value)
     assert f"'{key}'" in str(caught.value)
 
@@ -318,3 +331,150 @@ def test_outputs_name_schedule_and_suspension(enabled: str) -> None:
         "reaperSchedule": "*/10 * * * *",
         "suspended": enabled == "false",
     }
+
+
+# -- the component as a library: typed args, declared outputs, opts passed through ----------
+
+
+def render_component(
+    args: BeadsAutoDispatchArgs,
+    opts: Callable[[], pulumi.ResourceOptions | None] = lambda: None,
+    provider_config: dict[str, str] = STACK_PROVIDER_CONFIG,
+) -> tuple[Recorder, dict[str, Any]]:
+    """The component alone under mocks; also the values of its declared output attributes."""
+    values: dict[str, Any] = {}
+
+    def build() -> None:
+        component = BeadsAutoDispatch("platform", args, opts())
+        for attribute in OUTPUTS:
+            getattr(component, attribute).apply(lambda v, a=attribute: values.__setitem__(a, v))
+
+    return render_with_config(build, provider_config), values
+
+
+OUTPUTS = {
+    "namespace": "agents",
+    "dispatcher_cron_job_name": DISPATCHER_NAME,
+    "reaper_cron_job_name": REAPER_NAME,
+    "runtime_config_map_name": RUNTIME_CONFIG_NAME,
+    "config_map_names": [BD_CONFIG_NAME, RUNTIME_CONFIG_NAME, CODE_NAME, VENDOR_NAME],
+    "service_account_name": SERVICE_ACCOUNT_NAME,
+    "dispatcher_schedule": "*/5 * * * *",
+    "reaper_schedule": "*/10 * * * *",
+    "suspended": True,
+}
+ARGS = BeadsAutoDispatchArgs(
+    namespace="agents", dispatcher_schedule="*/5 * * * *", dispatcher_enabled=False
+)
+
+
+def test_args_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        BeadsAutoDispatchArgs("agents")  # type: ignore[call-arg, misc]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "key"),
+    [
+        ({"namespace": "Agents"}, "namespace"),
+        ({"dispatcherSchedule": "*/2 * * *"}, "dispatcherSchedule"),
+        ({"max_dispatch_attempts": 0}, "maxDispatchAttempts"),
+        ({"dispatcher_deadline_seconds": 130}, "dispatcherDeadlineSeconds"),
+        ({"dispatcher_window_seconds": 120}, "dispatcherWindowSeconds"),
+    ],
+)
+def test_bad_args_fail_with_one_line_naming_the_config_key(
+    arguments: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        BeadsAutoDispatchArgs(**arguments)
+    assert str(caught.value).startswith(f"config key {key!r}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_declared_outputs_resolve_and_are_registered() -> None:
+    declared = {
+        name for name, kind in BeadsAutoDispatch.__annotations__.items() if "Output[" in str(kind)
+    }
+    assert declared == set(OUTPUTS)
+    rendered, values = render_component(ARGS)
+    assert values == OUTPUTS
+    registered = rendered.registered_outputs["platform"]
+    assert registered == {
+        re.sub(r"_(.)", lambda m: m[1].upper(), name): value for name, value in OUTPUTS.items()
+    }
+
+
+def test_a_provider_in_opts_is_every_childs_provider() -> None:
+    def opts() -> pulumi.ResourceOptions:
+        explicit = kubernetes.Provider("explicit", enable_config_map_mutable=True)
+        return pulumi.ResourceOptions(provider=explicit)
+
+    # No stack-level flag: the explicit provider is the one that applies.
+    rendered, _ = render_component(ARGS, opts, provider_config={})
+    children = [r for r in rendered.resources if r.type.startswith("kubernetes:")]
+    assert len(children) == 7
+    for child in children:
+        assert child.provider.endswith("$pulumi:providers:kubernetes::explicit::explicit-id")
+
+
+def test_a_transform_in_opts_sees_and_can_change_each_child() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def label_everything(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult:
+        seen.append((args.type_, args.name))
+        props = dict(args.props)
+        if "metadata" in props:
+            metadata = cast(dict[str, Any], props["metadata"])
+            props["metadata"] = {**metadata, "labels": {"team": "platform"}}
+        return pulumi.ResourceTransformResult(props=props, opts=args.opts)
+
+    rendered, _ = render_component(
+        ARGS, lambda: pulumi.ResourceOptions(transforms=[label_everything])
+    )
+    assert sorted(seen) == sorted((r.type, r.name) for r in rendered.resources)
+    children = [r for r in rendered.resources if r.type.startswith("kubernetes:")]
+    assert len(children) == 7
+    assert all(r.inputs["metadata"]["labels"] == {"team": "platform"} for r in children)
+
+
+@pytest.mark.parametrize("flag", [None, "false"])
+def test_without_mutable_configmaps_the_program_refuses_in_one_line(
+    flag: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CONFIG_MAP_MUTABLE_ENV, raising=False)
+    provider_config = {} if flag is None else {CONFIG_MAP_MUTABLE_KEY: flag}
+    with pytest.raises(pulumi.RunError) as caught:
+        render_program(provider_config=provider_config)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"pulumi config set {CONFIG_MAP_MUTABLE_KEY} true" in message
+
+
+@pytest.mark.parametrize(
+    ("provider_config", "env"),
+    [(STACK_PROVIDER_CONFIG, None), ({}, "true")],
+)
+def test_with_mutable_configmaps_the_runtime_configmap_is_updated_in_place(
+    provider_config: dict[str, str], env: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider then updates a changed ConfigMap under its name, and the kubelet copies
+    it into the running pods' mounts: the kill switch reaches a running window."""
+    if env is None:
+        monkeypatch.delenv(CONFIG_MAP_MUTABLE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CONFIG_MAP_MUTABLE_ENV, env)
+    rendered = render_program({"dispatcherEnabled": "false"}, provider_config=provider_config)
+    runtime = rendered.configmap(RUNTIME_CONFIG_NAME)
+    assert runtime["data"]["DISPATCHER_ENABLED"] == "false"
+    # Neither immutable nor renamed with its content, so the same object is updated.
+    assert not any(r.inputs.get("immutable") for r in rendered.of_type(CONFIGMAP))
+    volumes = pod_spec(rendered.cronjob(DISPATCHER_NAME))["volumes"]
+    assert {
+        "name": "runtime",
+        "configMap": {"name": RUNTIME_CONFIG_NAME, "defaultMode": 0o444},
+    } in [
+        {**v, "configMap": {**v["configMap"], "defaultMode": int(v["configMap"]["defaultMode"])}}
+        for v in volumes
+        if "configMap" in v
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.config import CONFIG_KEYS, ConfigKey, settings_from
+from components.config import CONFIG_KEYS, BeadsAutoDispatchArgs, ConfigKey, settings_from
 from devtools.paths import ROOT
 from jobs.settings import ConfigError, JobSettings, RuntimeSettings, env_name, load_settings
 
@@ -115,6 +115,11 @@ def test_each_key_is_one_name_across_the_boundary() -> None:
         if key.env is not None:
             assert key.env == re.sub(r"(?<!^)(?=[A-Z])", "_", key.name).upper()
     assert "dispatcherEnabled" in {key.name for key in CONFIG_KEYS}
+
+
+def test_every_argument_is_documented() -> None:
+    for field, info in BeadsAutoDispatchArgs.model_fields.items():
+        assert info.description and info.description.endswith("."), field
 
 
 def test_the_kill_switch_says_it_pauses_both_jobs() -> None:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from components.config import CONFIG_KEYS, DeploySettings, settings_from
+from components.config import CONFIG_KEYS, BeadsAutoDispatchArgs, settings_from
 from jobs.beads import BdClient, BdError, BdRejected, QueryResult
 from jobs.protocol import Status
 from jobs.settings import ConfigError, JobSettings, RuntimeSettings, env_name, load_settings
@@ -420,7 +420,7 @@ def test_one_config_value_is_valid_or_one_line_naming_its_key(key: str, value: s
         expected = TIMING_KEYS if key in TIMING_KEYS else {key}
         assert named and named <= expected, message
     else:
-        assert isinstance(result, DeploySettings)
+        assert isinstance(result, BeadsAutoDispatchArgs)
 
 
 @PROPERTY
@@ -463,7 +463,7 @@ def valid_configs(draw: st.DrawFn) -> dict[str, str]:
 @given(valid_configs())
 def test_valid_config_strings_give_deploy_settings(config: dict[str, str]) -> None:
     result = settings_from(config)
-    assert isinstance(result, DeploySettings)
+    assert isinstance(result, BeadsAutoDispatchArgs)
     if "doltPort" in config:
         assert result.dolt_port == int(config["doltPort"])
     if "namespace" in config:

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from components.config import DeploySettings
+from components.config import BeadsAutoDispatchArgs
 from devtools.bench import first_read
 
 UTILISATION_TARGET = 0.95
@@ -76,7 +76,7 @@ def end_to_end(
     return samples
 
 
-def latency(latencies: list[float], low_churn: DeploySettings, tick: float) -> str:
+def latency(latencies: list[float], low_churn: BeadsAutoDispatchArgs, tick: float) -> str:
     poll = float(low_churn.poll_interval_seconds)
     period = float(low_churn.dispatcher_interval_seconds)
     window = float(low_churn.dispatcher_window_seconds)

@@ -16,8 +16,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pulumi.automation import OpType
+from pulumi.automation import CommandError, OpType
 
+from components.auto_dispatch import CONFIG_MAP_MUTABLE_KEY
 from components.names import DISPATCHER_NAME, REAPER_NAME, RUNTIME_CONFIG_NAME
 from devtools.localdeploy.stack import (
     PROJECT,
@@ -306,3 +307,25 @@ def test_kill_switch_suspends_both_cronjobs_and_the_jobs_do_nothing(
         assert resumed.cronjob(name)["spec"]["suspend"] is False
     assert resumed.configmaps()[RUNTIME_CONFIG_NAME]["data"]["DISPATCHER_ENABLED"] == "true"
     assert local_stack.outputs()["suspended"] is False
+
+
+def test_a_runtime_change_updates_the_configmap_in_place_and_without_the_flag_is_refused(
+    local_stack: LocalStack,
+) -> None:
+    """With kubernetes:enableConfigMapMutable (every stack file sets it) the provider updates
+    the runtime ConfigMap under its name, which running pods see; without it the program
+    stops at preview instead of letting the provider delete and re-create it."""
+    local_stack.set_config("maxDispatchAttempts", "4")
+    try:
+        ops = preview_ops(local_stack)
+        # The runtime ConfigMap, and both CronJobs for their pod-template checksum.
+        assert ops.get(OpType.REPLACE, 0) == 0, ops
+        assert ops[OpType.UPDATE] == 3, ops
+        local_stack.set_config(CONFIG_MAP_MUTABLE_KEY, "false")
+        with pytest.raises(CommandError) as refused:
+            local_stack.preview()
+        assert f"run `pulumi config set {CONFIG_MAP_MUTABLE_KEY} true`" in str(refused.value)
+    finally:
+        local_stack.set_config(CONFIG_MAP_MUTABLE_KEY, "true")
+        local_stack.stack.remove_config(f"{PROJECT}:maxDispatchAttempts")
+    assert set(preview_ops(local_stack)) == {OpType.SAME}
