@@ -19,19 +19,7 @@ from pulumi_kubernetes.networking.v1 import NetworkPolicy, NetworkPolicySpecArgs
 
 from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle
 from components.config import DeploySettings
-from components.names import (
-    APP_NAME,
-    BD_CONFIG_NAME,
-    CHECKSUM_ANNOTATION,
-    CODE_NAME,
-    DISPATCHER_NAME,
-    NETWORK_POLICY_NAME,
-    REAPER_NAME,
-    RUNTIME_CONFIG_NAME,
-    SERVICE_ACCOUNT_NAME,
-    VENDOR_NAME,
-    labels,
-)
+from components.names import CHECKSUM_ANNOTATION, ObjectNames, labels, selector
 from components.network import egress_rules
 from components.pod import JobKind, pod_spec
 from components.scan import scan_exceptions
@@ -85,37 +73,38 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         self.bundle = bundle if bundle is not None else build_bundle()
         child = pulumi.ResourceOptions(parent=self)
         ns = settings.namespace
+        names = ObjectNames(settings.instance)
 
         metadata_json = bd_metadata_json(settings)
         runtime = settings.as_env()
         self.bd_config = ConfigMap(
             f"{name}-bd-config",
-            metadata=self._meta(BD_CONFIG_NAME, ns),
+            metadata=self._meta(names.bd_config, ns),
             data={"metadata.json": metadata_json},
             opts=child,
         )
         self.runtime_config = ConfigMap(
             f"{name}-runtime",
-            metadata=self._meta(RUNTIME_CONFIG_NAME, ns),
+            metadata=self._meta(names.runtime_config, ns),
             data=runtime,
             opts=child,
         )
         self.code = ConfigMap(
             f"{name}-code",
-            metadata=self._meta(CODE_NAME, ns),
+            metadata=self._meta(names.code, ns),
             data=dict(sorted(self.bundle.sources.items())),
             opts=child,
         )
         self.vendor = ConfigMap(
             f"{name}-vendor",
-            metadata=self._meta(VENDOR_NAME, ns, self.bundle.vendored_versions),
+            metadata=self._meta(names.vendor, ns, self.bundle.vendored_versions),
             binary_data={VENDOR_ZIP_NAME: base64.b64encode(self.bundle.vendor_zip).decode()},
             opts=child,
         )
 
         self.service_account = ServiceAccount(
             f"{name}-service-account",
-            metadata=self._meta(SERVICE_ACCOUNT_NAME, ns),
+            metadata=self._meta(names.service_account, ns),
             # No token anywhere: the jobs talk to bd and BeadBoard, never to the API server.
             automount_service_account_token=False,
             opts=child,
@@ -123,11 +112,10 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         self.network_policy = (
             NetworkPolicy(
                 f"{name}-network-policy",
-                metadata=self._meta(NETWORK_POLICY_NAME, ns),
+                metadata=self._meta(names.network_policy, ns),
                 spec=NetworkPolicySpecArgs(
-                    pod_selector=LabelSelectorArgs(
-                        match_labels={"app.kubernetes.io/name": APP_NAME}
-                    ),
+                    # This instance's pods only: another instance has its own policy.
+                    pod_selector=LabelSelectorArgs(match_labels=selector(settings.instance)),
                     # Both types listed and no ingress rule: nothing may connect to the pods.
                     policy_types=["Ingress", "Egress"],
                     egress=egress_rules(settings),
@@ -144,14 +132,14 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         )
         kinds = (
             JobKind(
-                DISPATCHER_NAME,
+                names.dispatcher,
                 "dispatcher",
                 "dispatch",
                 settings.dispatcher_schedule,
                 settings.dispatcher_deadline_seconds,
             ),
             JobKind(
-                REAPER_NAME,
+                names.reaper,
                 "reaper",
                 "reap",
                 settings.reaper_schedule,
@@ -170,17 +158,23 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
             }
         )
 
-    @staticmethod
     def _meta(
-        name: str, namespace: str, annotations: dict[str, str] | None = None
+        self, name: str, namespace: str, annotations: dict[str, str] | None = None
     ) -> ObjectMetaArgs:
         return ObjectMetaArgs(
-            name=name, namespace=namespace, labels=labels(), annotations=annotations
+            name=name,
+            namespace=namespace,
+            labels=labels(instance=self.settings.instance),
+            annotations=annotations,
         )
 
     def _cronjob(self, name: str, kind: JobKind) -> CronJob:
         settings = self.settings
-        pod_labels = labels(kind.component)
+        # The version (the jobs bundle's digest) only on what runs the code: a code change
+        # then updates the code ConfigMap and the CronJobs, not every object.
+        pod_labels = labels(
+            kind.component, instance=settings.instance, version=self.bundle.digest()
+        )
         return CronJob(
             f"{name}-{kind.component}",
             metadata=ObjectMetaArgs(
@@ -195,14 +189,15 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                 suspend=not settings.dispatcher_enabled,
                 concurrency_policy="Forbid",
                 starting_deadline_seconds=60,
-                successful_jobs_history_limit=1,
-                failed_jobs_history_limit=3,
+                # The limits alone decide which finished runs stay (no TTL undercuts them):
+                # a failed run's Job and pod log wait for whoever looks into it.
+                successful_jobs_history_limit=settings.successful_jobs_history_limit,
+                failed_jobs_history_limit=settings.failed_jobs_history_limit,
                 job_template=JobTemplateSpecArgs(
                     metadata=ObjectMetaArgs(labels=pod_labels),
                     spec=JobSpecArgs(
                         backoff_limit=0,
                         active_deadline_seconds=kind.deadline_seconds,
-                        ttl_seconds_after_finished=600,
                         template=PodTemplateSpecArgs(
                             metadata=ObjectMetaArgs(
                                 labels=pod_labels,

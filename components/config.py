@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field
 from pydantic.fields import FieldInfo
 
 from components.cron import CronError, parse_schedule
+from components.names import DEFAULT_INSTANCE, instance_name
 from jobs.settings import (
     ConfigError,
     RuntimeSettings,
@@ -130,6 +131,27 @@ class DeploySettings(RuntimeSettings):
         "(any pod in kube-system, UDP/TCP 53), Dolt (doltPort), BeadBoard (pod port 3000: a "
         "policy sees the pod behind the Service's port 80) and, with agentHealthUrl, the agent "
         "service (its URL's port, assumed equal to its pod's). See README, NetworkPolicy.",
+    )
+    instance: Annotated[str, AfterValidator(instance_name)] = Field(
+        default=DEFAULT_INSTANCE,
+        description="Instance name: every object is named after it (<instance>-dispatcher, "
+        "<instance>-autodispatch-runtime, ...), so instances with their own assignee share a "
+        "namespace. The default keeps the production names. See docs/runbook.md, Several "
+        "instances.",
+    )
+    successful_jobs_history_limit: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Succeeded Jobs (and their pods' logs) each CronJob keeps; older ones are "
+        "deleted.",
+    )
+    failed_jobs_history_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Failed Jobs each CronJob keeps for `kubectl logs job/...`, however old; "
+        "no TTL removes them earlier.",
     )
 
     @property

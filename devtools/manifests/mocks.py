@@ -57,12 +57,12 @@ class Recorder(pulumi.runtime.Mocks):
         raise KeyError(k8s_name)
 
 
-def render(build: Callable[[], object]) -> Recorder:
+def render(build: Callable[[], object], project: str = PROJECT) -> Recorder:
     """Run `build` as a Pulumi program under mocks; return every resource it registered."""
     recorder = Recorder()
     pulumi.runtime.set_mocks(
         recorder,
-        project=PROJECT,
+        project=project,
         stack="test",
         preview=False,
     )
