@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from jobs import notes
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead
 from jobs.lock import LockError, ensure_held
-from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status
+from jobs.protocol import CLAIMED_FOR_KEY, STAGE_KEY, Outcome, ReapAction, Stage, Status
 from jobs.rowsize import ROW_LIMIT
 from jobs.run import Job, RunContext, Tally, finish, log_fault
 
@@ -109,17 +109,23 @@ class Reaper(Job):
         return self.lock.try_acquire(self.lock_wait_seconds)
 
     def _worth_a_look(self, bead: Bead, now: datetime) -> bool:
-        claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED
+        claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED and self._claim_is_ours(bead)
         return claimed or now - bead.updated_at > self.threshold
 
     def _action(self, bead: Bead, now: datetime) -> ReapAction | None:
         if bead.status != Status.IN_PROGRESS or bead.assignee != self.settings.agent_assignee:
             return None
-        if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED:
+        if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED and self._claim_is_ours(bead):
             return ReapAction.REQUEUE
         if now - bead.last_activity > self.threshold:
             return ReapAction.BLOCK
         return None
+
+    def _claim_is_ours(self, bead: Bead) -> bool:
+        """Claimed by a dispatcher of this assignee, so under the lock this run holds. A
+        claim without the mark predates instances, when one lock covered the database."""
+        own = self.settings.agent_assignee
+        return bead.metadata.get(CLAIMED_FOR_KEY, own) == own
 
     def _reap_one(self, bead_id: str, *, dry_run: bool = False) -> None:
         """Re-read one bead and act on it; a dry run decides the same way and writes nothing."""
@@ -154,7 +160,7 @@ class Reaper(Job):
                     current.id,
                     status=Status.OPEN,
                     note=notes.requeued_unsent(current.updated_at, now),
-                    unset_metadata=[STAGE_KEY],
+                    unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY],
                 )
             else:
                 self._block(current, now)
@@ -198,7 +204,7 @@ class Reaper(Job):
             bead.id,
             status=Status.BLOCKED,
             note=note,
-            unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
+            unset_metadata=[k for k in (STAGE_KEY, CLAIMED_FOR_KEY) if k in bead.metadata],
         )
 
     def _too_large(self, bead: Bead, action: ReapAction, detail: str) -> None:

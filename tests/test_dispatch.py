@@ -23,7 +23,7 @@ from devtools.pods.process import base_env, start_jobs
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
+from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY
 from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
@@ -80,7 +80,7 @@ def test_dispatches_the_eligible_bead_notes_the_claim_and_comments_the_dispatch(
         "claim": True,
         "status": "in_progress",
         "note": f"beads-dispatcher claimed at {STAMP}",
-        "set_metadata": {STAGE_KEY: "claimed"},
+        "set_metadata": {STAGE_KEY: "claimed", CLAIMED_FOR_KEY: "agent"},
         "actor": "agent",
     }
     assert store.log[-1].args == {"unset_metadata": [STAGE_KEY]}  # metadata only: notes untouched
