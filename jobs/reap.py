@@ -125,7 +125,7 @@ class Reaper(Job):
         """Claimed by a dispatcher of this assignee, so under the lock this run holds. A
         claim without the mark predates instances, when one lock covered the database."""
         own = self.settings.agent_assignee
-        return bead.metadata.get(CLAIMED_FOR_KEY, own) == own
+        return bool(bead.metadata.get(CLAIMED_FOR_KEY, own) == own)
 
     def _reap_one(self, bead_id: str, *, dry_run: bool = False) -> None:
         """Re-read one bead and act on it; a dry run decides the same way and writes nothing."""
