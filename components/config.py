@@ -134,10 +134,10 @@ class DeploySettings(RuntimeSettings):
     )
     instance: Annotated[str, AfterValidator(instance_name)] = Field(
         default=DEFAULT_INSTANCE,
-        description="Instance name: every object is named after it (<instance>-dispatcher, "
-        "<instance>-autodispatch-runtime, ...), so instances with their own assignee share a "
-        "namespace. The default keeps the production names. See docs/runbook.md, Several "
-        "instances.",
+        description="Instance name: every object is named after it (reviewer: "
+        "reviewer-dispatcher, reviewer-autodispatch-runtime, ...), so instances with their own "
+        "assignee share a namespace. The default keeps the production names. See "
+        "docs/runbook.md, Several instances.",
     )
     successful_jobs_history_limit: int = Field(
         default=1,
