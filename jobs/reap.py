@@ -1,8 +1,10 @@
 """One reaper run: agent beads stuck in_progress are blocked, abandoned claims requeued.
 
-Nothing changes without the dispatch lock. Holding it, the reaper knows no live dispatcher
-is between claiming a bead and sending it, so a bead still at stage `claimed` belongs to a
-dispatcher that is gone: it goes back to the queue at once, whatever the clocks say.
+Nothing changes without the dispatch lock of its assignee. Holding it, the reaper knows no
+live dispatcher of that assignee is between claiming a bead and sending it, so a bead still
+at stage `claimed` by one of them belongs to a dispatcher that is gone: it goes back to the
+queue at once, whatever the clocks say. A claim made for another assignee (the bead was
+re-assigned mid-hand-off) is outside its lock: never requeued, blocked after the threshold.
 """
 
 from __future__ import annotations
