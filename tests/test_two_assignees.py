@@ -126,3 +126,13 @@ def test_the_reaper_never_touches_another_assignees_beads(
     run = harness.reap(agent_assignee="reviewer", lock=reviewer_lock(harness))
     assert run.summary["in_progress"] == 0
     assert [store.bead(b).status for b in (stale, unsent)] == ["in_progress", "in_progress"]
+
+
+def test_a_claim_outside_its_lock_is_blocked_after_the_threshold_never_requeued(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    bead = claimed(store, "reviewer", **{CLAIMED_FOR_KEY: "agent"})
+    store.edit(bead, updated_at=NOW - timedelta(hours=2))
+    run = harness.reap(agent_assignee="reviewer", lock=reviewer_lock(harness))
+    assert (run.summary["blocked"], run.summary["requeued"]) == ([bead], [])
+    assert store.bead(bead).metadata == {}
