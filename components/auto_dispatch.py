@@ -26,19 +26,7 @@ from pulumi_kubernetes.networking.v1 import NetworkPolicy, NetworkPolicySpecArgs
 
 from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle, digest_of
 from components.config import ArgsError, BeadsAutoDispatchArgs
-from components.names import (
-    APP_NAME,
-    BD_CONFIG_NAME,
-    CHECKSUM_ANNOTATION,
-    CODE_NAME,
-    DISPATCHER_NAME,
-    NETWORK_POLICY_NAME,
-    REAPER_NAME,
-    RUNTIME_CONFIG_NAME,
-    SERVICE_ACCOUNT_NAME,
-    VENDOR_NAME,
-    labels,
-)
+from components.names import CHECKSUM_ANNOTATION, ObjectNames, labels, selector
 from components.network import egress_rules
 from components.pod import JobKind, pod_spec
 from components.scan import scan_exceptions
@@ -135,6 +123,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
         super().__init__(COMPONENT_TYPE, name, None, opts)
         self.args = args
         self.bundle = bundle if bundle is not None else build_bundle()
+        self.names = ObjectNames(args.instance)
         self._create_config_maps(name)
         self.service_account = self._service_account(name)
         self.network_policy = self._network_policy(name) if args.network_policy_enabled else None
@@ -150,17 +139,19 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
 
     def _create_config_maps(self, name: str) -> None:
         self.bd_config = self._config_map(
-            f"{name}-bd-config", BD_CONFIG_NAME, data={"metadata.json": bd_metadata_json(self.args)}
+            f"{name}-bd-config",
+            self.names.bd_config,
+            data={"metadata.json": bd_metadata_json(self.args)},
         )
         self.runtime_config = self._config_map(
-            f"{name}-runtime", RUNTIME_CONFIG_NAME, data=self.args.as_env()
+            f"{name}-runtime", self.names.runtime_config, data=self.args.as_env()
         )
         self.code = self._config_map(
-            f"{name}-code", CODE_NAME, data=dict(sorted(self.bundle.sources.items()))
+            f"{name}-code", self.names.code, data=dict(sorted(self.bundle.sources.items()))
         )
         self.vendor = self._config_map(
             f"{name}-vendor",
-            VENDOR_NAME,
+            self.names.vendor,
             binary_data={VENDOR_ZIP_NAME: base64.b64encode(self.bundle.vendor_zip).decode()},
             annotations=self.bundle.vendored_versions,
         )
@@ -185,7 +176,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
     def _service_account(self, name: str) -> ServiceAccount:
         return ServiceAccount(
             f"{name}-service-account",
-            metadata=self._meta(SERVICE_ACCOUNT_NAME),
+            metadata=self._meta(self.names.service_account),
             # No token anywhere: the jobs talk to bd and BeadBoard, never to the API server.
             automount_service_account_token=False,
             opts=pulumi.ResourceOptions(parent=self),
@@ -194,9 +185,10 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
     def _network_policy(self, name: str) -> NetworkPolicy:
         return NetworkPolicy(
             f"{name}-network-policy",
-            metadata=self._meta(NETWORK_POLICY_NAME),
+            metadata=self._meta(self.names.network_policy),
             spec=NetworkPolicySpecArgs(
-                pod_selector=LabelSelectorArgs(match_labels={"app.kubernetes.io/name": APP_NAME}),
+                # This instance's pods only: another instance has its own policy.
+                pod_selector=LabelSelectorArgs(match_labels=selector(self.args.instance)),
                 # Both types listed and no ingress rule: nothing may connect to the pods.
                 policy_types=["Ingress", "Egress"],
                 egress=egress_rules(self.args),
@@ -206,7 +198,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
 
     def _dispatcher_kind(self) -> JobKind:
         return JobKind(
-            DISPATCHER_NAME,
+            self.names.dispatcher,
             "dispatcher",
             "dispatch",
             self.args.dispatcher_schedule,
@@ -215,7 +207,7 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
 
     def _reaper_kind(self) -> JobKind:
         return JobKind(
-            REAPER_NAME,
+            self.names.reaper,
             "reaper",
             "reap",
             self.args.reaper_schedule,
@@ -224,12 +216,17 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
 
     def _meta(self, name: str, annotations: dict[str, str] | None = None) -> ObjectMetaArgs:
         return ObjectMetaArgs(
-            name=name, namespace=self.args.namespace, labels=labels(), annotations=annotations
+            name=name,
+            namespace=self.args.namespace,
+            labels=labels(instance=self.args.instance),
+            annotations=annotations,
         )
 
     def _cronjob(self, name: str, kind: JobKind) -> CronJob:
         args = self.args
-        pod_labels = labels(kind.component)
+        # The version (the jobs bundle's digest) only on what runs the code: a code change
+        # then updates the code ConfigMap and the CronJobs, not every object.
+        pod_labels = labels(kind.component, instance=args.instance, version=self.bundle.digest())
         return CronJob(
             f"{name}-{kind.component}",
             metadata=ObjectMetaArgs(
@@ -244,14 +241,15 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                 suspend=not args.dispatcher_enabled,
                 concurrency_policy="Forbid",
                 starting_deadline_seconds=60,
-                successful_jobs_history_limit=1,
-                failed_jobs_history_limit=3,
+                # The limits alone decide which finished runs stay (no TTL undercuts them):
+                # a failed run's Job and pod log wait for whoever looks into it.
+                successful_jobs_history_limit=args.successful_jobs_history_limit,
+                failed_jobs_history_limit=args.failed_jobs_history_limit,
                 job_template=JobTemplateSpecArgs(
                     metadata=ObjectMetaArgs(labels=pod_labels),
                     spec=JobSpecArgs(
                         backoff_limit=0,
                         active_deadline_seconds=kind.deadline_seconds,
-                        ttl_seconds_after_finished=600,
                         template=PodTemplateSpecArgs(
                             metadata=ObjectMetaArgs(
                                 labels=pod_labels,

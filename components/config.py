@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from components.cron import CronError, parse_schedule
+from components.names import DEFAULT_INSTANCE, instance_name
 from jobs.settings import (
     ConfigError,
     RuntimeSettings,
@@ -151,6 +152,27 @@ class BeadsAutoDispatchArgs(RuntimeSettings):
         "(any pod in kube-system, UDP/TCP 53), Dolt (doltPort), BeadBoard (pod port 3000: a "
         "policy sees the pod behind the Service's port 80) and, with agentHealthUrl, the agent "
         "service (its URL's port, assumed equal to its pod's). See README, NetworkPolicy.",
+    )
+    instance: Annotated[str, AfterValidator(instance_name)] = Field(
+        default=DEFAULT_INSTANCE,
+        description="Instance name: every object is named after it (reviewer: "
+        "reviewer-dispatcher, reviewer-autodispatch-runtime, ...), so instances with their own "
+        "assignee share a namespace. The default keeps the production names. See "
+        "docs/runbook.md, Several instances.",
+    )
+    successful_jobs_history_limit: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Succeeded Jobs (and their pods' logs) each CronJob keeps; older ones are "
+        "deleted.",
+    )
+    failed_jobs_history_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Failed Jobs each CronJob keeps for `kubectl logs job/...`, however old; "
+        "no TTL removes them earlier.",
     )
 
     @model_validator(mode="wrap")

@@ -27,13 +27,7 @@ from pulumi_kubernetes.core.v1 import (
 
 from components.bundle import VENDOR_ZIP_NAME
 from components.config import BeadsAutoDispatchArgs
-from components.names import (
-    BD_CONFIG_NAME,
-    CODE_NAME,
-    RUNTIME_CONFIG_NAME,
-    SERVICE_ACCOUNT_NAME,
-    VENDOR_NAME,
-)
+from components.names import ObjectNames
 from jobs.lock import PASSWORD_ENV
 from jobs.settings import POD_BEADS_DB, env_name
 
@@ -61,6 +55,7 @@ class JobKind:
 
 def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[str]) -> PodSpecArgs:
     """The pod both CronJobs run: the reused agent image, restricted, code from ConfigMaps."""
+    names = ObjectNames(settings.instance)
     env = [
         EnvVarArgs(name="PYTHONPATH", value=PYTHONPATH),
         EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1"),
@@ -94,7 +89,7 @@ def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[st
         termination_grace_period_seconds=(
             settings.http_timeout_seconds + 2 * settings.bd_timeout_seconds + 10
         ),
-        service_account_name=SERVICE_ACCOUNT_NAME,
+        service_account_name=names.service_account,
         automount_service_account_token=False,
         enable_service_links=False,
         image_pull_secrets=(
@@ -122,7 +117,7 @@ def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[st
                 env=env,
                 env_from=[
                     EnvFromSourceArgs(
-                        config_map_ref=ConfigMapEnvSourceArgs(name=RUNTIME_CONFIG_NAME)
+                        config_map_ref=ConfigMapEnvSourceArgs(name=names.runtime_config)
                     )
                 ],
                 # No CPU limit on purpose (checkov CKV_K8S_11 excepted).
@@ -148,20 +143,20 @@ def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[st
             VolumeArgs(
                 name="code",
                 config_map=ConfigMapVolumeSourceArgs(
-                    name=CODE_NAME, items=code_items, default_mode=0o444
+                    name=names.code, items=code_items, default_mode=0o444
                 ),
             ),
             VolumeArgs(
                 name="vendor",
-                config_map=ConfigMapVolumeSourceArgs(name=VENDOR_NAME, default_mode=0o444),
+                config_map=ConfigMapVolumeSourceArgs(name=names.vendor, default_mode=0o444),
             ),
             VolumeArgs(
                 name="bd-config",
-                config_map=ConfigMapVolumeSourceArgs(name=BD_CONFIG_NAME, default_mode=0o444),
+                config_map=ConfigMapVolumeSourceArgs(name=names.bd_config, default_mode=0o444),
             ),
             VolumeArgs(
                 name="runtime",
-                config_map=ConfigMapVolumeSourceArgs(name=RUNTIME_CONFIG_NAME, default_mode=0o444),
+                config_map=ConfigMapVolumeSourceArgs(name=names.runtime_config, default_mode=0o444),
             ),
             VolumeArgs(
                 name="scratch",

@@ -149,7 +149,14 @@ def main(
         actor=settings.agent_assignee,
         timeout_seconds=settings.bd_timeout_seconds,
     )
-    context = RunContext(settings, store, lock_on(database, env), clock, log, dry_run=args.dry_run)
+    context = RunContext(
+        settings,
+        store,
+        lock_on(database, env, settings.agent_assignee),
+        clock,
+        log,
+        dry_run=args.dry_run,
+    )
     if explaining:
         return run_explain(context, args.bead, stream or sys.stdout)
     # Node drain or activeDeadlineSeconds: finish (or hand back) the bead in hand, then exit.

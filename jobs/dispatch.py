@@ -41,7 +41,7 @@ from jobs.beadboard import (
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
+from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY, Outcome, Stage, Status, worst
 from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, too_large
 from jobs.run import Job, RunContext, Tally, finish, log_fault
 from jobs.settings import env_name
@@ -405,7 +405,10 @@ class Dispatcher(Job):
                 claim=True,
                 status=Status.IN_PROGRESS,
                 note=notes.claimed(self.clock()),
-                set_metadata={STAGE_KEY: Stage.CLAIMED},
+                set_metadata={
+                    STAGE_KEY: Stage.CLAIMED,
+                    CLAIMED_FOR_KEY: self.settings.agent_assignee,
+                },
                 actor=self.settings.agent_assignee,
             )
         except BdRejected as exc:
@@ -471,7 +474,9 @@ class Dispatcher(Job):
         False when bd refused it: the bead went back (or waits for the reaper), unsent."""
         ensure_held(self.lock)
         try:
-            self.store.update(bead.id, set_metadata={STAGE_KEY: Stage.SENDING})
+            self.store.update(
+                bead.id, set_metadata={STAGE_KEY: Stage.SENDING}, unset_metadata=[CLAIMED_FOR_KEY]
+            )
         except BdError as exc:
             returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)
@@ -568,7 +573,9 @@ class Dispatcher(Job):
     def _reopen(self, bead: Bead, note: str) -> None:
         """Back to `open`, stage cleared, with the note saying why (under the lock)."""
         ensure_held(self.lock)
-        self.store.update(bead.id, status=Status.OPEN, note=note, unset_metadata=[STAGE_KEY])
+        self.store.update(
+            bead.id, status=Status.OPEN, note=note, unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY]
+        )
 
     def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
         self._reopen(bead, notes.agent_busy(outcome.detail, now))

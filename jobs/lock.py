@@ -13,14 +13,19 @@ This lock lives where the holder's death is noticed by the system itself:
 Either is taken on the database bd really opens (jobs/database.py), whatever spelling of
 BEADS_DB a run was given: two spellings of one database take one lock.
 
-Dispatchers take it around claim + send, the reaper around every change it makes, so a
-reaper holding it knows no live dispatcher is between claiming a bead and sending it.
+One lock per (database, assignee). Dispatchers take it around claim + send, the reaper
+around every change it makes, so a reaper holding it knows no live dispatcher *of its
+assignee* is between claiming a bead and sending it. Dispatchers of different assignees
+need no lock between them: each touches only its assignee's beads, and bd's `--claim`
+refuses a bead assigned to someone else (docs/runbook.md, "Several instances"), so
+instances sharing a database never wait on each other.
 Holders call `ensure_held()` before every bead write and stop at once when it fails.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -28,11 +33,37 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jobs.database import Database
+from jobs.settings import RuntimeSettings
 
 LOCK_FILE_NAME = "beads-autodispatch.lock"
 # MySQL/Dolt caps lock names at 64 characters.
 _LOCK_NAME_PREFIX = "beads-autodispatch:"
 _MAX_LOCK_NAME = 64
+# Its lock keeps the name it had before instances: a run of the old code still going during
+# an upgrade and a new one then exclude each other.
+DEFAULT_ASSIGNEE: str = RuntimeSettings.model_fields["agent_assignee"].default
+
+
+def lock_name(database: str, assignee: str = DEFAULT_ASSIGNEE) -> str:
+    """The named lock of one assignee's queue in one database."""
+    if assignee == DEFAULT_ASSIGNEE:
+        name = _LOCK_NAME_PREFIX + database
+    else:
+        name = f"{_LOCK_NAME_PREFIX}{database}:{assignee}"
+    if len(name) <= _MAX_LOCK_NAME:
+        return name
+    # Cut short, two long names could end up one lock: a digest keeps them apart.
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: _MAX_LOCK_NAME - len(digest) - 1]}~{digest}"
+
+
+def lock_file_name(assignee: str = DEFAULT_ASSIGNEE) -> str:
+    """The flock file of one assignee's queue, beside the database."""
+    if assignee == DEFAULT_ASSIGNEE:
+        return LOCK_FILE_NAME
+    return f"beads-autodispatch.{assignee}.lock"
+
+
 # How often a waiting holder asks again; GET_LOCK with a timeout would block a Dolt worker.
 _RETRY_SECONDS = 0.25
 PASSWORD_ENV = "BEADS_DOLT_PASSWORD"  # noqa: S105 (the variable name, not a password)
@@ -132,11 +163,12 @@ class DoltNamedLock:
         password: str,
         database: str,
         tls: bool = False,
+        assignee: str = DEFAULT_ASSIGNEE,
     ) -> None:
         self.host, self.port, self.user, self.database = host, port, user, database
         self._password = password
         self._tls = tls
-        self.name = (_LOCK_NAME_PREFIX + database)[:_MAX_LOCK_NAME]
+        self.name = lock_name(database, assignee)
         self._conn: Any = None
 
     @property
@@ -211,11 +243,13 @@ class DoltNamedLock:
             conn.close()
 
 
-def lock_on(database: Database, environ: Mapping[str, str]) -> DispatchLock:
-    """The lock on the database bd opens (jobs/database.py): a flock in its beads dir, or
-    a named lock on the Dolt server bd talks to, named after the database."""
+def lock_on(
+    database: Database, environ: Mapping[str, str], assignee: str = DEFAULT_ASSIGNEE
+) -> DispatchLock:
+    """The lock of `assignee`'s queue in the database bd opens (jobs/database.py): a flock in
+    its beads dir, or a named lock on the Dolt server bd talks to."""
     if database.server is None:
-        return FileLock(database.dir / LOCK_FILE_NAME)
+        return FileLock(database.dir / lock_file_name(assignee))
     server = database.server
     return DoltNamedLock(
         host=server.host,
@@ -224,4 +258,5 @@ def lock_on(database: Database, environ: Mapping[str, str]) -> DispatchLock:
         password=environ.get(PASSWORD_ENV, ""),
         database=database.name,
         tls=server.tls,
+        assignee=assignee,
     )

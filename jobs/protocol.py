@@ -29,6 +29,10 @@ ATTEMPTS_KEY = "auto_dispatch_attempts"
 # Where a claimed bead is in its hand-off. Lets the reaper tell "never sent" (safe to
 # requeue) from "maybe sent" (must not be sent twice). Cleared once the POST is recorded.
 STAGE_KEY = "auto_dispatch_stage"
+# Whose dispatcher holds a bead at stage `claimed`: the reaper requeues only its own
+# assignee's claims, the ones its lock covers (a bead re-assigned mid-hand-off stays with the
+# dispatcher that claimed it). Cleared with the stage `claimed`.
+CLAIMED_FOR_KEY = "auto_dispatch_claimed_for"
 
 
 class Stage(StrEnum):

@@ -5,9 +5,11 @@ A run reads like the runbook: first read (`bd query` for the assignee's in_progr
 act (requeue or block, with a note). A bead is due when it was claimed and never sent, or when
 nothing on it moved for the threshold; the re-read (with its comments) has the last word.
 
-Nothing changes without the dispatch lock. Holding it, the reaper knows no live dispatcher
-is between claiming a bead and sending it, so a bead still at stage `claimed` belongs to a
-dispatcher that is gone: it goes back to the queue at once, whatever the clocks say.
+Nothing changes without the dispatch lock of its assignee. Holding it, the reaper knows no
+live dispatcher of that assignee is between claiming a bead and sending it, so a bead still
+at stage `claimed` by one of them belongs to a dispatcher that is gone: it goes back to the
+queue at once, whatever the clocks say. A claim made for another assignee (the bead was
+re-assigned mid-hand-off) is outside its lock: never requeued, blocked after the threshold.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import assert_never
 from jobs import notes
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead
 from jobs.lock import LockError, ensure_held
-from jobs.protocol import STAGE_KEY, Outcome, ReapAction, Stage, Status
+from jobs.protocol import CLAIMED_FOR_KEY, STAGE_KEY, Outcome, ReapAction, Stage, Status
 from jobs.rowsize import ROW_LIMIT
 from jobs.run import Job, RunContext, Tally, finish, log_fault
 
@@ -105,7 +107,7 @@ class Reaper(Job):
         return due
 
     def _is_due(self, bead: Bead, now: datetime) -> bool:
-        claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED
+        claimed = bead.metadata.get(STAGE_KEY) == Stage.CLAIMED and self._claim_is_ours(bead)
         return claimed or now - bead.updated_at > self.threshold
 
     def _take_lock(self) -> bool:
@@ -167,11 +169,17 @@ class Reaper(Job):
         """What the reaper does to the bead as it is now; None: it changed since the query."""
         if bead.status != Status.IN_PROGRESS or bead.assignee != self.settings.agent_assignee:
             return None
-        if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED:
+        if bead.metadata.get(STAGE_KEY) == Stage.CLAIMED and self._claim_is_ours(bead):
             return ReapAction.REQUEUE
         if now - bead.last_activity > self.threshold:
             return ReapAction.BLOCK
         return None
+
+    def _claim_is_ours(self, bead: Bead) -> bool:
+        """Claimed by a dispatcher of this assignee, so under the lock this run holds. A
+        claim without the mark predates instances, when one lock covered the database."""
+        own = self.settings.agent_assignee
+        return bool(bead.metadata.get(CLAIMED_FOR_KEY, own) == own)
 
     def _act(self, bead: Bead, action: ReapAction, now: datetime) -> None:
         """The reaper's one write on a bead; what bd does not take is logged, and the run
@@ -205,7 +213,7 @@ class Reaper(Job):
             bead.id,
             status=Status.OPEN,
             note=notes.requeued_unsent(bead.updated_at, now),
-            unset_metadata=[STAGE_KEY],
+            unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY],
         )
         self.tally.requeued.append(bead.id)
         self.log.event("reap.requeued", bead=bead.id, detail="claimed, never sent")
@@ -222,7 +230,7 @@ class Reaper(Job):
             bead.id,
             status=Status.BLOCKED,
             note=note,
-            unset_metadata=[STAGE_KEY] if STAGE_KEY in bead.metadata else [],
+            unset_metadata=[k for k in (STAGE_KEY, CLAIMED_FOR_KEY) if k in bead.metadata],
         )
         self.tally.blocked.append(bead.id)
         self.log.event(

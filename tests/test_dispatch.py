@@ -25,7 +25,7 @@ from devtools.pods.process import JobRun, base_env, start_jobs
 from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
-from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY
+from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY
 from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
@@ -109,7 +109,7 @@ def test_the_claim_is_one_update(happy: BeadRun, store: MemoryStore) -> None:
         "claim": True,
         "status": "in_progress",
         "note": f"beads-dispatcher claimed at {STAMP}",
-        "set_metadata": {STAGE_KEY: "claimed"},
+        "set_metadata": {STAGE_KEY: "claimed", CLAIMED_FOR_KEY: "agent"},
         "actor": "agent",
     }
 

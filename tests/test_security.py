@@ -13,7 +13,9 @@ import yaml
 
 from components.names import (
     APP_NAME,
+    DEFAULT_INSTANCE,
     DISPATCHER_NAME,
+    INSTANCE_LABEL,
     NETWORK_POLICY_NAME,
     REAPER_NAME,
     SERVICE_ACCOUNT_NAME,
@@ -234,7 +236,7 @@ def test_network_policy_selects_both_jobs_and_allows_no_ingress(policy_render: R
     assert policy["metadata"]["namespace"] == "beads-server"
     spec = policy["spec"]
     selector = spec["podSelector"]["matchLabels"]
-    assert selector == {"app.kubernetes.io/name": APP_NAME}
+    assert selector == {"app.kubernetes.io/name": APP_NAME, INSTANCE_LABEL: DEFAULT_INSTANCE}
     for cronjob in CRONJOBS:
         pod_labels = pod_template(policy_render, cronjob)["metadata"]["labels"]
         assert selector.items() <= pod_labels.items(), cronjob

@@ -86,9 +86,17 @@ def offline_env(backend_dir: Path) -> dict[str, str]:
     }
 
 
-def program() -> None:
-    """The inline program: the project's real __main__.py, as the python runtime runs it."""
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+def program_of(project_dir: Path) -> Callable[[], None]:
+    """The inline program: a project's real __main__.py, as the python runtime runs it
+    (this project's, or one under examples/)."""
+
+    def program() -> None:
+        runpy.run_path(str(project_dir / "__main__.py"), run_name="__main__")
+
+    return program
+
+
+program = program_of(ROOT)
 
 
 @dataclass(frozen=True)
@@ -127,13 +135,18 @@ def load_manifests(directory: Path) -> Manifests:
     return Manifests(documents)
 
 
-def _prepare_work_dir(work_dir: Path, stack_name: str, cli: Path | None) -> None:
-    """Copies of Pulumi.yaml and the stack file, an empty file backend, the CLI linked in."""
+def _prepare_work_dir(
+    work_dir: Path, stack_name: str, cli: Path | None, project_dir: Path = ROOT
+) -> None:
+    """Copies of Pulumi.yaml and the stack file, an empty file backend, the CLI linked in.
+
+    The stack file (the provider's settings) is this project's, whichever project runs.
+    """
     if work_dir.exists() and any(work_dir.iterdir()):
         raise FileExistsError(f"{work_dir} is not empty")
     work_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("Pulumi.yaml", f"Pulumi.{stack_name}.yaml"):
-        shutil.copyfile(ROOT / name, work_dir / name)
+    shutil.copyfile(project_dir / "Pulumi.yaml", work_dir / "Pulumi.yaml")
+    shutil.copyfile(ROOT / f"Pulumi.{stack_name}.yaml", work_dir / f"Pulumi.{stack_name}.yaml")
     (work_dir / "state").mkdir()
     # PulumiCommand runs <root>/bin/pulumi (or whatever `pulumi` PATH finds): give it
     # a root of its own that points at the CLI from the tools cache.
@@ -142,11 +155,12 @@ def _prepare_work_dir(work_dir: Path, stack_name: str, cli: Path | None) -> None
     (cli_root / "bin" / "pulumi").symlink_to(cli or pulumi_cli())
 
 
-def _select_stack(work_dir: Path, stack_name: str) -> auto.Stack:
+def _select_stack(work_dir: Path, stack_name: str, project_dir: Path = ROOT) -> auto.Stack:
+    project = yaml.safe_load((work_dir / "Pulumi.yaml").read_text())["name"]
     return auto.create_or_select_stack(
         stack_name,
-        project_name=PROJECT,
-        program=program,
+        project_name=project,
+        program=program_of(project_dir),
         opts=auto.LocalWorkspaceOptions(
             work_dir=str(work_dir),
             env_vars=offline_env(work_dir / "state"),
@@ -227,12 +241,14 @@ class ClusterStack(EngineStack):
         cls,
         work_dir: Path,
         kubeconfig: Path,
-        config: Mapping[str, str],
+        config: Mapping[str, Any],
         cli: Path | None = None,
         output: Output | None = None,
+        project_dir: Path = ROOT,
     ) -> ClusterStack:
-        """A new stack with empty state in `work_dir` (which must not exist or be empty)."""
-        _prepare_work_dir(work_dir, CLUSTER_STACK, cli)
+        """A new stack with empty state in `work_dir` (which must not exist or be empty);
+        `project_dir` another program than this project's (examples/two-agents)."""
+        _prepare_work_dir(work_dir, CLUSTER_STACK, cli, project_dir)
         # Written into the file rather than `pulumi config set` key by key: one CLI call
         # each, and the file is what a reader of the work dir looks at.
         stack_file = work_dir / f"Pulumi.{CLUSTER_STACK}.yaml"
@@ -244,12 +260,14 @@ class ClusterStack(EngineStack):
         for key, value in config.items():
             values[key if ":" in key else f"{PROJECT}:{key}"] = value
         stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
-        return cls.open(work_dir, output)
+        return cls.open(work_dir, output, project_dir)
 
     @classmethod
-    def open(cls, work_dir: Path, output: Output | None = None) -> ClusterStack:
+    def open(
+        cls, work_dir: Path, output: Output | None = None, project_dir: Path = ROOT
+    ) -> ClusterStack:
         """The stack `create` made in `work_dir`, with its state and config as they are now."""
-        return cls(work_dir, _select_stack(work_dir, CLUSTER_STACK), output)
+        return cls(work_dir, _select_stack(work_dir, CLUSTER_STACK, project_dir), output)
 
     def refresh(self) -> auto.RefreshResult:
         return self.stack.refresh(on_output=self.output, color="never")

@@ -131,13 +131,13 @@ class TransformingMonitor(MockMonitor):
         return tokens
 
 
-def render(build: Callable[[], object]) -> Recorder:
+def render(build: Callable[[], object], project: str = PROJECT) -> Recorder:
     """Run `build` as a Pulumi program under mocks; return every resource it registered."""
     recorder = Recorder()
     callbacks = _TransformCallbacks()
     pulumi.runtime.set_mocks(
         recorder,
-        project=PROJECT,
+        project=project,
         stack="test",
         preview=False,
         monitor=TransformingMonitor(recorder, callbacks),
@@ -170,10 +170,12 @@ def render_program(
     )
 
 
-def render_with_config(build: Callable[[], object], config: Mapping[str, str]) -> Recorder:
+def render_with_config(
+    build: Callable[[], object], config: Mapping[str, str], project: str = PROJECT
+) -> Recorder:
     """`render` with the given stack config (full keys) set while `build` runs."""
     pulumi.runtime.set_all_config(dict(config))
     try:
-        return render(build)
+        return render(build, project)
     finally:
         pulumi.runtime.set_all_config({})

@@ -25,7 +25,13 @@ import pytest
 from pulumi.automation import EngineEvent, OpType, StepEventMetadata
 
 from components.bundle import CONFIGMAP_LIMIT_BYTES, VENDOR_ZIP_NAME, Bundle, build_bundle
-from components.names import APP_NAME, CHECKSUM_ANNOTATION, RUNTIME_CONFIG_NAME, VENDOR_NAME
+from components.names import (
+    APP_NAME,
+    CHECKSUM_ANNOTATION,
+    RUNTIME_CONFIG_NAME,
+    VENDOR_NAME,
+    VERSION_LABEL,
+)
 from devtools.localcluster import Cluster
 from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
 from devtools.localservices.dolt import DOLT_PASSWORD
@@ -218,9 +224,13 @@ def test_a_code_change_diffs_only_the_code_configmap_and_the_pod_template_checks
     [changed_file] = updated[code]
     assert changed_file.startswith("data") and "dispatch.py" in changed_file, shown
     for cronjob in (dispatcher, reaper):
-        [path] = updated[cronjob]
-        assert path.startswith("spec.jobTemplate.spec.template.metadata.annotations"), shown
-        assert CHECKSUM_ANNOTATION in path, shown
+        # The pod template's checksum, and the version label (the code is the version) on
+        # the CronJob, its Job template and its pod template.
+        paths = set(updated[cronjob])
+        [checksum] = [p for p in paths if CHECKSUM_ANNOTATION in p]
+        assert checksum.startswith("spec.jobTemplate.spec.template.metadata.annotations"), shown
+        versions = {p for p in paths if VERSION_LABEL in p}
+        assert len(versions) == 3 and paths == versions | {checksum}, shown
 
 
 # ---------------------------------------------------------------------------------------
