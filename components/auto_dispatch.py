@@ -17,6 +17,7 @@ from pulumi_kubernetes.core.v1 import ConfigMap, PodTemplateSpecArgs, ServiceAcc
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.networking.v1 import NetworkPolicy, NetworkPolicySpecArgs
 
+from components.alerts import WatchedCronJob, prometheus_rule
 from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle
 from components.config import DeploySettings
 from components.names import (
@@ -159,6 +160,19 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
             ),
         )
         self.dispatcher, self.reaper = (self._cronjob(name, kind) for kind in kinds)
+        # Opt-in: the PrometheusRule kind exists only where prometheus-operator is installed.
+        self.alerts = (
+            prometheus_rule(
+                f"{name}-alerts",
+                name=APP_NAME,
+                namespace=ns,
+                cronjobs=[WatchedCronJob(k.component, k.name, k.schedule) for k in kinds],
+                labels=labels(),
+                opts=child,
+            )
+            if settings.alerts_enabled
+            else None
+        )
 
         self.register_outputs(
             {

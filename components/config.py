@@ -131,6 +131,12 @@ class DeploySettings(RuntimeSettings):
         "policy sees the pod behind the Service's port 80) and, with agentHealthUrl, the agent "
         "service (its URL's port, assumed equal to its pod's). See README, NetworkPolicy.",
     )
+    alerts_enabled: bool = Field(
+        default=False,
+        description="Add a PrometheusRule (needs the prometheus-operator CRDs and "
+        "kube-state-metrics): alerts when a CronJob has not succeeded for twice its schedule's "
+        "longest gap, or a run failed; neither while paused. See docs/runbook.md, Alerts.",
+    )
 
     @property
     def dispatcher_interval_seconds(self) -> int:
