@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from components.alerts import (
     JOB_FAILED,
@@ -17,8 +18,10 @@ from components.alerts import (
     longest_gap_seconds,
     rule_groups,
 )
+from components.config import DeploySettings
 from components.names import APP_NAME, DISPATCHER_NAME, REAPER_NAME
 from devtools.manifests.mocks import Recorder, render_program
+from devtools.paths import ROOT
 
 PROMETHEUS_RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 
@@ -101,3 +104,18 @@ def test_the_silence_limit_is_twice_the_schedules_longest_gap(
     assert watched.silence_seconds == limit_seconds == 2 * longest_gap_seconds(schedule)
     (group,) = rule_groups("ns", [watched])
     assert f") > {limit_seconds}\n" in group["rules"][0]["expr"]
+
+
+def test_the_runbooks_rule_file_is_the_default_stacks_rules() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    section = runbook.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    defaults = DeploySettings()
+    expected = rule_groups(
+        defaults.namespace,
+        [
+            WatchedCronJob("dispatcher", DISPATCHER_NAME, defaults.dispatcher_schedule),
+            WatchedCronJob("reaper", REAPER_NAME, defaults.reaper_schedule),
+        ],
+    )
+    assert yaml.safe_load(block) == {"groups": expected}
