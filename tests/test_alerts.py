@@ -73,17 +73,14 @@ def test_each_cronjob_gets_both_alerts_selecting_only_its_own_series() -> None:
         (NO_RECENT_SUCCESS, "a-reaper"),
         (JOB_FAILED, "a-reaper"),
     ]
+    other = {"a-dispatcher": "a-reaper", "a-reaper": "a-dispatcher"}
     for rule in group["rules"]:
         own = rule["labels"]["cronjob"]
-        selectors = re.findall(r"\w+\{([^}]*)\}", rule["expr"])
-        assert selectors, rule["expr"]
-        for selector in selectors:
-            assert 'namespace="team-a"' in selector
-            assert (
-                f'cronjob="{own}"' in selector
-                or 'condition="true"' in selector
-                or (f'owner_name="{own}"' in selector)
-            )
+        assert f'"{own}"' in rule["expr"]
+        assert other[own] not in rule["expr"]
+        selectors = re.findall(r"\w+\{[^}]*\}", rule["expr"])
+        assert selectors
+        assert all('namespace="team-a"' in selector for selector in selectors)
 
 
 @pytest.mark.parametrize(
