@@ -14,6 +14,7 @@ import json
 import os
 
 import pulumi
+from pulumi_kubernetes.apiextensions import CustomResource
 from pulumi_kubernetes.batch.v1 import (
     CronJob,
     CronJobSpecArgs,
@@ -24,6 +25,7 @@ from pulumi_kubernetes.core.v1 import ConfigMap, PodTemplateSpecArgs, ServiceAcc
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.networking.v1 import NetworkPolicy, NetworkPolicySpecArgs
 
+from components.alerts import WatchedCronJob, prometheus_rule
 from components.bundle import VENDOR_ZIP_NAME, Bundle, build_bundle, digest_of
 from components.config import ArgsError, BeadsAutoDispatchArgs
 from components.names import CHECKSUM_ANNOTATION, ObjectNames, labels, selector
@@ -133,8 +135,9 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
             bd_metadata_json(args),
             json.dumps(args.as_env(), sort_keys=True),
         )
-        self.dispatcher = self._cronjob(name, self._dispatcher_kind())
-        self.reaper = self._cronjob(name, self._reaper_kind())
+        kinds = (self._dispatcher_kind(), self._reaper_kind())
+        self.dispatcher, self.reaper = (self._cronjob(name, kind) for kind in kinds)
+        self.alerts = self._alerts(name, kinds) if args.alerts_enabled else None
         self._register_outputs()
 
     def _create_config_maps(self, name: str) -> None:
@@ -193,6 +196,17 @@ class BeadsAutoDispatch(pulumi.ComponentResource):
                 policy_types=["Ingress", "Egress"],
                 egress=egress_rules(self.args),
             ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _alerts(self, name: str, kinds: tuple[JobKind, ...]) -> CustomResource:
+        # Opt-in: the PrometheusRule kind exists only where prometheus-operator is installed.
+        return prometheus_rule(
+            f"{name}-alerts",
+            name=self.names.base,
+            namespace=self.args.namespace,
+            cronjobs=[WatchedCronJob(k.component, k.name, k.schedule) for k in kinds],
+            labels=labels(instance=self.args.instance),
             opts=pulumi.ResourceOptions(parent=self),
         )
 

@@ -175,6 +175,13 @@ class BeadsAutoDispatchArgs(RuntimeSettings):
         "no TTL removes them earlier.",
     )
 
+    alerts_enabled: bool = Field(
+        default=False,
+        description="Add a PrometheusRule (needs the prometheus-operator CRDs and "
+        "kube-state-metrics): alerts when a CronJob has not succeeded for twice its schedule's "
+        "longest gap, or a run failed; neither while paused. See docs/runbook.md, Alerts.",
+    )
+
     @model_validator(mode="wrap")
     @classmethod
     def _one_line_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:

@@ -13,6 +13,8 @@ mkdir -p build
 
 BD_REAL="$(tools/build-bd.sh)" || exit 1
 export BD_REAL
+PROMTOOL="$(tools/build-go-tool.sh promtool)" || exit 1
+export PROMTOOL
 make --no-print-directory lint scan >build/lint-scan.log 2>&1 & checks=$!
 "$PY" -m pytest tests/cluster >build/cluster-tests.log 2>&1 & cluster=$!
 "$PY" -m pytest -n "$TEST_WORKERS" --ignore=tests/cluster; rest=$?

@@ -40,6 +40,24 @@ def bd_binary() -> Path:
         pytest.fail(str(exc))
 
 
+PROMTOOL_ENV = "PROMTOOL"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """promtool: from PROMTOOL (make test), else built/reused via tools/build-go-tool.sh.
+
+    Never skipped, as bd is not: without it the alert rules would go untested unnoticed.
+    """
+    given = os.environ.get(PROMTOOL_ENV, "").strip()
+    if given:
+        return Path(given)
+    try:
+        return build_tool("promtool")
+    except ToolBuildError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture
 def real_bd(bd_binary: Path, tmp_path: Path) -> RealBd:
     return RealBd(bd_binary, tmp_path / "project").init()
