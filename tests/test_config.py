@@ -1,7 +1,7 @@
 """Every setting is declared once (a pydantic field); each other spelling must equal it.
 
-Pulumi.yaml (the CLI reads it), the runtime ConfigMap (the pods read it) and the README's two
-tables (people read them) are derived from the fields or checked here, in one place.
+Pulumi.yaml (the CLI reads it), the runtime ConfigMap (the pods read it) and the README's and
+runbook's tables (people read them) are derived from the fields or checked here, in one place.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def test_readme_tables_are_the_fields() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     expected_config, expected_env = config_table_rows(), env_table_rows()
     assert _table_after("## Configuration", readme) == expected_config, "\n".join(expected_config)
-    assert _table_after("### The jobs' environment", readme) == expected_env, "\n".join(
+    runbook = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    assert _table_after("## The jobs' environment", runbook) == expected_env, "\n".join(
         expected_env
     )
 
