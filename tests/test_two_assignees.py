@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localservices.beadboard import AGENT_DISPATCH
 from jobs.database import Database
 from jobs.lock import FileLock, lock_file_name, lock_name, lock_on
 from jobs.protocol import CLAIMED_FOR_KEY, STAGE_KEY
-from tests.support.harness import NOW, JobHarness
+from tests.support.harness import NOW, JobHarness, posted
 from tests.support.memory_store import MemoryStore
 
 
@@ -43,10 +42,6 @@ def reviewer_lock(harness: JobHarness) -> FileLock:
     return FileLock(harness.beads_dir / lock_file_name("reviewer"))
 
 
-def posted(harness: JobHarness) -> list[str]:
-    return [str(r.json["taskId"]) for r in harness.board.requests_to(AGENT_DISPATCH)]
-
-
 def test_a_dispatcher_sends_only_its_assignees_beads(
     harness: JobHarness, store: MemoryStore
 ) -> None:
@@ -54,7 +49,7 @@ def test_a_dispatcher_sends_only_its_assignees_beads(
     theirs = store.add("code it", assignee="agent")
     run = harness.dispatch(agent_assignee="reviewer", lock=reviewer_lock(harness))
     assert run.summary["dispatched"] == [mine]
-    assert posted(harness) == [mine]
+    assert posted(harness.board) == [mine]
     assert store.bead(theirs).status == "open" and store.bead(theirs).notes == ""
 
 
@@ -76,7 +71,7 @@ def test_the_same_assignees_held_lock_still_excludes(
     run = harness.dispatch(agent_assignee="reviewer", lock=reviewer_lock(harness))
     other_run.release()
     assert run.summary["outcome"] == "lock_busy"
-    assert posted(harness) == []
+    assert posted(harness.board) == []
 
 
 def test_the_claim_names_its_assignee_and_the_send_clears_it(

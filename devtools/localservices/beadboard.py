@@ -27,8 +27,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-AGENT_STATUS = "/api/agent-status"
-AGENT_DISPATCH = "/api/agent-dispatch"
+from jobs.beadboard import DISPATCH_PATH, STATUS_PATH
+
+AGENT_STATUS = STATUS_PATH
+AGENT_DISPATCH = DISPATCH_PATH
 HEALTH = "/health"
 
 _UNSET: Any = object()

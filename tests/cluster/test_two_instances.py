@@ -21,7 +21,7 @@ from pulumi import automation as auto
 from components.names import INSTANCE_LABEL, VERSION_LABEL, ObjectNames
 from devtools.localcluster import Cluster
 from devtools.localdeploy.stack import ClusterStack, pulumi_cli
-from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.localservices.beadboard import BeadBoardStub
 from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from devtools.paths import ROOT
 from devtools.pods.kube import Api
@@ -34,6 +34,7 @@ from tests.cluster.conftest import (
     job_finished,
     wait_until,
 )
+from tests.support.harness import posted
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -133,10 +134,6 @@ def create_bead(beads: ServerBeads, assignee: str) -> str:
 def start_job(cluster: Cluster, cronjob: str, job_name: str) -> str:
     cluster.kubectl("-n", NAMESPACE, "create", "job", f"--from=cronjob/{cronjob}", job_name)
     return job_name
-
-
-def posted(board: BeadBoardStub) -> list[str]:
-    return [str(r.json["taskId"]) for r in board.requests_to(AGENT_DISPATCH)]
 
 
 def dispatched(run: Run) -> list[str]:

@@ -19,6 +19,7 @@ from devtools.localservices.beadboard import BeadBoardStub
 from devtools.pods.process import JobRun, start_jobs
 from jobs.lock import LOCK_FILE_NAME
 from tests.integration.conftest import RealJobRunner, real_env
+from tests.support.routes import DISPATCH
 
 SPELLINGS = (".beads", "dispatcher-2", "sub/deeper", ".beads/beads.db")
 # Each round starts every spelling at once; without one lock a round double-dispatched in
@@ -43,9 +44,7 @@ def test_every_spelling_of_one_database_takes_one_lock_and_the_bead_goes_out_onc
         ]
         outputs = [process.communicate(timeout=180) for process in processes]
         runs = [JobRun(p.returncode, *out) for p, out in zip(processes, outputs, strict=True)]
-        posts = [
-            r for r in beadboard.requests_to("/api/agent-dispatch") if r.json["taskId"] == bead
-        ]
+        posts = [r for r in beadboard.requests_to(DISPATCH) if r.json["taskId"] == bead]
         assert len(posts) == 1, [run.stdout for run in runs]
         assert [run.code for run in runs] == [0, 0, 0, 2], [run.stderr for run in runs]
         assert "BEADS_DB" in runs[-1].stderr and "no such directory" in runs[-1].stderr

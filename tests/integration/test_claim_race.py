@@ -10,6 +10,7 @@ from devtools.localservices.bd import RealBd
 from devtools.localservices.beadboard import BeadBoardStub
 from devtools.pods.process import start_jobs
 from tests.integration.conftest import real_env
+from tests.support.routes import DISPATCH
 
 DISPATCHERS = 4
 # Without the lock 3 of 5 rounds went wrong: 8 rounds miss a regression with p < 0.001. The
@@ -28,9 +29,7 @@ def test_concurrent_dispatchers_never_dispatch_a_bead_twice(
         processes = [start_jobs(["dispatch"], env) for _ in range(DISPATCHERS)]
         for process in processes:
             process.communicate(timeout=180)
-        posts = [
-            r for r in beadboard.requests_to("/api/agent-dispatch") if r.json == {"taskId": bead}
-        ]
+        posts = [r for r in beadboard.requests_to(DISPATCH) if r.json == {"taskId": bead}]
         per_round.append((len(posts), [p.returncode for p in processes]))
         assert real_bd.show(bead)["status"] == "in_progress"
     print(

@@ -28,6 +28,7 @@ from jobs.run import RunContext
 from jobs.settings import JobSettings
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore
+from tests.support.routes import DISPATCH
 
 
 def unused_loopback_port() -> int:
@@ -130,7 +131,7 @@ def test_the_memory_store_and_the_real_bd_end_in_the_same_states(
     for name in ("real", "memory"):
         with BeadBoardStub() as board:
             board.program(
-                "/api/agent-dispatch",
+                DISPATCH,
                 Reply(json={"job_id": "job-ok"}),
                 Reply(status=502, json={"error": "down"}),
             )
@@ -152,7 +153,7 @@ def test_the_memory_store_and_the_real_bd_end_in_the_same_states(
                 beads_dir.mkdir()
                 codes = _run_jobs(memory, clock, beads_dir, board.url)
                 beads = {t: _normalise(memory.rows[i]) for t, i in ids.items()}
-            posts = [r.json for r in board.requests_to("/api/agent-dispatch")]
+            posts = [r.json for r in board.requests_to(DISPATCH)]
         results[name] = {"codes": codes, "beads": beads, "posts": len(posts)}
     assert results["real"]["codes"] == [0, 1, 0]
     assert results["real"]["posts"] == 2

@@ -22,6 +22,7 @@ from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer
 from devtools.manifests.mocks import Recorder, render_program
 from devtools.pods.runner import Pod, make_image_like_venv, materialise
 from jobs.lock import LOCK_FILE_NAME
+from tests.support.routes import DISPATCH
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,7 @@ def test_shipped_bundle_takes_the_dolt_lock_in_server_mode(
                 "BEADS_METADATA_FILE": str(swapped),
             },
         )
-        posts = [r.json for r in board.requests_to("/api/agent-dispatch")]
+        posts = [r.json for r in board.requests_to(DISPATCH)]
     # PyMySQL came from vendor.zip (the image has none) and took the named lock on Dolt.
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stderr == ""
@@ -186,7 +187,7 @@ def test_shipped_bundle_runs_the_dispatcher(
             },
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
-        assert [r.json for r in board.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
+        assert [r.json for r in board.requests_to(DISPATCH)] == [{"taskId": bead}]
     assert bd.show(bead)["status"] == "in_progress"
     assert bd.show(bead)["comments"][0]["text"].startswith("dispatched: job=job-1 ")
     # The metadata.json named by the env was copied into the writable beads dir.

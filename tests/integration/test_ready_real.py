@@ -25,7 +25,7 @@ from jobs.log import Clock, EventLog
 from jobs.run import RunContext
 from jobs.settings import JobSettings
 from tests.integration.conftest import RealJobRunner, real_env
-from tests.support.harness import FakeClock, closed_port
+from tests.support.harness import FakeClock, closed_port, posted
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH
 
@@ -33,10 +33,6 @@ from tests.support.routes import DISPATCH
 def agent_task(bd: RealBd, title: str, *extra: str, priority: int = 2) -> str:
     """A bead for the agent, with acceptance criteria; `extra`: more `bd create` flags."""
     return bd.create(title, priority=priority, assignee="agent", acceptance="it works", extra=extra)
-
-
-def posted(beadboard: BeadBoardStub) -> list[str]:
-    return [request.json["taskId"] for request in beadboard.requests_to(DISPATCH)]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from devtools.pods.process import JobRun, base_env, run_jobs
 from jobs.lock import LOCK_FILE_NAME
 from tests.support.jobs_at import MODULE as JOBS_AT
 from tests.support.jobs_at import at
+from tests.support.routes import DISPATCH
 
 
 def _job(
@@ -63,7 +64,7 @@ def test_dispatch_happy_path_in_server_mode(
     bead = _agent_bead(dolt_server, tmp_path, "server-mode task")
     result = _job(dolt_server, tmp_path, beadboard, "dispatch")
     assert result.code == 0, result.stdout + result.stderr
-    assert [r.json for r in beadboard.requests_to("/api/agent-dispatch")] == [{"taskId": bead}]
+    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": bead}]
     state = _show(dolt_server, tmp_path, bead)
     assert state["status"] == "in_progress"
     assert state["notes"].splitlines()[-1].startswith("beads-dispatcher claimed at ")

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from devtools.localservices.beadboard import AGENT_DISPATCH, BeadBoardStub
+from devtools.localservices.beadboard import BeadBoardStub
 from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from devtools.pods.process import base_env, start_jobs
 from jobs.lock import DoltNamedLock
+from tests.support.harness import posted
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +47,6 @@ def dispatch(server: DoltServer, pod: Path, board: BeadBoardStub, assignee: str)
     return done
 
 
-def posted(board: BeadBoardStub) -> list[str]:
-    return sorted(str(r.json["taskId"]) for r in board.requests_to(AGENT_DISPATCH))
-
-
 def test_each_dispatcher_sends_its_own_beads_and_a_held_lock_stalls_only_its_own(
     dolt_server: DoltServer, tmp_path: Path
 ) -> None:
@@ -76,7 +73,10 @@ def test_each_dispatcher_sends_its_own_beads_and_a_held_lock_stalls_only_its_own
         finally:
             agents_lock.release()
         coder = dispatch(dolt_server, tmp_path / "coder-2", coder_board, "agent")
-        sent_to_coder, sent_to_reviewer = posted(coder_board), posted(reviewer_board)
+        sent_to_coder, sent_to_reviewer = (
+            sorted(posted(coder_board)),
+            sorted(posted(reviewer_board)),
+        )
     print(f"\nreviewer run with `agent`'s lock held: {reviewer_seconds:.1f} s")
     assert sorted(reviewer["dispatched"]) == reviewer_beads, reviewer
     assert "lock.busy" not in reviewer["events"], reviewer

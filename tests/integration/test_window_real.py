@@ -13,6 +13,7 @@ from devtools.paths import ROOT
 from devtools.pods.process import JobRun, start_jobs
 from jobs.lock import LOCK_FILE_NAME
 from tests.integration.conftest import RealJobRunner, comments, notes, real_env
+from tests.support.routes import DISPATCH
 
 
 def test_idle_polls_cost_one_bd_call_and_no_http(
@@ -88,9 +89,7 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
     second = real_bd.create("second", assignee="agent", acceptance="x", priority=1)
     second_before = real_bd.show(second)
     beadboard.health.capacity = 2
-    beadboard.set_handler(
-        "/api/agent-dispatch", lambda request: Reply(json={"job_id": "slow"}, delay=1.0)
-    )
+    beadboard.set_handler(DISPATCH, lambda request: Reply(json={"job_id": "slow"}, delay=1.0))
     env = real_env(
         real_bd,
         beadboard.url,
@@ -98,7 +97,7 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
         HTTP_TIMEOUT_SECONDS="10",
     )
     process = start_jobs(["dispatch"], env)
-    beadboard.wait_for("/api/agent-dispatch", count=1, timeout=60)
+    beadboard.wait_for(DISPATCH, count=1, timeout=60)
     # Two free slots, two eligible beads: SIGTERM lands while the first POST is in flight.
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
@@ -115,4 +114,4 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
     assert comments(real_bd, first)[-1].startswith("dispatched: job=slow")
     # One bead at a time: the second was never claimed, so it waits in the queue untouched.
     assert real_bd.show(second) == second_before
-    assert [r.json for r in beadboard.requests_to("/api/agent-dispatch")] == [{"taskId": first}]
+    assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": first}]
