@@ -356,6 +356,9 @@ WINDOW_CONFIG = {
     "dispatcherWindowSeconds": str(WINDOW_SECONDS),
     "pollIntervalSeconds": "2",
     "dispatcherDeadlineSeconds": "100",
+    # The tests read back Jobs they start by hand, which the CronJob owns: with the default
+    # limit of 1 the controller may trim one the moment another succeeds, before it is read.
+    "successfulJobsHistoryLimit": "10",
 }
 
 
