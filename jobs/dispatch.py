@@ -2,9 +2,11 @@
 
 A poll reads like the runbook: anything queued? (`bd query`) -> ready? (`bd ready`, bd's own
 rule) -> (nothing? done) -> free slots? -> lock -> full read (ready again + query) -> for each
-bead: claim -> switch still on? -> mark sending -> POST -> record. An idle poll (no open bead
-of the assignee with acceptance criteria) is one bd call and no HTTP request; a poll whose
-beads all wait on bd's rules adds the `bd ready`. Neither touches the lock.
+bead: claim -> switch still on? -> mark sending -> POST -> record. Before all that, the change
+detector (jobs/detect.py) says whether anything was written since bd last read: when nothing
+was, an idle poll ends there (no bd process, no HTTP), and a poll whose beads waited for a
+slot only asks for a free one. A read poll with an empty queue is one bd call and no HTTP
+request; one whose beads all wait on bd's rules adds the `bd ready`. None touches the lock.
 
 Eligible = what `bd ready` offers the assignee (open; no open blocker through blocks,
 conditional-blocks or waits-for; not deferred; parent neither blocked nor deferred; not
@@ -38,6 +40,7 @@ from jobs.beadboard import (
     Unconfirmed,
 )
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult
+from jobs.detect import ChangeDetector, Look
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Outcome, Stage, Status, worst
@@ -94,6 +97,7 @@ class RunTally(Tally):
     failed: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
     service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
+    polls_without_bd: int = 0  # the change detector saw no write since bd last read
 
 
 class Backoff:
@@ -153,16 +157,22 @@ class Dispatcher(Job):
         *,
         load: LoadSource | None = None,
         switch: RuntimeSwitch | None = None,
+        detector: ChangeDetector | None = None,
     ) -> None:
         super().__init__(context)
         self.board = board
         self.load = load
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
+        # Without a change signal every poll reads with bd.
+        self.detector = detector or ChangeDetector(None, self.log, self.monotonic)
         self.tally = RunTally()
         self.backoff = Backoff()
         # Beads this run will not touch again, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
         self._held_back: dict[str, str] = {}
+        # What the last bd read found ready to go out; until something is written, only a
+        # freed agent slot can send one of them.
+        self._waiting: list[str] = []
 
     # -- the run -----------------------------------------------------------------------
 
@@ -232,6 +242,8 @@ class Dispatcher(Job):
             blocked=self.tally.blocked,
             returned_to_queue=self.tally.returned,
             service_down=self.tally.service_down,
+            polls_without_bd=self.tally.polls_without_bd,
+            change_signal=self.detector.kind,
             skipped=self.tally.skipped,
             errors=self.tally.errors,
         )
@@ -258,11 +270,27 @@ class Dispatcher(Job):
     # -- one poll ----------------------------------------------------------------------
 
     def poll(self) -> Outcome:
-        candidates = self._first_read()
+        look = self.detector.look()
+        if look.read:
+            return self._read_poll(look)
+        # Nothing written since bd last read: only a slot freed for the beads that waited
+        # then can send one, and asking costs one HTTP GET, not a bd process. An agent that
+        # is still full was logged when bd read the queue, not once a second since.
+        slots = self._free_slots(quiet=True) if self._waiting else 0
+        if slots == 0:
+            self.tally.polls_without_bd += 1
+            return Outcome.AGENT_BUSY if self._waiting else Outcome.QUEUE_EMPTY
+        return self._read_poll(look, slots)
+
+    def _read_poll(self, look: Look, slots: int | None = None) -> Outcome:
+        """The queue read with bd, then the hand-off; `slots` when already asked."""
+        candidates = self._read_and_remember(look)
         if not candidates:
             return Outcome.QUEUE_EMPTY
-        # Only now talk to BeadBoard / the agent: an empty queue leaves them free to scale to zero.
-        slots = self._free_slots()
+        if slots is None:
+            # Only now talk to BeadBoard / the agent: an empty queue leaves them free to
+            # scale to zero.
+            slots = self._free_slots()
         if slots == 0:
             self.log.event("agent.busy", waiting=len(candidates))
             return Outcome.AGENT_BUSY
@@ -284,6 +312,13 @@ class Dispatcher(Job):
         finally:
             self.lock.release()
             self.log.event("lock.released", lock=self.lock.description)
+
+    def _read_and_remember(self, look: Look) -> list[Bead]:
+        """The first read, after which the detector compares with what `look` saw."""
+        candidates = self._first_read()
+        self.detector.seen(look)
+        self._waiting = [b.id for b in candidates]
+        return candidates
 
     def _first_read(self) -> list[Bead]:
         """What could go out now, best first: the poll's first read, without the lock.
@@ -349,11 +384,13 @@ class Dispatcher(Job):
             held_back_dependencies=[b.id for b in waiting if b.id not in deferred],
         )
 
-    def _free_slots(self) -> int:
+    def _free_slots(self, *, quiet: bool = False) -> int:
         if self.load is None:
             return 0 if self.board.agent_busy() else 1
         load = self.load.load()
         free = load.free_slots(self.settings.max_in_flight)
+        if quiet and free == 0:
+            return free
         self.log.event(
             "agent.load", active=load.active, queued=load.queued, capacity=load.capacity, free=free
         )
