@@ -20,7 +20,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.reaper_threshold_minutes == 30
     assert settings.max_dispatch_attempts == 3
     assert (settings.http_timeout_seconds, settings.bd_timeout_seconds) == (10, 60)
-    assert (settings.dispatcher_window_seconds, settings.poll_interval_seconds) == (0, 10)
+    assert (settings.dispatcher_window_seconds, settings.poll_interval_seconds) == (0, 1)
     assert (settings.agent_health_url, settings.max_in_flight) == ("", 10)
     assert settings.bd_bin == "bd"
     assert settings.beads_db == Path("/tmp/.beads")
@@ -47,7 +47,7 @@ def test_values_are_read_and_normalised() -> None:
     assert settings.max_dispatch_attempts == 5
     assert settings.beads_metadata_file == Path("/etc/bd/metadata.json")
     assert settings.runtime_config_dir == Path("/etc/beads-autodispatch/runtime")
-    assert settings.poll_interval_seconds == 10
+    assert settings.poll_interval_seconds == 1
 
 
 @pytest.mark.parametrize(
