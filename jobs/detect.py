@@ -62,6 +62,9 @@ class DoltHash:
     """`DOLT_HASHOF_DB()` on the Dolt session the named lock lives on."""
 
     kind = "dolt_hashof_db"
+    # Added to Dolt in June 2024 (dolthub/dolt#7975); an older server answers error 1105
+    # "function: 'dolt_hashof_db' not found".
+    QUERY = "SELECT DOLT_HASHOF_DB()"
 
     def __init__(self, session: DoltSession) -> None:
         self._session = session
@@ -70,7 +73,7 @@ class DoltHash:
         try:
             # A new connection is safe here: the dispatcher asks between polls, holding no
             # lock, and a session that held one is asked about it on the session it has now.
-            return str(self._session.scalar("SELECT DOLT_HASHOF_DB()", reconnect=True))
+            return str(self._session.scalar(self.QUERY, reconnect=True))
         except SqlRefused as exc:
             raise SignalUnavailable(str(exc)) from None
         except LockError as exc:
