@@ -34,7 +34,8 @@ def run_dispatch(context: RunContext) -> int:
         else None
     )
     switch = RuntimeSwitch(settings.dispatcher_enabled, settings.runtime_config_dir, context.log)
-    detector = ChangeDetector(signal_for(context.lock), context.log, context.monotonic)
+    signal = signal_for(context.lock) if settings.change_detection else None
+    detector = ChangeDetector(signal, context.log, context.monotonic)
     try:
         with BeadBoard(settings.beadboard_url, settings.http_timeout_seconds) as board:
             return Dispatcher(context, board, load=health, switch=switch, detector=detector).run()

@@ -20,6 +20,7 @@ bead is in hand at a time: a failure or a 409 never leaves a pile of claimed bea
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,8 @@ class RunTally(Tally):
     returned: list[str] = field(default_factory=list)
     service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
     polls_without_bd: int = 0  # the change detector saw no write since bd last read
+    poll_seconds: list[float] = field(default_factory=list)
+    quiet_poll_seconds: list[float] = field(default_factory=list)  # of polls without bd
 
 
 class Backoff:
@@ -138,6 +141,14 @@ def _is_eligible(bead: Bead, assignee: str) -> bool:
     return bead.status == Status.OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
 
 
+def _median_ms(seconds: list[float]) -> float | None:
+    return round(1000 * statistics.median(seconds), 2) if seconds else None
+
+
+def _max_ms(seconds: list[float]) -> float | None:
+    return round(1000 * max(seconds), 2) if seconds else None
+
+
 def attempts_so_far(bead: Bead) -> int:
     value = bead.metadata.get(ATTEMPTS_KEY, 0)
     try:
@@ -172,7 +183,7 @@ class Dispatcher(Job):
         self._held_back: dict[str, str] = {}
         # What the last bd read found ready to go out; until something is written, only a
         # freed agent slot can send one of them.
-        self._waiting: list[str] = []
+        self._waiting: list[Bead] = []
 
     # -- the run -----------------------------------------------------------------------
 
@@ -244,6 +255,9 @@ class Dispatcher(Job):
             service_down=self.tally.service_down,
             polls_without_bd=self.tally.polls_without_bd,
             change_signal=self.detector.kind,
+            poll_ms_median=_median_ms(self.tally.poll_seconds),
+            quiet_poll_ms_median=_median_ms(self.tally.quiet_poll_seconds),
+            quiet_poll_ms_max=_max_ms(self.tally.quiet_poll_seconds),
             skipped=self.tally.skipped,
             errors=self.tally.errors,
         )
@@ -258,11 +272,16 @@ class Dispatcher(Job):
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
+        started, quiet = self.monotonic(), self.tally.polls_without_bd
         try:
             outcome = self.poll()
         except (BdError, BeadBoardError, LockError) as exc:
             self.tally.errors += 1
             outcome = log_fault(self.log, exc)
+        took = self.monotonic() - started
+        self.tally.poll_seconds.append(took)
+        if self.tally.polls_without_bd > quiet:
+            self.tally.quiet_poll_seconds.append(took)
         if outcome == Outcome.QUEUE_EMPTY:
             self.tally.idle_polls += 1
         self.tally.outcomes.add(outcome)
@@ -272,19 +291,19 @@ class Dispatcher(Job):
     def poll(self) -> Outcome:
         look = self.detector.look()
         if look.read:
-            return self._read_poll(look)
-        # Nothing written since bd last read: only a slot freed for the beads that waited
-        # then can send one, and asking costs one HTTP GET, not a bd process. An agent that
-        # is still full was logged when bd read the queue, not once a second since.
-        slots = self._free_slots(quiet=True) if self._waiting else 0
+            return self._send_from(self._read_and_remember(look))
+        # Nothing written since bd last read: the beads that waited then still wait, and
+        # only a freed slot can send one; asking costs one HTTP GET, not a bd process. An
+        # agent still full was logged when bd read the queue, not once a second since.
+        waiting = [b for b in self._waiting if b.id not in self._held_back]
+        slots = self._free_slots(quiet=True) if waiting else 0
         if slots == 0:
             self.tally.polls_without_bd += 1
-            return Outcome.AGENT_BUSY if self._waiting else Outcome.QUEUE_EMPTY
-        return self._read_poll(look, slots)
+            return Outcome.AGENT_BUSY if waiting else Outcome.QUEUE_EMPTY
+        return self._send_from(waiting, slots)
 
-    def _read_poll(self, look: Look, slots: int | None = None) -> Outcome:
-        """The queue read with bd, then the hand-off; `slots` when already asked."""
-        candidates = self._read_and_remember(look)
+    def _send_from(self, candidates: list[Bead], slots: int | None = None) -> Outcome:
+        """Free slots? -> lock -> the hand-off; `slots` when already asked."""
         if not candidates:
             return Outcome.QUEUE_EMPTY
         if slots is None:
@@ -317,7 +336,7 @@ class Dispatcher(Job):
         """The first read, after which the detector compares with what `look` saw."""
         candidates = self._first_read()
         self.detector.seen(look)
-        self._waiting = [b.id for b in candidates]
+        self._waiting = candidates
         return candidates
 
     def _first_read(self) -> list[Bead]:

@@ -137,6 +137,12 @@ class RuntimeSettings(BaseModel):
         "whether anything was written since bd last read (no process, no HTTP); bd reads "
         "after a write, on a run's first poll and at least every 60 s.",
     )
+    change_detection: bool = Field(
+        default=True,
+        description="Between bd reads, ask the database whether anything was written "
+        "(DOLT_HASHOF_DB() in server mode, the store's manifest in embedded mode). false: "
+        "bd reads every poll, as before the detector.",
+    )
     agent_health_url: OptionalHttpUrl = Field(
         default="",
         description="claude-agent-service /health URL; set it to fill every free agent slot "

@@ -108,7 +108,7 @@ def test_an_unavailable_signal_reads_every_poll_and_says_so_once(clock: FakeCloc
     assert whys(found, clock, 5) == [Why.NO_SIGNAL] * 5
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["event"] for line in lines] == ["detector.unavailable"]
-    assert "dolt_hashof_db not found" in lines[0]["error"]
+    assert lines[0]["error"] == "function: 'dolt_hashof_db' not found"
 
 
 def test_a_missed_signal_reads_and_is_said_once_per_streak(clock: FakeClock) -> None:
@@ -195,10 +195,10 @@ def test_waiting_beads_ask_only_for_a_free_slot_until_one_frees(
         **WINDOW,
     )
     assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [bead]
-    # Polls 2-10 asked /health only; poll 11 found the slot, read and sent.
+    # Polls 2-10 asked /health only; poll 11 found the slot and went straight to the read
+    # under the lock (bd ready, then the rows), claim, send.
     assert len(beadboard.requests_to(HEALTH)) == 11
-    assert store.methods()[:2] == ["queue", "ready"]
-    assert store.methods()[2:4] == ["queue", "ready"]  # the read at poll 11
+    assert store.methods()[:4] == ["queue", "ready", "ready", "queue"]
     assert len(events_named(run, "agent.load")) == 2  # a full agent logged once, at the read
 
 

@@ -137,6 +137,8 @@ def test_a_server_mode_window_reads_with_bd_only_after_a_write(
 ) -> None:
     client = dolt_server.client_dir(tmp_path / "client")
     bead = _bead(dolt_server, client)
+    # An assignee of this test's own: the module's server holds other tests' agent beads.
+    assignee = "watcher"
     with AgentSimulator(capacity=10, run_seconds=0.2) as agent:
         env = _server_env(
             dolt_server,
@@ -145,10 +147,11 @@ def test_a_server_mode_window_reads_with_bd_only_after_a_write(
             DISPATCHER_WINDOW_SECONDS="8",
             POLL_INTERVAL_SECONDS="1",
             AGENT_HEALTH_URL=f"{agent.url}/health",
+            AGENT_ASSIGNEE=assignee,
         )
         process = start_jobs(["dispatch"], env)
         time.sleep(4)
-        dolt_server.bd_run(client, "update", bead, "--assignee", "agent")
+        dolt_server.bd_run(client, "update", bead, "--assignee", assignee)
         stdout, _ = process.communicate(timeout=120)
         dispatched = agent.dispatched_at()
         health_asks = len(agent.stub.requests_to("/health"))
