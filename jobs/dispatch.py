@@ -145,6 +145,13 @@ def _median_ms(seconds: list[float]) -> float | None:
     return round(1000 * statistics.median(seconds), 2) if seconds else None
 
 
+def _p95_ms(seconds: list[float]) -> float | None:
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return round(1000 * ordered[round(0.95 * (len(ordered) - 1))], 2)
+
+
 def _max_ms(seconds: list[float]) -> float | None:
     return round(1000 * max(seconds), 2) if seconds else None
 
@@ -257,6 +264,7 @@ class Dispatcher(Job):
             change_signal=self.detector.kind,
             poll_ms_median=_median_ms(self.tally.poll_seconds),
             quiet_poll_ms_median=_median_ms(self.tally.quiet_poll_seconds),
+            quiet_poll_ms_p95=_p95_ms(self.tally.quiet_poll_seconds),
             quiet_poll_ms_max=_max_ms(self.tally.quiet_poll_seconds),
             skipped=self.tally.skipped,
             errors=self.tally.errors,

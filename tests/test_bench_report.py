@@ -26,7 +26,8 @@ def idle_figures(**changes: Any) -> dict[str, Any]:
         "seconds": 20.5,
         "poll_ms": 0.4,
         "quiet_ms": 0.4,
-        "quiet_ms_max": 1.2,
+        "quiet_ms_p95": 1.2,
+        "quiet_ms_max": 14.0,  # one poll descheduled on a loaded machine
         "python_mib": 40.0,
         "child_mib": 50.0,
         "signal": "dolt_hashof_db",
@@ -56,9 +57,9 @@ def test_an_idle_window_of_one_bd_process_and_quick_checks_meets_its_target() ->
     [
         {"bd_calls": 2},  # a bd process after the first poll
         {"requests": 1},
-        {"quiet_ms_max": 5.5},
+        {"quiet_ms_p95": 5.5},
         {"python_mib": 45.0, "child_mib": 56.0},
-        {"quiet_ms": None, "quiet_ms_max": None},  # no poll skipped bd at all
+        {"quiet_ms": None, "quiet_ms_p95": None, "quiet_ms_max": None},  # none skipped bd
     ],
 )
 def test_an_idle_window_past_any_target_is_marked_missed(changes: dict[str, Any]) -> None:
