@@ -234,7 +234,9 @@ def idle(
     return block + (
         "\n\nAn idle poll of ours is the change check alone (the first poll of a window "
         "reads with bd); before, every poll was one bd process. Wall ms from the dispatcher's "
-        "own timing of each poll (`tick.done`). RSS: python's peak plus its largest child's."
+        "own timing of each poll (`tick.done`). RSS: python's peak plus its largest child's "
+        "(bd's, from the first poll's read; most of it is bd's binary mapped in, file-backed). "
+        "Between bd reads the window is python alone."
     )
 
 
@@ -242,16 +244,15 @@ def _idle_row(what: str, f: Mapping[str, Any], settings: DeploySettings, ours: b
     if ours:
         median, p95, worst = f["quiet_ms"], f["quiet_ms_p95"], f["quiet_ms_max"]
         rss = f["python_mib"] + f["child_mib"]
-        met = (
+        quiet = (
             f["bd_calls"] == 1
             and f["requests"] == 0
             and p95 is not None
             and p95 <= IDLE_POLL_MS_TARGET
-            and rss <= IDLE_RSS_MIB_TARGET
         )
         target = (
-            f"no bd after the first poll, 0 HTTP, p95 ≤ {IDLE_POLL_MS_TARGET:g} ms, "
-            f"≤ {IDLE_RSS_MIB_TARGET:g} MiB {mark(met)}"
+            f"no bd after the first poll, 0 HTTP, p95 ≤ {IDLE_POLL_MS_TARGET:g} ms "
+            f"{mark(quiet)}; ≤ {IDLE_RSS_MIB_TARGET:g} MiB {mark(rss <= IDLE_RSS_MIB_TARGET)}"
         )
         wall = "—" if median is None else f"{median:.2f} / {p95:.2f} / {worst:.2f}"
     else:
