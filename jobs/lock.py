@@ -171,7 +171,8 @@ class DoltSession:
 
     def scalar(self, sql: str, args: tuple[Any, ...] = (), *, reconnect: bool = False) -> Any:
         """The first column of the first row. `reconnect`: open a new connection when there
-        is none; never while a named lock is held, since a new session does not hold it.
+        is none (after a drop). A new session holds none of the old one's named locks, and
+        `held()` asks on the session there is now, so a lock lost that way is noticed.
 
         Raises LockError when the server cannot be reached, SqlRefused when it answered
         with an error."""
@@ -208,8 +209,9 @@ class SqlRefused(LockError):
 def _server_answered(exc: Exception) -> bool:
     # MySQL client-side error codes (2000-2999: connection lost, server gone) mean the
     # server never answered; below 2000 it did, with a refusal.
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 2000
-    return code < 2000
+    # PyMySQL's own "already closed" has code 0: not an answer either.
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return 0 < code < 2000
 
 
 class DoltNamedLock:

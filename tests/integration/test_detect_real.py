@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pymysql
 import pytest
 
 from devtools.bench.agent_sim import AgentSimulator
@@ -16,7 +17,7 @@ from devtools.localservices.bd import RealBd
 from devtools.localservices.beadboard import BeadBoardStub
 from devtools.localservices.dolt import DATABASE, DOLT_PASSWORD, DOLT_USER, DoltServer
 from devtools.pods.process import base_env, run_jobs, start_jobs
-from jobs.detect import DoltHash, SignalUnavailable, StoreManifest
+from jobs.detect import DoltHash, SignalMissed, SignalUnavailable, StoreManifest
 from jobs.lock import DoltNamedLock
 from tests.integration.conftest import real_env
 
@@ -116,6 +117,24 @@ def test_a_server_without_the_function_makes_the_signal_unavailable(
     # The session survives the refusal: the lock still works on it.
     assert session_lock.try_acquire()
     assert session_lock.held()
+
+
+def test_a_dropped_session_is_missed_once_then_asked_again_on_a_new_one(
+    dolt_server: DoltServer, session_lock: DoltNamedLock
+) -> None:
+    signal = DoltHash(session_lock.session)
+    before = signal.value()
+    killed = session_lock.session.scalar("SELECT CONNECTION_ID()")
+    admin = pymysql.connect(
+        host="127.0.0.1", port=dolt_server.port, user=DOLT_USER, password=DOLT_PASSWORD
+    )
+    with admin.cursor() as cursor:
+        cursor.execute(f"KILL {int(killed)}")
+    admin.close()
+    with pytest.raises(SignalMissed):
+        signal.value()
+    assert signal.value() == before  # nothing written meanwhile
+    assert session_lock.session.scalar("SELECT CONNECTION_ID()") != killed
 
 
 def _server_env(server: DoltServer, tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
