@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -136,7 +137,8 @@ def window_latency(
                 root,
                 f"{name}-lat",
                 agent.url,
-                DISPATCHER_WINDOW_SECONDS=str(int(spread + 4 * poll)),
+                # Room for a loaded machine's slow assigns; SIGTERM ends it once all went.
+                DISPATCHER_WINDOW_SECONDS=str(int(3 * spread + 10 * poll + 120)),
                 AGENT_HEALTH_URL=f"{agent.url}/health",
                 MAX_IN_FLIGHT="1000",
                 **poll_env(settings),
@@ -147,10 +149,14 @@ def window_latency(
                 time.sleep(max(0.0, begin + offset - time.monotonic()))
                 assigned[bead] = time.monotonic()  # before the call: the conservative end
                 server.bd_run(client, "update", bead, "--assignee", "agent")
-            process.communicate(timeout=spread + 10 * poll + 120)
+            deadline = time.monotonic() + 10 * poll + 60
+            while len(agent.dispatched_at()) < len(ids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=120)
             dispatched = agent.dispatched_at()
     missing = [b for b in ids if b not in dispatched]
-    assert not missing, f"never dispatched: {missing}"
+    assert not missing, f"never dispatched: {missing}; the run's last lines: {stdout[-2000:]}"
     return [dispatched[b] - assigned[b] for b in ids]
 
 
