@@ -56,7 +56,7 @@ def presets(stack_file: Path) -> dict[str, dict[str, str]]:
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--bd", required=True, help="the real bd binary")
-    parser.add_argument("--beads", type=int, default=50, help="beads for the latency run")
+    parser.add_argument("--beads", type=int, default=40, help="beads for the latency run")
     parser.add_argument(
         "--scale",
         type=float,

@@ -113,6 +113,9 @@ def original_tick(binary: Path, root: Path, rounds: int = 5) -> list[float]:
     return durations
 
 
+ARRIVAL_SECONDS = 4.0
+
+
 def window_latency(
     binary: Path, root: Path, name: str, beads: int, settings: DeploySettings
 ) -> list[float]:
@@ -127,7 +130,9 @@ def window_latency(
             server.bd_run(client, "create", f"lat {i}", "--acceptance", "x", "--silent").strip()
             for i in range(beads)
         ]
-        spread = max(30.0, beads * poll / 5)
+        # The same arrivals for every preset, one every ARRIVAL_SECONDS on average: a bead's
+        # wait, not a queue of beads waiting on each other's bd calls.
+        spread = beads * ARRIVAL_SECONDS
         rng = random.Random(7)  # noqa: S311 (seeded workload, not a secret)
         offsets = sorted(rng.uniform(2.0, spread) for _ in ids)
         assigned: dict[str, float] = {}
