@@ -5,6 +5,7 @@ watch window runs bd only when something was written."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_a_server_mode_window_reads_with_bd_only_after_a_write(
             dolt_server,
             tmp_path,
             agent.url,
-            DISPATCHER_WINDOW_SECONDS="8",
+            DISPATCHER_WINDOW_SECONDS="120",
             POLL_INTERVAL_SECONDS="1",
             AGENT_HEALTH_URL=f"{agent.url}/health",
             AGENT_ASSIGNEE=assignee,
@@ -171,6 +172,13 @@ def test_a_server_mode_window_reads_with_bd_only_after_a_write(
         process = start_jobs(["dispatch"], env)
         time.sleep(4)
         dolt_server.bd_run(client, "update", bead, "--assignee", assignee)
+        # A loaded machine slows every bd call: wait for the dispatch, then for the read its
+        # own writes cause and a few quiet polls, and end the window (SIGTERM).
+        deadline = time.monotonic() + 60
+        while not agent.dispatched_at() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(8)
+        process.send_signal(signal.SIGTERM)
         stdout, _ = process.communicate(timeout=120)
         dispatched = agent.dispatched_at()
         health_asks = len(agent.stub.requests_to("/health"))
