@@ -15,6 +15,7 @@ from typing import IO
 from jobs.beadboard import AgentHealth, BeadBoard
 from jobs.beads import BdClient, BdError, BdRejected, resolve_bd_bin
 from jobs.database import provision, resolve
+from jobs.detect import ChangeDetector, signal_for
 from jobs.dispatch import Dispatcher, RuntimeSwitch
 from jobs.explain import Explainer
 from jobs.lock import lock_on
@@ -33,9 +34,13 @@ def run_dispatch(context: RunContext) -> int:
         else None
     )
     switch = RuntimeSwitch(settings.dispatcher_enabled, settings.runtime_config_dir, context.log)
+    # One pass (window 0) reads with bd anyway: asking the database first would be waste.
+    watching = settings.change_detection and settings.dispatcher_window_seconds > 0
+    signal = signal_for(context.lock) if watching else None
+    detector = ChangeDetector(signal, context.log, context.monotonic)
     try:
         with BeadBoard(settings.beadboard_url, settings.http_timeout_seconds) as board:
-            return Dispatcher(context, board, load=health, switch=switch).run()
+            return Dispatcher(context, board, load=health, switch=switch, detector=detector).run()
     finally:
         if health is not None:
             health.close()

@@ -2,9 +2,11 @@
 
 A poll reads like the runbook: anything queued? (`bd query`) -> ready? (`bd ready`, bd's own
 rule) -> (nothing? done) -> free slots? -> lock -> full read (ready again + query) -> for each
-bead: claim -> switch still on? -> mark sending -> POST -> record. An idle poll (no open bead
-of the assignee with acceptance criteria) is one bd call and no HTTP request; a poll whose
-beads all wait on bd's rules adds the `bd ready`. Neither touches the lock.
+bead: claim -> switch still on? -> mark sending -> POST -> record. Before all that, the change
+detector (jobs/detect.py) says whether anything was written since bd last read: when nothing
+was, an idle poll ends there (no bd process, no HTTP), and a poll whose beads waited for a
+slot only asks for a free one. A read poll with an empty queue is one bd call and no HTTP
+request; one whose beads all wait on bd's rules adds the `bd ready`. None touches the lock.
 
 Eligible = what `bd ready` offers the assignee (open; no open blocker through blocks,
 conditional-blocks or waits-for; not deferred; parent neither blocked nor deferred; not
@@ -18,6 +20,7 @@ bead is in hand at a time: a failure or a 409 never leaves a pile of claimed bea
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +42,7 @@ from jobs.beadboard import (
     Unconfirmed,
 )
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult
+from jobs.detect import ChangeDetector, Look
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
 from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY, Outcome, Stage, Status, worst
@@ -95,6 +99,9 @@ class RunTally(Tally):
     failed: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)  # back to open, no attempt counted
     service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
+    polls_without_bd: int = 0  # the change detector saw no write since bd last read
+    poll_seconds: list[float] = field(default_factory=list)
+    quiet_poll_seconds: list[float] = field(default_factory=list)  # of polls without bd
 
 
 class Backoff:
@@ -135,6 +142,21 @@ def _is_eligible(bead: Bead, assignee: str) -> bool:
     return bead.status == Status.OPEN and bead.assignee == assignee and bead.has_acceptance_criteria
 
 
+def _median_ms(seconds: list[float]) -> float | None:
+    return round(1000 * statistics.median(seconds), 2) if seconds else None
+
+
+def _p95_ms(seconds: list[float]) -> float | None:
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return round(1000 * ordered[round(0.95 * (len(ordered) - 1))], 2)
+
+
+def _max_ms(seconds: list[float]) -> float | None:
+    return round(1000 * max(seconds), 2) if seconds else None
+
+
 def attempts_so_far(bead: Bead) -> int:
     value = bead.metadata.get(ATTEMPTS_KEY, 0)
     try:
@@ -154,16 +176,22 @@ class Dispatcher(Job):
         *,
         load: LoadSource | None = None,
         switch: RuntimeSwitch | None = None,
+        detector: ChangeDetector | None = None,
     ) -> None:
         super().__init__(context)
         self.board = board
         self.load = load
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
+        # Without a change signal every poll reads with bd.
+        self.detector = detector or ChangeDetector(None, self.log, self.monotonic)
         self.tally = RunTally()
         self.backoff = Backoff()
         # Beads this run skips from now on, with why: a failed or refused (409) dispatch
         # waits for the next run, and a bead bd cannot read or write is logged once.
         self._skipped: dict[str, str] = {}
+        # What the last bd read found ready to go out; until something is written, only a
+        # freed agent slot can send one of them.
+        self._waiting: list[Bead] = []
 
     # -- the run -----------------------------------------------------------------------
 
@@ -233,6 +261,12 @@ class Dispatcher(Job):
             blocked=self.tally.blocked,
             requeued=self.tally.requeued,
             service_down=self.tally.service_down,
+            polls_without_bd=self.tally.polls_without_bd,
+            change_signal=self.detector.kind,
+            poll_ms_median=_median_ms(self.tally.poll_seconds),
+            quiet_poll_ms_median=_median_ms(self.tally.quiet_poll_seconds),
+            quiet_poll_ms_p95=_p95_ms(self.tally.quiet_poll_seconds),
+            quiet_poll_ms_max=_max_ms(self.tally.quiet_poll_seconds),
             skipped=self.tally.skipped,
             errors=self.tally.errors,
         )
@@ -247,11 +281,16 @@ class Dispatcher(Job):
 
     def _poll_safely(self) -> None:
         self.tally.polls += 1
+        started, quiet = self.monotonic(), self.tally.polls_without_bd
         try:
             outcome = self.poll()
         except (BdError, BeadBoardError, AgentServiceError, LockError) as exc:
             self.tally.errors += 1
             outcome = log_fault(self.log, exc)
+        took = self.monotonic() - started
+        self.tally.poll_seconds.append(took)
+        if self.tally.polls_without_bd > quiet:
+            self.tally.quiet_poll_seconds.append(took)
         if outcome == Outcome.QUEUE_EMPTY:
             self.tally.idle_polls += 1
         self.tally.outcomes.add(outcome)
@@ -259,11 +298,27 @@ class Dispatcher(Job):
     # -- one poll ----------------------------------------------------------------------
 
     def poll(self) -> Outcome:
-        candidates = self._first_read()
+        look = self.detector.look()
+        if look.read:
+            return self._send_from(self._read_and_remember(look))
+        # Nothing written since bd last read: the beads that waited then still wait, and
+        # only a freed slot can send one; asking costs one HTTP GET, not a bd process. An
+        # agent still full was logged when bd read the queue, not once a second since.
+        waiting = [b for b in self._waiting if b.id not in self._skipped]
+        slots = self._free_slots(quiet=True) if waiting else 0
+        if slots == 0:
+            self.tally.polls_without_bd += 1
+            return Outcome.AGENT_BUSY if waiting else Outcome.QUEUE_EMPTY
+        return self._send_from(waiting, slots)
+
+    def _send_from(self, candidates: list[Bead], slots: int | None = None) -> Outcome:
+        """Free slots? -> lock -> the hand-off; `slots` when already asked."""
         if not candidates:
             return Outcome.QUEUE_EMPTY
-        # Only now talk to BeadBoard / the agent: an empty queue leaves them free to scale to zero.
-        slots = self._free_slots()
+        if slots is None:
+            # Only now talk to BeadBoard / the agent: an empty queue leaves them free to
+            # scale to zero.
+            slots = self._free_slots()
         if slots == 0:
             self.log.event("agent.busy", waiting=len(candidates))
             return Outcome.AGENT_BUSY
@@ -285,6 +340,13 @@ class Dispatcher(Job):
         finally:
             self.lock.release()
             self.log.event("lock.released", lock=self.lock.description)
+
+    def _read_and_remember(self, look: Look) -> list[Bead]:
+        """The first read, after which the detector compares with what `look` saw."""
+        candidates = self._first_read()
+        self.detector.seen(look)
+        self._waiting = candidates
+        return candidates
 
     def _first_read(self) -> list[Bead]:
         """What could go out now, best first: the poll's first read, without the lock.
@@ -348,11 +410,13 @@ class Dispatcher(Job):
             held_back_dependencies=[b.id for b in waiting if b.id not in deferred],
         )
 
-    def _free_slots(self) -> int:
+    def _free_slots(self, *, quiet: bool = False) -> int:
         if self.load is None:
             return 0 if self.board.agent_busy() else 1
         load = self.load.load()
         free = load.free_slots(self.settings.max_in_flight)
+        if quiet and free == 0:
+            return free
         self.log.event(
             "agent.load", active=load.active, queued=load.queued, capacity=load.capacity, free=free
         )

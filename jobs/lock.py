@@ -24,6 +24,7 @@ Holders call `ensure_held()` before every bead write and stop at once when it fa
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -152,28 +153,31 @@ class FileLock:
             os.close(fd)  # closing the only descriptor drops the flock
 
 
-class DoltNamedLock:
-    """`GET_LOCK(name, 0)` on one dedicated connection to the Dolt sql-server."""
+class DoltSession:
+    """One connection to the Dolt sql-server, kept for the whole run.
+
+    The named lock lives on it (named locks belong to a session), and between polls the
+    change detector (jobs/detect.py) asks `DOLT_HASHOF_DB()` on it, so a dispatcher holds
+    one connection, not one per poll. Autocommit: each statement is its own transaction
+    and sees every write committed before it; inside an open REPEATABLE READ transaction
+    the hash would stay frozen at the transaction's snapshot.
+    """
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        user: str,
-        password: str,
-        database: str,
-        tls: bool = False,
-        assignee: str = DEFAULT_ASSIGNEE,
+        self, host: str, port: int, user: str, password: str, database: str, tls: bool = False
     ) -> None:
         self.host, self.port, self.user, self.database = host, port, user, database
         self._password = password
         self._tls = tls
-        self.name = lock_name(database, assignee)
         self._conn: Any = None
 
     @property
-    def description(self) -> str:
-        return f"GET_LOCK('{self.name}') on {self.host}:{self.port}"
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
 
     def _connect(self) -> Any:
         # Imported here: embedded mode, the reaper's idle runs and the tests that never touch
@@ -194,53 +198,115 @@ class DoltNamedLock:
                 autocommit=True,
             )
         except pymysql.MySQLError as exc:
-            raise LockError(f"cannot connect to Dolt at {self.host}:{self.port}: {exc}") from None
+            raise LockError(f"cannot connect to Dolt at {self.where}: {exc}") from None
 
-    def _scalar(self, conn: Any, sql: str) -> Any:
+    def scalar(self, sql: str, args: tuple[Any, ...] = (), *, reconnect: bool = False) -> Any:
+        """The first column of the first row. `reconnect`: open a new connection when there
+        is none (after a drop). A new session holds none of the old one's named locks, and
+        `held()` asks on the session there is now, so a lock lost that way is noticed.
+
+        Raises LockError when the server cannot be reached, SqlRefused when it answered
+        with an error."""
         import pymysql  # noqa: PLC0415 (see _connect)
 
+        if self._conn is None:
+            if not reconnect:
+                raise LockError(f"no connection to Dolt at {self.where}")
+            self._conn = self._connect()
         try:
-            with conn.cursor() as cursor:
-                cursor.execute(sql, (self.name,))
+            with self._conn.cursor() as cursor:
+                cursor.execute(sql, args)
                 row = cursor.fetchone()
         except pymysql.MySQLError as exc:
             what = sql.removeprefix("SELECT ").split("(", maxsplit=1)[0]
-            raise LockError(f"{what} on {self.host}:{self.port}: {exc}") from None
+            if _server_answered(exc):
+                raise SqlRefused(f"{what} on {self.where}: {exc}") from None
+            self.close()  # a dropped session: its named locks are gone with it
+            raise LockError(f"{what} on {self.where}: {exc}") from None
         return row[0] if row else None
 
-    def try_acquire(self, wait_seconds: float = 0.0) -> bool:
-        if self._conn is not None:
-            return True
-        conn = self._connect()
-        deadline = time.monotonic() + wait_seconds
-        try:
-            while True:
-                if self._scalar(conn, "SELECT GET_LOCK(%s, 0)") == 1:
-                    self._conn, conn = conn, None
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(_RETRY_SECONDS)
-        finally:
-            if conn is not None:
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing a session the server already dropped may raise; it is gone either way.
+            with contextlib.suppress(Exception):
                 conn.close()
 
+
+class SqlRefused(LockError):
+    """The Dolt server answered a statement with an error (unknown function, no privilege)."""
+
+
+def _server_answered(exc: Exception) -> bool:
+    # MySQL client-side error codes (2000-2999: connection lost, server gone) mean the
+    # server never answered; below 2000 it did, with a refusal.
+    # PyMySQL's own "already closed" has code 0: not an answer either.
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return 0 < code < 2000
+
+
+class DoltNamedLock:
+    """`GET_LOCK(name, 0)` on the run's connection to the Dolt sql-server (DoltSession)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        tls: bool = False,
+        assignee: str = DEFAULT_ASSIGNEE,
+    ) -> None:
+        self.host, self.port, self.user, self.database = host, port, user, database
+        self.session = DoltSession(host, port, user, password, database, tls)
+        self.name = lock_name(database, assignee)
+        self._held = False
+
+    @property
+    def description(self) -> str:
+        return f"GET_LOCK('{self.name}') on {self.session.where}"
+
+    def try_acquire(self, wait_seconds: float = 0.0) -> bool:
+        if self._held:
+            return True
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if self._get_lock() == 1:
+                self._held = True
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_RETRY_SECONDS)
+
+    def _get_lock(self) -> Any:
+        sql, args = "SELECT GET_LOCK(%s, 0)", (self.name,)
+        kept = self.session.connected
+        try:
+            return self.session.scalar(sql, args, reconnect=True)
+        except SqlRefused:
+            raise
+        except LockError:
+            if not kept:
+                raise
+            # The kept session may have died since the last poll (a server restart, an idle
+            # timeout); nothing is held on it, so one fresh connection may take its place.
+            return self.session.scalar(sql, args, reconnect=True)
+
     def held(self) -> bool:
-        if self._conn is None:
+        if not self._held:
             return False
         # The server's view, on our own session: a dropped connection cannot answer yes.
-        return bool(self._scalar(self._conn, "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()"))
+        return bool(self.session.scalar("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.name,)))
 
     def release(self) -> None:
-        if self._conn is None:
+        if not self._held:
             return
-        conn, self._conn = self._conn, None
+        self._held = False
         try:
-            self._scalar(conn, "SELECT RELEASE_LOCK(%s)")
+            self.session.scalar("SELECT RELEASE_LOCK(%s)", (self.name,))
         except LockError:
-            pass  # closing the session below releases it anyway
-        finally:
-            conn.close()
+            self.session.close()  # closing the session releases it anyway
 
 
 def lock_on(

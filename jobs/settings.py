@@ -130,10 +130,18 @@ class RuntimeSettings(BaseModel):
         "which must stay below the schedule's interval.",
     )
     poll_interval_seconds: int = Field(
-        default=10,
+        default=1,
         ge=1,
         le=3600,
-        description="Seconds between polls inside a window (an idle poll = one bd call, no HTTP).",
+        description="Seconds between polls inside a window. An idle poll asks the database "
+        "whether anything was written since bd last read (no process, no HTTP); bd reads "
+        "after a write, on a run's first poll and at least every 60 s.",
+    )
+    change_detection: bool = Field(
+        default=True,
+        description="Between bd reads, ask the database whether anything was written "
+        "(DOLT_HASHOF_DB() in server mode, the store's manifest in embedded mode). false: "
+        "bd reads every poll, as before the detector.",
     )
     agent_health_url: OptionalHttpUrl = Field(
         default="",

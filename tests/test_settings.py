@@ -20,7 +20,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.reaper_threshold_minutes == 30
     assert settings.max_dispatch_attempts == 3
     assert (settings.http_timeout_seconds, settings.bd_timeout_seconds) == (10, 60)
-    assert (settings.dispatcher_window_seconds, settings.poll_interval_seconds) == (0, 10)
+    assert (settings.dispatcher_window_seconds, settings.poll_interval_seconds) == (0, 1)
     assert (settings.agent_health_url, settings.max_in_flight) == ("", 10)
     assert settings.bd_bin == "bd"
     assert settings.beads_db == Path("/tmp/.beads")
@@ -52,7 +52,7 @@ READ_AND_NORMALISED: list[tuple[str, str, str, object]] = [
         Path("/etc/beads-autodispatch/runtime"),
     ),
     # Blank is unset: the default stands.
-    ("POLL_INTERVAL_SECONDS", "  ", "poll_interval_seconds", 10),
+    ("POLL_INTERVAL_SECONDS", "  ", "poll_interval_seconds", 1),
 ]
 
 

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.config import settings_from
+from components.config import BeadsAutoDispatchArgs, settings_from
 from components.cron import parse_schedule
 from components.names import DISPATCHER_NAME, REAPER_NAME
 from devtools.bench.agent_sim import AgentSimulator
 from devtools.localservices.bd import RealBd
 from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
 from devtools.manifests.mocks import render_program
+from devtools.paths import ROOT
 from devtools.pods.process import JobRun, base_env, run_jobs, start_jobs
 
 
@@ -56,6 +60,14 @@ def server_job_env(
         BEADBOARD_URL=url,
     )
     return env | extra
+
+
+def poll_env(settings: BeadsAutoDispatchArgs) -> dict[str, str]:
+    """How a preset's watch window polls: its interval, and whether the change detector runs."""
+    return {
+        "POLL_INTERVAL_SECONDS": str(settings.poll_interval_seconds),
+        "CHANGE_DETECTION": "true" if settings.change_detection else "false",
+    }
 
 
 def summary(stdout: str) -> dict[str, Any]:
@@ -101,18 +113,26 @@ def original_tick(binary: Path, root: Path, rounds: int = 5) -> list[float]:
     return durations
 
 
-def window_latency(binary: Path, root: Path, beads: int, poll: float) -> list[float]:
+ARRIVAL_SECONDS = 4.0
+
+
+def window_latency(
+    binary: Path, root: Path, name: str, beads: int, settings: BeadsAutoDispatchArgs
+) -> list[float]:
     """Beads assigned at random moments while one watch-window run polls; latency per bead.
 
     Server mode (bd against a dolt sql-server), as in production.
     """
-    with dolt_server(binary, root / "lat-dolt") as server:
-        client = server.client_dir(root / "lat-client")
+    poll = float(settings.poll_interval_seconds)
+    with dolt_server(binary, root / f"{name}-lat-dolt") as server:
+        client = server.client_dir(root / f"{name}-lat-client")
         ids = [
             server.bd_run(client, "create", f"lat {i}", "--acceptance", "x", "--silent").strip()
             for i in range(beads)
         ]
-        spread = max(30.0, beads * poll / 5)
+        # The same arrivals for every preset, one every ARRIVAL_SECONDS on average: a bead's
+        # wait, not a queue of beads waiting on each other's bd calls.
+        spread = beads * ARRIVAL_SECONDS
         rng = random.Random(7)  # noqa: S311 (seeded workload, not a secret)
         offsets = sorted(rng.uniform(2.0, spread) for _ in ids)
         assigned: dict[str, float] = {}
@@ -120,12 +140,13 @@ def window_latency(binary: Path, root: Path, beads: int, poll: float) -> list[fl
             env = server_job_env(
                 server,
                 root,
-                "lat",
+                f"{name}-lat",
                 agent.url,
-                DISPATCHER_WINDOW_SECONDS=str(int(spread + 4 * poll)),
-                POLL_INTERVAL_SECONDS=str(poll),
+                # Room for a loaded machine's slow assigns; SIGTERM ends it once all went.
+                DISPATCHER_WINDOW_SECONDS=str(int(3 * spread + 10 * poll + 120)),
                 AGENT_HEALTH_URL=f"{agent.url}/health",
                 MAX_IN_FLIGHT="1000",
+                **poll_env(settings),
             )
             process = start_jobs(["dispatch"], env)
             begin = time.monotonic()
@@ -133,10 +154,14 @@ def window_latency(binary: Path, root: Path, beads: int, poll: float) -> list[fl
                 time.sleep(max(0.0, begin + offset - time.monotonic()))
                 assigned[bead] = time.monotonic()  # before the call: the conservative end
                 server.bd_run(client, "update", bead, "--assignee", "agent")
-            process.communicate(timeout=spread + 10 * poll + 120)
+            deadline = time.monotonic() + 10 * poll + 60
+            while len(agent.dispatched_at()) < len(ids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=120)
             dispatched = agent.dispatched_at()
     missing = [b for b in ids if b not in dispatched]
-    assert not missing, f"never dispatched: {missing}"
+    assert not missing, f"never dispatched: {missing}; the run's last lines: {stdout[-2000:]}"
     return [dispatched[b] - assigned[b] for b in ids]
 
 
@@ -150,7 +175,7 @@ def utilisation(
     slots: int,
     run_seconds: float,
     window: float,
-    poll: float,
+    settings: BeadsAutoDispatchArgs,
     use_health: bool,
 ) -> dict[str, Any]:
     """A backlog bigger than the window can drain; bd in server mode, as in production."""
@@ -168,10 +193,7 @@ def utilisation(
                 "--silent",
             )
         with AgentSimulator(capacity=slots, run_seconds=run_seconds) as agent:
-            extra = {
-                "DISPATCHER_WINDOW_SECONDS": str(int(window)),
-                "POLL_INTERVAL_SECONDS": str(poll),
-            }
+            extra = {"DISPATCHER_WINDOW_SECONDS": str(int(window)), **poll_env(settings)}
             if use_health:
                 extra |= {"AGENT_HEALTH_URL": f"{agent.url}/health", "MAX_IN_FLIGHT": str(slots)}
             process = start_jobs(
@@ -193,13 +215,20 @@ def utilisation(
 
 
 def utilisation_single_and_ten(
-    binary: Path, root: Path, run_seconds: float, window: float, poll: float
+    binary: Path,
+    root: Path,
+    preset: str,
+    run_seconds: float,
+    window: float,
+    settings: BeadsAutoDispatchArgs,
 ) -> dict[str, dict[str, Any]]:
     """One slot (BeadBoard's busy flag) and ten (agentHealthUrl), side by side."""
     results: dict[str, dict[str, Any]] = {}
 
     def run(name: str, slots: int, health: bool) -> None:
-        results[name] = utilisation(binary, root, name, slots, run_seconds, window, poll, health)
+        results[name] = utilisation(
+            binary, root, f"{preset}-{name}", slots, run_seconds, window, settings, health
+        )
 
     threads = [
         threading.Thread(target=run, args=("single", 1, False)),
@@ -215,31 +244,99 @@ def utilisation_single_and_ten(
 # -- 4. idle poll cost ------------------------------------------------------------------
 
 
-def idle(binary: Path, root: Path, background_beads: int) -> dict[str, float]:
-    bd = fresh_db(binary, root, "idle")
-    for index in range(background_beads):
-        bd.create(f"human {index}", assignee="alice", acceptance="x")
-    with AgentSimulator(capacity=1, run_seconds=1) as agent:
-        started = time.monotonic()
-        result: JobRun = run_jobs(
-            ["dispatch"],
-            job_env(bd, agent.url, DISPATCHER_WINDOW_SECONDS="10", POLL_INTERVAL_SECONDS="1"),
-        )
-        elapsed = time.monotonic() - started
-        requests = len(agent.stub.requests)
+def _idle_figures(result: JobRun, requests: int, elapsed: float) -> dict[str, Any]:
     done = result.summary
-    polls = float(done["polls"])
-    # Wall time per poll = time spent not sleeping, divided by the polls.
-    busy = elapsed - (polls - 1) * 1.0
     python_mib, child_mib = peak_rss_mib(done)
     return {
-        "polls": polls,
-        "bd_per_poll": done["bd_calls"] / polls,
-        "http_per_poll": requests / polls,
-        "ms_per_poll": 1000 * busy / polls,
-        "peak_rss": python_mib,
-        "child_peak_rss": child_mib,
+        "polls": done["polls"],
+        "bd_calls": done["bd_calls"],
+        "polls_without_bd": done["polls_without_bd"],
+        "requests": requests,
+        "seconds": elapsed,
+        "poll_ms": done["poll_ms_median"],
+        "quiet_ms": done["quiet_poll_ms_median"],
+        "quiet_ms_p95": done["quiet_poll_ms_p95"],
+        "quiet_ms_max": done["quiet_poll_ms_max"],
+        "python_mib": python_mib,
+        "child_mib": child_mib,
+        "signal": done["change_signal"],
     }
+
+
+def run_dispatch_fresh(env: dict[str, str], timeout: float) -> JobRun:
+    """`python -m jobs dispatch` started by a shell that forks it, as a container runtime
+    would: Linux counts a process's peak RSS from the memory of the process it was forked
+    from, so started straight from this (large) bench process, the dispatcher's own figure
+    would be the bench's."""
+    completed = subprocess.run(
+        ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "jobs", "dispatch"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return JobRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def idle_server(
+    binary: Path, root: Path, name: str, settings: BeadsAutoDispatchArgs, window: int, others: int
+) -> dict[str, Any]:
+    """One idle watch window against a dolt sql-server holding `others` beads of a human."""
+    human = root / f"{name}-idle.jsonl"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = [
+        {
+            "id": f"srv-idle{index:05d}",
+            "title": f"human {index}",
+            "status": "open",
+            "priority": 2,
+            "issue_type": "task",
+            "assignee": "alice",
+            "acceptance_criteria": "x",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for index in range(others)
+    ]
+    human.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with dolt_server(binary, root / f"{name}-idle-dolt") as server:
+        server.bd_run(server.client_dir(root / f"{name}-idle-client"), "import", str(human))
+        with AgentSimulator(capacity=1, run_seconds=1) as agent:
+            env = server_job_env(
+                server,
+                root,
+                f"{name}-idle",
+                agent.url,
+                DISPATCHER_WINDOW_SECONDS=str(window),
+                **poll_env(settings),
+            )
+            started = time.monotonic()
+            result = run_dispatch_fresh(env, timeout=window + 120)
+            elapsed = time.monotonic() - started
+            requests = len(agent.stub.requests)
+    return _idle_figures(result, requests, elapsed)
+
+
+def idle_embedded(
+    binary: Path, root: Path, settings: BeadsAutoDispatchArgs, window: int, others: int
+) -> dict[str, Any]:
+    """The same in embedded mode: the detector watches the store's manifest."""
+    bd = fresh_db(binary, root, "idle")
+    bd.create_many(
+        [
+            {"title": f"human {i}", "assignee": "alice", "acceptance_criteria": "x"}
+            for i in range(others)
+        ]
+    )
+    with AgentSimulator(capacity=1, run_seconds=1) as agent:
+        env = job_env(bd, agent.url, DISPATCHER_WINDOW_SECONDS=str(window), **poll_env(settings))
+        started = time.monotonic()
+        result = run_dispatch_fresh(env, timeout=window + 120)
+        elapsed = time.monotonic() - started
+        requests = len(agent.stub.requests)
+    return _idle_figures(result, requests, elapsed)
 
 
 # -- 5. load ---------------------------------------------------------------------------

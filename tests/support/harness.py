@@ -22,6 +22,7 @@ import httpx
 from devtools.localservices.beadboard import BeadBoardStub
 from devtools.pods.process import JobRun
 from jobs.beadboard import AgentHealth, BeadBoard
+from jobs.detect import ChangeDetector, ChangeSignal
 from jobs.dispatch import Dispatcher, RuntimeSwitch
 from jobs.lock import LOCK_FILE_NAME, DispatchLock, FileLock
 from jobs.log import EventLog
@@ -192,9 +193,11 @@ class JobHarness:
         dry_run: bool = False,
         stop: StopSignal | None = None,
         lock: DispatchLock | None = None,
+        signal: ChangeSignal | None = None,
         **overrides: Any,
     ) -> JobRun:
-        """One dispatcher run; `overrides` are JobSettings fields."""
+        """One dispatcher run; `overrides` are JobSettings fields. Without a `signal` the
+        change detector has nothing to watch: bd reads every poll."""
         settings = self.settings(**overrides)
         stream = io.StringIO()
         context = self.context("dispatch", settings, stream, dry_run=dry_run, stop=stop, lock=lock)
@@ -202,6 +205,7 @@ class JobHarness:
         switch = RuntimeSwitch(
             settings.dispatcher_enabled, settings.runtime_config_dir, context.log
         )
+        detector = ChangeDetector(signal, context.log, self.clock.monotonic)
         health = None
         if settings.agent_health_url:
             health = AgentHealth(
@@ -212,7 +216,10 @@ class JobHarness:
         board_url = settings.beadboard_url
         try:
             with BeadBoard(board_url, self.http_timeout, self.transport(board_url)) as board:
-                code = Dispatcher(context, board, load=health, switch=switch).run()
+                dispatcher = Dispatcher(
+                    context, board, load=health, switch=switch, detector=detector
+                )
+                code = dispatcher.run()
         finally:
             if health is not None:
                 health.close()
