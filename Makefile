@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOOLS_CACHE ?= $(HOME)/.cache/beads-autodispatch/bin
+# pulumi finds its home from the passwd entry, not $$HOME: say it, so the plugin the build
+# installs is the one every later pulumi run finds.
+export PULUMI_HOME ?= $(HOME)/.pulumi
 # pytest-xdist workers: one more than the cores, since a worker often waits (on a job process,
 # a lock, a poll interval) while its bd processes are not running.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
