@@ -185,6 +185,24 @@ class BeadStore(Protocol):
         """
         ...
 
+    def update_many(
+        self,
+        bead_ids: Sequence[str],
+        *,
+        claim: bool = False,
+        status: Status | None = None,
+        note: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> set[str]:
+        """The same write to several beads in one call (one bd process); the ids it updated.
+
+        bd goes on past a bead it refuses; a bead missing from the answer may or may not have
+        been written. BdRejected when it updated none, BdError when it failed midway.
+        """
+        ...
+
     def comment(self, bead_id: str, text: str) -> None:
         """A comment row of its own: it can never overwrite anyone's note."""
         ...
@@ -283,18 +301,29 @@ class BdClient:
 
         Raises BdRejected when bd updated nothing (bead missing, or held by another actor).
         """
-        args = ["update", bead_id]
-        if claim:
-            args.append("--claim")
-        if status is not None:
-            args += ["--status", status]
-        if note is not None:
-            args += ["--append-notes", note]
-        for key, value in sorted((set_metadata or {}).items()):
-            args += ["--set-metadata", f"{key}={value}"]
-        for key in unset_metadata:
-            args += ["--unset-metadata", key]
-        self._json(args, actor=actor)
+        self._json(
+            ["update", bead_id, *_update_flags(claim, status, note, set_metadata, unset_metadata)],
+            actor=actor,
+        )
+
+    def update_many(
+        self,
+        bead_ids: Sequence[str],
+        *,
+        claim: bool = False,
+        status: Status | None = None,
+        note: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> set[str]:
+        """`bd update ID ID ...`: bd writes each in turn, says on stderr why it skipped one,
+        prints the ones it updated, and exits 1 only when it updated none."""
+        flags = _update_flags(claim, status, note, set_metadata, unset_metadata)
+        payload = self._json(["update", *bead_ids, *flags], actor=actor)
+        if not isinstance(payload, list):
+            raise BdError(f"bd update printed {type(payload).__name__}, expected a JSON array")
+        return {str(row["id"]) for row in payload if isinstance(row, dict) and row.get("id")}
 
     def comment(self, bead_id: str, text: str) -> None:
         """`bd comments add`: a row of its own, so it can never overwrite anyone's note.
@@ -345,6 +374,25 @@ class BdClient:
             raise BdError(
                 f"bd {args[0]} printed invalid JSON: {excerpt(completed.stdout, _ERROR_EXCERPT)!r}"
             ) from None
+
+
+def _update_flags(
+    claim: bool,
+    status: Status | None,
+    note: str | None,
+    set_metadata: Mapping[str, str] | None,
+    unset_metadata: Sequence[str],
+) -> list[str]:
+    flags = ["--claim"] if claim else []
+    if status is not None:
+        flags += ["--status", status]
+    if note is not None:
+        flags += ["--append-notes", note]
+    for key, value in sorted((set_metadata or {}).items()):
+        flags += ["--set-metadata", f"{key}={value}"]
+    for key in unset_metadata:
+        flags += ["--unset-metadata", key]
+    return flags
 
 
 def resolve_bd_bin(bd_bin: str) -> str | None:

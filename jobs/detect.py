@@ -16,7 +16,9 @@ bd reads when the value moved since the last bd read, on a run's first poll, and
 every SAFETY_READ_SECONDS, because time alone can make a bead ready (a `defer_until` coming
 due) without any write. The value is taken *before* bd reads, so a write that lands between
 the two is seen by the next poll; a bd read that failed counts as not done. The detector
-never takes the lock.
+never takes the lock. Under the lock, the dispatcher asks it once more: when nothing was
+written since the value its candidates were read at, it claims from that read instead of
+reading again (two bd processes fewer per hand-off).
 
 When the value cannot be had (a server without DOLT_HASHOF_DB, a user it is refused to, a
 store layout this does not know) every poll reads with bd, as before, said once per run.
@@ -194,6 +196,17 @@ class ChangeDetector:
         if self._monotonic() - self._read_at >= self._safety_seconds:
             return Why.SAFETY
         return Why.UNCHANGED
+
+    def unchanged_since_read(self) -> bool:
+        """Nothing written since the value the last bd read was taken at, so what that read
+        found is what bd would print now. Asked under the lock instead of reading again; any
+        doubt (no signal, no read yet, the signal not answering) says False: read again."""
+        if self._signal is None or self._last is None:
+            return False
+        try:
+            return self._signal.value() == self._last
+        except (SignalUnavailable, SignalMissed):
+            return False
 
     def seen(self, look: Look) -> None:
         """bd read the queue after `look`: the next poll compares with its value."""

@@ -1,8 +1,9 @@
 """The dispatcher run: one poll, or polls for a watch window.
 
 A poll reads like the runbook: anything queued? (`bd query`) -> ready? (`bd ready`, bd's own
-rule) -> (nothing? done) -> free slots? -> lock -> full read (ready again + query) -> for each
-bead: claim -> switch still on? -> mark sending -> POST -> record. Before all that, the change
+rule) -> (nothing? done) -> free slots? -> lock -> full read (ready again + query, unless the
+change detector saw no write since the first) -> for the free slots' beads at once: claim ->
+switch still on? -> mark sending -> POST each -> record each. Before all that, the change
 detector (jobs/detect.py) says whether anything was written since bd last read: when nothing
 was, an idle poll ends there (no bd process, no HTTP), and a poll whose beads waited for a
 slot only asks for a free one. A read poll with an empty queue is one bd call and no HTTP
@@ -14,17 +15,21 @@ pinned, ephemeral or of a bd-internal type), with non-blank acceptance criteria;
 are bounded because a bead that used them up is `blocked`. Best first: priority, then oldest.
 
 The lock is held from the re-query until the last bead of the poll is recorded, so a reaper
-that holds it knows no live dispatcher is between claiming a bead and sending it. Only one
-bead is in hand at a time: a failure or a 409 never leaves a pile of claimed beads behind.
+that holds it knows no live dispatcher is between claiming a bead and sending it. A poll
+claims only as many beads as the agent has free slots, in one bd call, marks them in another,
+POSTs them in turn and records them after: a 409, an outage, SIGTERM or the kill switch hands
+the ones not yet sent back at once, so no pile of claimed beads is ever left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, assert_never
+from typing import Any, Protocol, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -65,6 +70,11 @@ ENABLED_ENV = env_name("dispatcher_enabled")
 # the service is down (the lock goes at once), or the kill switch went off.
 _ENDS_THE_POLL = frozenset({Outcome.AGENT_BUSY_ON_DISPATCH, Outcome.SERVICE_DOWN, Outcome.PAUSED})
 _BOOL = TypeAdapter(bool)
+# Written before a POST: after a crash, "sending" means "maybe sent", never resend.
+_SENDING: dict[str, Any] = {
+    "set_metadata": {STAGE_KEY: Stage.SENDING},
+    "unset_metadata": [CLAIMED_FOR_KEY],
+}
 
 
 class RuntimeSwitch:
@@ -395,6 +405,18 @@ class Dispatcher(Job):
         self._log_queue_read(queued, ready, eligible=len(fresh))
         return fresh
 
+    def _current(self, candidates: list[Bead]) -> dict[str, Bead]:
+        """The candidates as they are now, under the lock: as read, when the change signal
+        says nothing was written since that read (bd would print the same), else read again.
+
+        A deferral coming due without a write only adds ready beads, so an answer a few
+        seconds old never offers one bd would now hold back.
+        """
+        if self.detector.unchanged_since_read():
+            self.log.event("queue.unchanged", signal=self.detector.kind, candidates=len(candidates))
+            return {bead.id: bead for bead in candidates}
+        return self._read_queue()
+
     def _log_queue_read(self, queued: QueryResult, ready: QueryResult, *, eligible: int) -> None:
         offered = {b.id for b in ready.beads}
         now = self.clock()
@@ -423,58 +445,162 @@ class Dispatcher(Job):
         return free
 
     def _hand_off(self, candidates: list[Bead], slots: int) -> Outcome:
-        """Under the lock: one fresh read, then each bead claimed, sent and recorded in turn."""
-        assignee = self.settings.agent_assignee
-        fresh = self._read_queue()
+        """Under the lock: the candidates as they are now, then as many as there are free
+        slots at once (`_hand_off_batch`). A bead that did not go out (its claim refused, its
+        send failed) leaves its slot to the next candidate, in another batch."""
+        fresh = self._current(candidates)
+        queue = iter(candidates)
         outcomes: list[Outcome] = []
         sent = 0
-        for candidate in candidates:
-            if sent == slots:
-                break
+        while sent < slots:
             if self.stop.requested:
                 outcomes.append(Outcome.STOPPED)
                 break
+            batch = self._next_batch(queue, fresh, slots - sent)
+            if not batch:
+                break
+            done = self._hand_off_batch(batch)
+            outcomes += done
+            sent += sum(1 for o in done if o in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN))
+            if _ENDS_THE_POLL.intersection(done):
+                break
+        return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
+
+    def _next_batch(self, queue: Iterator[Bead], fresh: dict[str, Bead], room: int) -> list[Bead]:
+        """The next `room` candidates that are still eligible and small enough for bd."""
+        batch: list[Bead] = []
+        for candidate in queue:
             current = fresh.get(candidate.id)
-            if current is None or not _is_eligible(current, assignee):
+            if current is None or not _is_eligible(current, self.settings.agent_assignee):
                 self.log.event("claim.skipped", bead=candidate.id, detail="changed since the query")
                 continue
             if self._too_large(current, too_large(current.stored_bytes)):
                 continue
-            outcome = self._hand_off_one(current)
-            if outcome is None:
-                continue
-            outcomes.append(outcome)
-            if outcome in (Outcome.DISPATCHED, Outcome.DISPATCH_UNKNOWN):
-                sent += 1
-            if outcome in _ENDS_THE_POLL:
+            batch.append(current)
+            if len(batch) == room:
                 break
-        return worst(*outcomes) if outcomes else Outcome.NOTHING_CLAIMABLE
+        return batch
 
-    def _hand_off_one(self, bead: Bead) -> Outcome | None:
-        """claim -> (switch still on?) -> mark sending -> post -> record. None: not claimed."""
-        if not self._claim(bead):
-            return None
+    def _hand_off_batch(self, batch: list[Bead]) -> list[Outcome]:
+        """claim -> (switch still on?) -> mark sending -> post each -> record each.
+
+        The claims and the sending markers are one bd call each for the whole batch, and the
+        records follow the last POST, so the k-th free slot of a poll waits for k POSTs, not
+        for 4k bd processes. A batch is the poll's free slots: nothing is claimed that a slot
+        does not wait for.
+        """
+        claimed = self._claim_all(batch)
+        if not claimed:
+            return []
         if not self.switch.enabled():
-            return self._stand_down(bead)
-        if not self._mark_sending(bead):
-            return Outcome.ERROR
-        return self._record(bead, self._post(bead))
+            return [self._stand_down(claimed)]
+        marked = self._mark_all_sending(claimed)
+        outcomes = [Outcome.ERROR] * (len(claimed) - len(marked))
+        posted: list[tuple[Bead, DispatchOutcome]] = []
+        try:
+            outcomes += self._post_each(marked, posted)
+        except LockLost as exc:
+            self._record_without_lock(posted, marked[len(posted) + 1 :], exc)
+            raise
+        return [self._record(bead, outcome) for bead, outcome in posted] + outcomes
+
+    def _claim_all(self, batch: list[Bead]) -> list[Bead]:
+        """The batch's beads that are now claimed for this run, in order."""
+        if len(batch) == 1:
+            return batch if self._claim(batch[0]) else []
+        ensure_held(self.lock)
+        try:
+            done = self.store.update_many(
+                [bead.id for bead in batch], claim=True, **self._claim_change()
+            )
+        except BdError as exc:
+            # Some may have landed before bd stopped: each is asked again on its own below.
+            self.log.warning("claim.batch_failed", beads=[b.id for b in batch], error=str(exc))
+            done = set()
+        claimed = []
+        for bead in batch:
+            if bead.id in done:
+                self.log.event("claim.done", bead=bead.id, priority=bead.priority)
+                claimed.append(bead)
+            # bd skipped it, or stopped before it: its own call says why (a claim of a bead
+            # this actor already holds is a no-op success, so one that landed is not lost).
+            elif self._claim(bead):
+                claimed.append(bead)
+        return claimed
+
+    def _claim_change(self) -> dict[str, Any]:
+        return {
+            "status": Status.IN_PROGRESS,
+            "note": notes.claimed(self.clock()),
+            "set_metadata": {
+                STAGE_KEY: Stage.CLAIMED,
+                CLAIMED_FOR_KEY: self.settings.agent_assignee,
+            },
+            "actor": self.settings.agent_assignee,
+        }
+
+    def _mark_all_sending(self, claimed: list[Bead]) -> list[Bead]:
+        """The claimed beads now marked `sending`; each bd refused went back unsent."""
+        if len(claimed) == 1:
+            return claimed if self._mark_sending(claimed[0]) else []
+        ensure_held(self.lock)
+        try:
+            done = self.store.update_many([bead.id for bead in claimed], **_SENDING)
+        except BdError as exc:
+            self.log.warning("mark.batch_failed", beads=[b.id for b in claimed], error=str(exc))
+            done = set()
+        return [bead for bead in claimed if bead.id in done or self._mark_sending(bead)]
+
+    def _post_each(
+        self, marked: list[Bead], posted: list[tuple[Bead, DispatchOutcome]]
+    ) -> list[Outcome]:
+        """POST each marked bead in turn onto `posted`. The switch and SIGTERM are read
+        before each; when they say stop, or an answer says the next would meet the same
+        (agent full, service down), the beads not yet sent go back to the queue."""
+        for index, bead in enumerate(marked):
+            rest = marked[index:]
+            if index and self.stop.requested:
+                self._hand_back_all(rest, "the run was stopped (SIGTERM) before sending it")
+                return [Outcome.STOPPED]
+            # The first bead's read was the one right after the claim.
+            if index and not self.switch.enabled():
+                return [self._stand_down(rest)]
+            outcome = self._post(bead)
+            posted.append((bead, outcome))
+            if isinstance(outcome, AgentBusy | ServiceDown) and rest[1:]:
+                why = (
+                    f"the agent was full (409 for {bead.id})"
+                    if isinstance(outcome, AgentBusy)
+                    else f"the agent service was down (at the POST of {bead.id})"
+                )
+                self._hand_back_all(rest[1:], why)
+                break
+        return []
+
+    def _record_without_lock(
+        self, posted: list[tuple[Bead, DispatchOutcome]], unsent: list[Bead], lost: LockLost
+    ) -> None:
+        """The lock went mid-batch. Comments still say what happened (a comment cannot resend
+        anything): for the beads POSTed, their answer; for those not sent, why. Their state is
+        left to the lock's new holder (`sending`: never resent)."""
+        for bead, outcome in posted:
+            with contextlib.suppress(LockLost):
+                self._record(bead, outcome)
+        threshold = self.settings.reaper_threshold_minutes
+        for bead in unsent:
+            self._comment_best_effort(bead.id, notes.lost_lock(str(lost), threshold, self.clock()))
+
+    def _hand_back_all(self, beads: list[Bead], reason: str) -> None:
+        for bead in beads:
+            refused = self._hand_back(bead, reason)
+            if refused is not None:
+                self._bd_failed(bead.id, "hand_back", refused, handed_back=False)
 
     def _claim(self, bead: Bead) -> bool:
         ensure_held(self.lock)
         try:
             # --claim refuses a bead someone re-assigned since the read (bd's one real CAS).
-            self.store.update(
-                bead.id,
-                claim=True,
-                status=Status.IN_PROGRESS,
-                note=notes.claimed(self.clock()),
-                set_metadata={
-                    STAGE_KEY: Stage.CLAIMED,
-                    CLAIMED_FOR_KEY: self.settings.agent_assignee,
-                },
-                actor=self.settings.agent_assignee,
-            )
+            self.store.update(bead.id, claim=True, **self._claim_change())
         except BdRejected as exc:
             self.log.event("claim.lost", bead=bead.id, reason=str(exc))
             return False
@@ -520,16 +646,15 @@ class Dispatcher(Job):
         self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
         return None
 
-    def _stand_down(self, bead: Bead) -> Outcome:
-        """The kill switch went off after the claim: the bead goes back unsent, the run ends.
+    def _stand_down(self, beads: list[Bead]) -> Outcome:
+        """The kill switch went off after the claim: the beads go back unsent, the run ends.
 
         Read again before every POST, so a flip mid-poll costs no further dispatch.
         """
         detail = f"{ENABLED_ENV} is false"
-        refused = self._hand_back(bead, f"the kill switch was turned off ({detail})")
-        if refused is not None:
-            self._bd_failed(bead.id, "hand_back", refused, handed_back=False)
-        self.log.event("run.paused", detail=f"{detail}: {bead.id} went back unsent, run ends")
+        self._hand_back_all(beads, f"the kill switch was turned off ({detail})")
+        unsent = ", ".join(bead.id for bead in beads)
+        self.log.event("run.paused", detail=f"{detail}: {unsent} went back unsent, run ends")
         self.tally.outcomes.add(Outcome.PAUSED)
         return Outcome.PAUSED
 
@@ -538,9 +663,7 @@ class Dispatcher(Job):
         False when bd refused it: the bead went back (or waits for the reaper), unsent."""
         ensure_held(self.lock)
         try:
-            self.store.update(
-                bead.id, set_metadata={STAGE_KEY: Stage.SENDING}, unset_metadata=[CLAIMED_FOR_KEY]
-            )
+            self.store.update(bead.id, **_SENDING)
         except BdError as exc:
             returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)

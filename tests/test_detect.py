@@ -195,10 +195,10 @@ def test_waiting_beads_ask_only_for_a_free_slot_until_one_frees(
         **WINDOW,
     )
     assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [bead]
-    # Polls 2-10 asked /health only; poll 11 found the slot and went straight to the read
-    # under the lock (bd ready, then the rows), claim, send.
+    # Polls 2-10 asked /health only; poll 11 found the slot and, nothing written since the
+    # first read, went straight to the claim under the lock: no bd read at all.
     assert len(beadboard.requests_to(HEALTH)) == 11
-    assert store.methods()[:4] == ["queue", "ready", "ready", "queue"]
+    assert store.methods()[:4] == ["queue", "ready", "update", "update"]
     assert len(events_named(run, "agent.load")) == 2  # a full agent logged once, at the read
 
 
@@ -213,6 +213,52 @@ def test_one_slot_mode_asks_the_busy_flag_only_while_a_bead_waits(
     # Five busy answers, the sixth free: sent at poll 6; then idle, no HTTP, no bd.
     assert len(beadboard.requests_to(STATUS)) == 6
     assert run.summary["bd_calls"] < 12
+
+
+def test_the_hand_off_claims_from_the_first_read_when_nothing_was_written_since(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    bead = store.add("ready")
+    run = harness.dispatch(signal=Contents(store))
+    assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [bead]
+    assert store.methods() == ["queue", "ready", "update", "update", "comment", "update"]
+    assert [e["candidates"] for e in events_named(run, "queue.unchanged")] == [1]
+
+
+@pytest.mark.parametrize(
+    ("write", "dispatched"),
+    [
+        pytest.param({"assignee": "bob"}, False, id="re-assigned"),
+        pytest.param({"status": "closed"}, False, id="closed"),
+        pytest.param({"title": "retitled"}, True, id="retitled"),
+    ],
+)
+def test_a_write_between_the_first_read_and_the_lock_is_read_again_under_it(
+    harness: JobHarness,
+    store: MemoryStore,
+    beadboard: BeadBoardStub,
+    write: dict[str, Any],
+    dispatched: bool,
+) -> None:
+    bead = store.add("ready")
+    # Lands after the first read's `bd ready`, before the lock: only a read under the lock
+    # can know; the claim's own check would not stop a closed bead.
+    store.after("ready", lambda: store.edit(bead, **write), nth=1)
+    run = harness.dispatch(signal=Contents(store))
+    assert store.methods()[:4] == ["queue", "ready", "ready", "queue"]
+    assert events_named(run, "queue.unchanged") == []
+    posted = [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)]
+    assert posted == ([bead] if dispatched else [])
+
+
+def test_a_signal_that_fails_under_the_lock_reads_again(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    bead = store.add("ready")
+    run = harness.dispatch(signal=Scripted("v1", SignalMissed("connection dropped"), "v1"))
+    assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [bead]
+    assert store.methods()[:4] == ["queue", "ready", "ready", "queue"]
+    assert events_named(run, "queue.unchanged") == []
 
 
 @pytest.mark.parametrize("signal", [None, Scripted(SignalUnavailable("refused"))])

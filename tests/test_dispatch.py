@@ -629,7 +629,8 @@ def test_a_lock_held_by_a_killed_process_is_free_at_once(
 
 @dataclass(frozen=True)
 class LockLost:
-    """Two beads, two free slots, and the lock file replaced under the run's feet."""
+    """Two beads, two free slots (one batch: both claimed and marked `sending` together),
+    and the lock file replaced under the run's feet."""
 
     run: JobRun
     first: str  # the bead in hand when the lock was lost
@@ -641,8 +642,8 @@ def lost_before_post(harness: JobHarness, store: MemoryStore, beadboard: BeadBoa
     first = store.add("first", priority=0)
     second = store.add("second", priority=1)
     beadboard.health.capacity = 2
-    # Right after the sending marker lands.
-    store.after("update", harness.lock_path.unlink, nth=2)
+    # Right after the batch's sending marker lands.
+    store.after("update_many", harness.lock_path.unlink, nth=2)
     return LockLost(harness.dispatch(agent_health_url=harness.health_url), first, second)
 
 
@@ -678,16 +679,20 @@ def test_lock_lost_before_the_post_comments_not_sent(
     assert "before sending: NOT sent to BeadBoard" in comment
 
 
-def test_lock_lost_before_the_post_writes_nothing_after_that_comment(
+def test_lock_lost_before_the_post_writes_nothing_after_those_comments(
     lost_before_post: LockLost, store: MemoryStore
 ) -> None:
-    assert store.methods()[-3:] == ["update", "update", "comment"]
+    assert store.methods()[-4:] == ["update_many", "update_many", "comment", "comment"]
 
 
-def test_lock_lost_before_the_post_stops_the_run(
+def test_lock_lost_before_the_post_leaves_the_rest_of_the_batch_sending_and_says_so(
     lost_before_post: LockLost, store: MemoryStore
 ) -> None:
-    assert store.bead(lost_before_post.second).status == "open"
+    # Without the lock it may not hand the bead back: the reaper blocks it, as the note says.
+    state = store.bead(lost_before_post.second)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+    [comment] = store.comments(lost_before_post.second)
+    assert "before sending: NOT sent to BeadBoard" in comment
 
 
 def test_the_lost_lock_comment_says_what_the_reaper_will_do(
@@ -743,10 +748,13 @@ def test_lock_lost_during_the_post_leaves_the_stage_sending(
     assert store.bead(lost_during_post.first).metadata == {STAGE_KEY: "sending"}
 
 
-def test_lock_lost_during_the_post_claims_no_more(
+def test_lock_lost_during_the_post_sends_no_more_and_says_so(
     lost_during_post: LockLost, store: MemoryStore
 ) -> None:
-    assert store.bead(lost_during_post.second).status == "open"
+    state = store.bead(lost_during_post.second)
+    assert (state.status, state.metadata) == ("in_progress", {STAGE_KEY: "sending"})
+    [comment] = store.comments(lost_during_post.second)
+    assert "before sending: NOT sent to BeadBoard" in comment
 
 
 def test_bd_failing_on_the_query_exits_1_with_one_log_line_and_no_request(

@@ -217,7 +217,6 @@ class StoppedMidPost:
     run: JobRun
     first: str
     second: str
-    second_before: dict[str, Any]
 
 
 @pytest.fixture
@@ -225,7 +224,6 @@ def stopped_mid_post(
     harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
 ) -> StoppedMidPost:
     first, second = store.add("first", priority=0), store.add("second", priority=1)
-    second_before = store.snapshot()[second]
     beadboard.health.capacity = 2
     stop = FakeClockStop(clock)
 
@@ -235,7 +233,7 @@ def stopped_mid_post(
 
     beadboard.set_handler(DISPATCH, dispatch)
     run = harness.dispatch(stop=stop, agent_health_url=harness.health_url, **WINDOW)
-    return StoppedMidPost(run, first, second, second_before)
+    return StoppedMidPost(run, first, second)
 
 
 def test_sigterm_mid_dispatch_ends_the_run_cleanly(stopped_mid_post: StoppedMidPost) -> None:
@@ -265,11 +263,17 @@ def test_sigterm_mid_dispatch_posts_no_more(
     assert posted(beadboard) == [stopped_mid_post.first]
 
 
-def test_sigterm_mid_dispatch_claims_no_more(
+def test_sigterm_mid_dispatch_hands_the_rest_of_the_batch_back_uncounted(
     stopped_mid_post: StoppedMidPost, store: MemoryStore
 ) -> None:
-    # One bead in hand at a time: the second was never claimed, so there is nothing to undo.
-    assert store.snapshot()[stopped_mid_post.second] == stopped_mid_post.second_before
+    # Claimed with the first (two free slots), not sent: back to open as it was, with why.
+    state = store.bead(stopped_mid_post.second)
+    assert (state.status, state.metadata) == ("open", {})
+    assert store.notes(stopped_mid_post.second)[-1].startswith(
+        "not dispatched: the run was stopped (SIGTERM) before sending it; back to open, "
+        "not counted as a failed attempt"
+    )
+    assert stopped_mid_post.run.summary["requeued"] == [stopped_mid_post.second]
 
 
 def test_polls_start_every_interval_however_long_a_poll_takes(
@@ -358,13 +362,12 @@ def test_the_record_after_a_wall_clock_step_carries_the_wall_time(
 
 @dataclass(frozen=True)
 class SwitchedOff:
-    """Five beads, ten free slots, and the kill switch turned off while the first POST is
-    answered."""
+    """Five beads, ten free slots (one batch of five), and the kill switch turned off while
+    the first POST is answered."""
 
     run: JobRun
     first: str
-    second: str  # claimed when the switch was seen off
-    rest: dict[str, Any]  # the other three, as they were before the run
+    others: list[str]  # claimed with the first, not sent when the switch was seen off
 
 
 @pytest.fixture
@@ -375,8 +378,7 @@ def switched_off(
     runtime.mkdir()
     switch = runtime / "DISPATCHER_ENABLED"
     switch.write_text("true", encoding="utf-8")
-    first, second, *rest = [store.add(f"b{i}", priority=i) for i in range(5)]
-    untouched = {bead: store.snapshot()[bead] for bead in rest}
+    first, *others = [store.add(f"b{i}", priority=i) for i in range(5)]
     beadboard.health.capacity = 10
 
     def dispatch(request: RecordedRequest) -> Reply:
@@ -390,7 +392,7 @@ def switched_off(
         runtime_config_dir=runtime,
         **WINDOW,
     )
-    return SwitchedOff(run, first, second, untouched)
+    return SwitchedOff(run, first, others)
 
 
 def test_the_switch_is_read_before_every_post(
@@ -405,27 +407,24 @@ def test_a_switch_turned_off_mid_run_ends_it_paused(switched_off: SwitchedOff) -
     assert switched_off.run.summary["polls"] == 1
 
 
-def test_a_bead_claimed_as_the_switch_turned_off_goes_back_uncounted(
+def test_beads_claimed_as_the_switch_turned_off_go_back_uncounted(
     switched_off: SwitchedOff, store: MemoryStore
 ) -> None:
-    state = store.bead(switched_off.second)
-    assert (state.status, state.metadata) == ("open", {})
-    assert switched_off.run.summary["requeued"] == [switched_off.second]
-
-
-def test_a_bead_claimed_as_the_switch_turned_off_says_why(
-    switched_off: SwitchedOff, store: MemoryStore
-) -> None:
-    assert store.notes(switched_off.second)[-1].startswith(
-        "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
-        "back to open, not counted as a failed attempt"
+    states = {bead: store.bead(bead) for bead in switched_off.others}
+    assert {bead: (s.status, s.metadata) for bead, s in states.items()} == dict.fromkeys(
+        switched_off.others, ("open", {})
     )
+    assert switched_off.run.summary["requeued"] == switched_off.others
 
 
-def test_beads_not_reached_before_the_switch_turned_off_are_untouched(
+def test_beads_claimed_as_the_switch_turned_off_say_why(
     switched_off: SwitchedOff, store: MemoryStore
 ) -> None:
-    assert {bead: store.snapshot()[bead] for bead in switched_off.rest} == switched_off.rest
+    for bead in switched_off.others:
+        assert store.notes(bead)[-1].startswith(
+            "not dispatched: the kill switch was turned off (DISPATCHER_ENABLED is false); "
+            "back to open, not counted as a failed attempt"
+        )
 
 
 # -- BeadBoard or the agent service down: no bead is charged, and the run backs off --------
@@ -539,8 +538,8 @@ def test_the_service_down_answer_ends_the_poll_and_frees_the_lock(down_window: D
 def test_the_service_down_answer_releases_the_lock_before_backing_off(
     down_window: DownWindow,
 ) -> None:
-    kept = ("claim.done", "dispatch.service_down", "lock.released", "run.backing_off")
-    assert [e["event"] for e in down_window.run.events if e["event"] in kept][:4] == list(kept)
+    kept = ("dispatch.service_down", "lock.released", "run.backing_off")
+    assert [e["event"] for e in down_window.run.events if e["event"] in kept][:3] == list(kept)
 
 
 def test_the_service_down_answer_is_an_error_line_with_the_bead_open(

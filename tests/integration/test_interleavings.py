@@ -24,10 +24,12 @@ from tests.integration.interleave import (
 
 # What each injection starts: (job, minutes its clock runs ahead).
 COMPANIONS = {"reaper": [Companion("reap", 11)], "dispatcher": [Companion("dispatch", 60)]}
-# The clean run's bd calls: the first read (bd query, then bd ready), the full read under the
-# lock (bd ready, bd query), then per bead claim, sending marker, dispatched comment, stage
-# cleared. Checked below so the matrix cannot shrink.
-CALLS_PER_RUN = 4 + 4 * 3
+# The clean run's bd calls: the first read (bd query, then bd ready); under the lock no read,
+# since the store's manifest says nothing was written since (jobs/detect.py); the three
+# beads (three free slots) claimed in one call and marked `sending` in another; after the
+# three POSTs, per bead the dispatched comment and the stage cleared. Checked below so the
+# matrix cannot shrink. A write between the first read and the lock: tests/test_detect.py.
+CALLS_PER_RUN = 2 + 2 + 2 * 3
 
 
 def test_a_clean_run_hands_off_every_bead_once(scenario: Scenario) -> None:

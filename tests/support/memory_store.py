@@ -21,13 +21,14 @@ from jobs.log import Clock, iso_utc
 from jobs.protocol import NOT_WORK_TYPES, Status, queue_expression
 from jobs.rowsize import stored_size
 
-Method = Literal["queue", "ready", "show", "update", "comment"]
+Method = Literal["queue", "ready", "show", "update", "update_many", "comment"]
 # The bd subcommand behind each method, so injected errors read like BdClient's.
 SUBCOMMAND = {
     "queue": "query",
     "ready": "ready",
     "show": "show",
     "update": "update",
+    "update_many": "update",
     "comment": "comments",
 }
 # bd's toJSONValue: `--set-metadata k=2` stores the number 2 (true/false/null likewise).
@@ -40,6 +41,25 @@ class Call:
     method: Method
     bead: str | None  # None for a queue query
     args: dict[str, Any]  # what the job passed (for update: only the arguments it set)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What one `bd update` writes to each bead it names."""
+
+    claim: bool
+    status: Status | None
+    note: str | None
+    set_metadata: Mapping[str, str]
+    unset_metadata: list[str]
+    actor: str | None
+
+    def given(self) -> dict[str, Any]:
+        """Only the arguments the job set, as the call log shows them."""
+        given: dict[str, Any] = {"claim": self.claim, "status": self.status, "note": self.note}
+        given |= {"actor": self.actor, "set_metadata": self.set_metadata or None}
+        given |= {"unset_metadata": self.unset_metadata}
+        return {k: v for k, v in given.items() if v}
 
 
 @dataclass(frozen=True)
@@ -235,29 +255,84 @@ class MemoryStore:
         unset_metadata: Sequence[str] = (),
         actor: str | None = None,
     ) -> None:
-        def write() -> None:
-            row, now = self._row(bead_id, "update"), iso_utc(self.clock())
-            if claim:
-                # A transaction of its own, a CAS on the assignee alone: a bead already
-                # assigned to the actor "succeeds" and is left as it was.
-                holder, who = row.get("assignee") or "", actor or self.actor
-                if holder not in ("", who):
-                    raise BdRejected(f"bd update {bead_id}: issue already claimed by {holder}")
-                if not holder:
-                    self._fits(row)
-                    row.update(assignee=who, status=Status.IN_PROGRESS.value, updated_at=now)
-            changes: dict[str, Any] = {} if status is None else {"status": status.value}
-            if note is not None:
-                changes["notes"] = f"{row['notes']}\n{note}" if row.get("notes") else note
-            if set_metadata or unset_metadata:
-                changes["metadata"] = _edit_metadata(row, set_metadata or {}, unset_metadata)
-            if changes:
-                self._fits(row)
-                row.update(changes, updated_at=now)
+        change = _Change(claim, status, note, set_metadata or {}, list(unset_metadata), actor)
+        self._call("update", bead_id, change.given(), lambda: self._write(bead_id, change))
 
-        given: dict[str, Any] = {"claim": claim, "status": status, "note": note, "actor": actor}
-        given |= {"set_metadata": set_metadata, "unset_metadata": list(unset_metadata)}
-        self._call("update", bead_id, {k: v for k, v in given.items() if v}, write)
+    def update_many(
+        self,
+        bead_ids: Sequence[str],
+        *,
+        claim: bool = False,
+        status: Status | None = None,
+        note: str | None = None,
+        set_metadata: Mapping[str, str] | None = None,
+        unset_metadata: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> set[str]:
+        change = _Change(claim, status, note, set_metadata or {}, list(unset_metadata), actor)
+
+        def write() -> set[str]:
+            # bd 1.0.2: each bead in turn; a refused one is said on stderr and skipped, an
+            # unreadable metadata field ends the command midway; exit 1 when none was updated.
+            updated: set[str] = set()
+            refusals: list[str] = []
+            for bead_id in bead_ids:
+                try:
+                    self._faulted_write(bead_id, change)
+                except (BdRejected, BdTooLarge) as exc:
+                    refusals.append(str(exc))
+                    continue
+                updated.add(bead_id)
+            if not updated:
+                raise BdRejected(refusals[0] if refusals else "bd update: nothing updated")
+            return updated
+
+        given = change.given() | {"beads": list(bead_ids)}
+        return self._call("update_many", None, given, write)
+
+    def _faulted_write(self, bead_id: str, change: _Change) -> None:
+        """One bead of an `update_many`, with the faults and hooks set for that bead's own
+        `update` (`fail(bead=...)`, `after("update", bead=...)`): bd says why on stderr and
+        goes on with the next, so a fault here is a refusal of this bead alone."""
+        rules = [
+            rule
+            for rule in self._rules
+            if rule.bead == bead_id and rule.method in (None, "update") and rule.nth is None
+        ]
+        call = Call("update", bead_id, change.given())
+
+        def apply(after_work: bool) -> None:
+            try:
+                for rule in rules:
+                    if rule.after_work == after_work:
+                        rule.effect(call)
+            except BdError as exc:
+                raise BdRejected(f"Error updating {bead_id}: {exc}") from None
+
+        apply(after_work=False)
+        self._write(bead_id, change)  # an unreadable metadata field still ends the command
+        apply(after_work=True)
+
+    def _write(self, bead_id: str, change: _Change) -> None:
+        row, now = self._row(bead_id, "update"), iso_utc(self.clock())
+        if change.claim:
+            # A transaction of its own, a CAS on the assignee alone: a bead already
+            # assigned to the actor "succeeds" and is left as it was.
+            holder, who = row.get("assignee") or "", change.actor or self.actor
+            if holder not in ("", who):
+                raise BdRejected(f"bd update {bead_id}: issue already claimed by {holder}")
+            if not holder:
+                self._fits(row)
+                row.update(assignee=who, status=Status.IN_PROGRESS.value, updated_at=now)
+        changes: dict[str, Any] = {} if change.status is None else {"status": change.status.value}
+        if change.note is not None:
+            notes = row.get("notes")
+            changes["notes"] = f"{notes}\n{change.note}" if notes else change.note
+        if change.set_metadata or change.unset_metadata:
+            changes["metadata"] = _edit_metadata(row, change.set_metadata, change.unset_metadata)
+        if changes:
+            self._fits(row)
+            row.update(changes, updated_at=now)
 
     def comment(self, bead_id: str, text: str) -> None:
         def write() -> None:
