@@ -34,9 +34,9 @@ def run_dispatch(context: RunContext) -> int:
         else None
     )
     switch = RuntimeSwitch(settings.dispatcher_enabled, settings.runtime_config_dir, context.log)
-    # One pass (window 0) reads with bd anyway: asking the database first would be waste.
-    watching = settings.change_detection and settings.dispatcher_window_seconds > 0
-    signal = signal_for(context.lock) if watching else None
+    # A one-pass run (window 0) reads with bd anyway, but the signal still spares it the
+    # read under the lock when nothing was written since (~1 ms against two bd processes).
+    signal = signal_for(context.lock) if settings.change_detection else None
     detector = ChangeDetector(signal, context.log, context.monotonic)
     try:
         with BeadBoard(settings.beadboard_url, settings.http_timeout_seconds) as board:

@@ -139,9 +139,9 @@ class RuntimeSettings(BaseModel):
     )
     change_detection: bool = Field(
         default=True,
-        description="Between bd reads, ask the database whether anything was written "
-        "(DOLT_HASHOF_DB() in server mode, the store's manifest in embedded mode). false: "
-        "bd reads every poll, as before the detector.",
+        description="Between bd reads, and before reading again under the lock, ask the "
+        "database whether anything was written (DOLT_HASHOF_DB() in server mode, the store's "
+        "manifest in embedded mode). false: bd reads every poll, and again under the lock.",
     )
     agent_health_url: OptionalHttpUrl = Field(
         default="",
