@@ -591,7 +591,27 @@ class Dispatcher(Job):
             self._comment_best_effort(bead.id, notes.lost_lock(str(lost), threshold, self.clock()))
 
     def _hand_back_all(self, beads: list[Bead], reason: str) -> None:
+        """Claimed beads not sent go back to the queue: one bd call for all (SIGTERM's grace
+        period and the kill switch do not wait for one per bead), each bd skipped on its own."""
+        done: set[str] = set()
+        if len(beads) > 1:
+            ensure_held(self.lock)
+            try:
+                done = self.store.update_many(
+                    [bead.id for bead in beads],
+                    status=Status.OPEN,
+                    note=notes.not_sent(reason, self.clock()),
+                    unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY],
+                )
+            except BdError as exc:
+                self.log.warning(
+                    "hand_back.batch_failed", beads=[b.id for b in beads], error=str(exc)
+                )
         for bead in beads:
+            if bead.id in done:
+                self.tally.requeued.append(bead.id)
+                self.log.event("dispatch.not_sent", bead=bead.id, reason=reason)
+                continue
             refused = self._hand_back(bead, reason)
             if refused is not None:
                 self._bd_failed(bead.id, "hand_back", refused, handed_back=False)

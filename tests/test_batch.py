@@ -100,6 +100,8 @@ def test_a_409_hands_the_rest_of_the_batch_back_uncounted(
     first, *rest = three
     assert posted(beadboard) == [first]
     assert sorted(run.summary["requeued"]) == sorted(three)
+    # Claim, marker, then the two not sent handed back together; the first's own record.
+    assert store.methods()[4:] == ["update_many", "update_many", "update_many", "update"]
     for bead in rest:
         state = store.bead(bead)
         assert (state.status, STAGE_KEY in state.metadata) == ("open", False)

@@ -13,13 +13,16 @@ from jobs.protocol import STAGE_KEY, Status
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore
 
-CLAIM = {
-    "claim": True,
-    "status": Status.IN_PROGRESS,
-    "note": "claimed",
-    "set_metadata": {STAGE_KEY: "claimed"},
-    "actor": "agent",
-}
+
+def claim(store: BdClient | MemoryStore, bead_ids: list[str]) -> set[str]:
+    return store.update_many(
+        bead_ids,
+        claim=True,
+        status=Status.IN_PROGRESS,
+        note="claimed",
+        set_metadata={STAGE_KEY: "claimed"},
+        actor="agent",
+    )
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def real_beads(bd: RealBd) -> tuple[str, str, str]:
 
 def test_bd_claims_each_it_can_and_names_them(real_bd: RealBd, client: BdClient) -> None:
     first, second, bobs = real_beads(real_bd)
-    assert client.update_many([first, bobs, second], **CLAIM) == {first, second}
+    assert client.update_many([first, bobs, second]) == {first, second}
     shown = real_bd.show_many([first, second, bobs])
     for bead in (first, second):
         assert (shown[bead]["status"], shown[bead]["assignee"]) == ("in_progress", "agent")
@@ -52,14 +55,14 @@ def test_bd_claims_each_it_can_and_names_them(real_bd: RealBd, client: BdClient)
 def test_bd_claiming_none_is_a_refusal(real_bd: RealBd, client: BdClient) -> None:
     *_, bobs = real_beads(real_bd)
     with pytest.raises(BdRejected, match="already claimed"):
-        client.update_many([bobs], **CLAIM)
+        claim(client, [bobs])
 
 
 def test_a_second_claim_of_ones_own_beads_succeeds(real_bd: RealBd, client: BdClient) -> None:
     # What the dispatcher's bead-by-bead retry after a batch that died midway relies on.
     first, second, _ = real_beads(real_bd)
-    client.update_many([first, second], **CLAIM)
-    assert client.update_many([first, second], **CLAIM) == {first, second}
+    claim(client, [first, second])
+    assert claim(client, [first, second]) == {first, second}
 
 
 def test_the_memory_store_answers_as_bd_does(real_bd: RealBd, client: BdClient) -> None:
@@ -67,9 +70,8 @@ def test_the_memory_store_answers_as_bd_does(real_bd: RealBd, client: BdClient) 
     store = MemoryStore(FakeClock(datetime.now(UTC)))
     mine = [store.add(title) for title in ("a", "b")]
     theirs = store.add("bob's", assignee="bob")
-    from_bd = client.update_many([first, bobs, second], **CLAIM)
-    from_memory = store.update_many([mine[0], theirs, mine[1]], **CLAIM)
+    from_bd = claim(client, [first, bobs, second])
+    from_memory = claim(store, [mine[0], theirs, mine[1]])
     assert (len(from_bd), bobs in from_bd) == (len(from_memory), theirs in from_memory)
     with pytest.raises(BdRejected):
-        store.update_many([theirs], **CLAIM)
-
+        claim(store, [theirs])
