@@ -202,6 +202,9 @@ class Dispatcher(Job):
         # What the last bd read found ready to go out; until something is written, only a
         # freed agent slot can send one of them.
         self._waiting: list[Bead] = []
+        # That read's answers (query, ready), for `queue.read` when they stand for the read
+        # under the lock.
+        self._last_read: tuple[QueryResult, QueryResult] | None = None
 
     # -- the run -----------------------------------------------------------------------
 
@@ -382,6 +385,7 @@ class Dispatcher(Job):
             return []
         ready = self.store.ready(assignee)
         self._skip_unreadable(ready.unreadable)
+        self._last_read = (queued, ready)
         offered = {b.id for b in ready.beads}
         candidates = [b for b in wanted if b.id in offered]
         if not candidates and self.tally.polls == 1:
@@ -412,7 +416,9 @@ class Dispatcher(Job):
         A deferral coming due without a write only adds ready beads, so an answer a few
         seconds old never offers one bd would now hold back.
         """
-        if self.detector.unchanged_since_read():
+        if self.detector.unchanged_since_read() and self._last_read is not None:
+            # What waits and what bd holds back, as the read under the lock would log it.
+            self._log_queue_read(*self._last_read, eligible=len(candidates))
             self.log.event("queue.unchanged", signal=self.detector.kind, candidates=len(candidates))
             return {bead.id: bead for bead in candidates}
         return self._read_queue()

@@ -223,6 +223,8 @@ def test_the_hand_off_claims_from_the_first_read_when_nothing_was_written_since(
     assert [r.json["taskId"] for r in beadboard.requests_to(DISPATCH)] == [bead]
     assert store.methods() == ["queue", "ready", "update", "update", "comment", "update"]
     assert [e["candidates"] for e in events_named(run, "queue.unchanged")] == [1]
+    # Said as the read under the lock said it: what waits, and what bd holds back.
+    assert [e["eligible"] for e in events_named(run, "queue.read")] == [1]
 
 
 @pytest.mark.parametrize(

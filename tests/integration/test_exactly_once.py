@@ -24,7 +24,8 @@ from tests.integration.interleave import (
 
 # The first call that writes a bead's hand-off stage, in both the old and the new jobs.
 FIRST_SENDING_MARKER = r" update \S+ .*auto_dispatch_stage=sending"
-FIRST_BEAD_CLAIM = r" update (?!autodispatch-lock)\S+ --claim"
+# The claim of a bead or of a batch (`update ID ID … --claim`).
+FIRST_BEAD_CLAIM = r" update (?!autodispatch-lock)(\S+ )+--claim"
 
 
 def _agent_bead(

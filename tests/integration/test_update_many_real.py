@@ -41,7 +41,7 @@ def real_beads(bd: RealBd) -> tuple[str, str, str]:
 
 def test_bd_claims_each_it_can_and_names_them(real_bd: RealBd, client: BdClient) -> None:
     first, second, bobs = real_beads(real_bd)
-    assert client.update_many([first, bobs, second]) == {first, second}
+    assert claim(client, [first, bobs, second]) == {first, second}
     shown = real_bd.show_many([first, second, bobs])
     for bead in (first, second):
         assert (shown[bead]["status"], shown[bead]["assignee"]) == ("in_progress", "agent")

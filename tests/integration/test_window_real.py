@@ -86,12 +86,11 @@ def test_a_window_drains_the_queue_through_every_free_slot(real_bd: RealBd) -> N
     assert all(real_bd.show(b)["status"] == "in_progress" for b in beads)
 
 
-def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
+def test_sigterm_finishes_the_post_in_hand_and_hands_the_rest_back(
     real_bd: RealBd, beadboard: BeadBoardStub
 ) -> None:
     first = real_bd.create("first", assignee="agent", acceptance="x", priority=0)
     second = real_bd.create("second", assignee="agent", acceptance="x", priority=1)
-    second_before = real_bd.show(second)
     beadboard.health.capacity = 2
     beadboard.set_handler(DISPATCH, lambda request: Reply(json={"job_id": "slow"}, delay=1.0))
     env = real_env(
@@ -109,13 +108,17 @@ def test_sigterm_finishes_the_bead_in_hand_and_leaves_the_rest_queued(
     run = JobRun(process.returncode, stdout, stderr)
     assert run.event("run.stopping")["detail"] == "SIGTERM: finished the bead in hand"
     assert run.summary["dispatched"] == [first]
-    assert run.summary["requeued"] == []
+    assert run.summary["requeued"] == [second]
     # The bead in hand is finished: sent, and its dispatch recorded.
     state = real_bd.show(first)
     assert state["status"] == "in_progress"
     assert "auto_dispatch_stage" not in state.get("metadata", {})
     assert notes(real_bd, first)[-1].startswith("beads-dispatcher claimed at ")
     assert comments(real_bd, first)[-1].startswith("dispatched: job=slow")
-    # One bead at a time: the second was never claimed, so it waits in the queue untouched.
-    assert real_bd.show(second) == second_before
+    # Claimed with the first (two free slots), not sent: back in the queue, uncounted, saying why.
+    state = real_bd.show(second)
+    assert (state["status"], state.get("metadata") or {}) == ("open", {})
+    assert notes(real_bd, second)[-1].startswith(
+        "not dispatched: the run was stopped (SIGTERM) before sending it; back to open"
+    )
     assert [r.json for r in beadboard.requests_to(DISPATCH)] == [{"taskId": first}]
