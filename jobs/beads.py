@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -144,6 +144,41 @@ class BdTooLarge(BdError):
     no update will ever succeed on it; `bd close` and comments still do."""
 
 
+@dataclass(frozen=True)
+class Change:
+    """What one `bd update` writes to each bead it names: its flags."""
+
+    claim: bool = False
+    status: Status | None = None
+    note: str | None = None
+    set_metadata: Mapping[str, str] = field(default_factory=dict)
+    unset_metadata: tuple[str, ...] = ()
+    actor: str | None = None
+
+    def flags(self) -> list[str]:
+        flags = ["--claim"] if self.claim else []
+        if self.status is not None:
+            flags += ["--status", self.status]
+        if self.note is not None:
+            flags += ["--append-notes", self.note]
+        for key, value in sorted(self.set_metadata.items()):
+            flags += ["--set-metadata", f"{key}={value}"]
+        for key in self.unset_metadata:
+            flags += ["--unset-metadata", key]
+        return flags
+
+    def as_update(self) -> dict[str, Any]:
+        """As `BeadStore.update`'s keyword arguments."""
+        return {
+            "claim": self.claim,
+            "status": self.status,
+            "note": self.note,
+            "set_metadata": self.set_metadata,
+            "unset_metadata": self.unset_metadata,
+            "actor": self.actor,
+        }
+
+
 class BeadStore(Protocol):
     """What the jobs need of a beads database: two reads and two kinds of write."""
 
@@ -185,17 +220,7 @@ class BeadStore(Protocol):
         """
         ...
 
-    def update_many(
-        self,
-        bead_ids: Sequence[str],
-        *,
-        claim: bool = False,
-        status: Status | None = None,
-        note: str | None = None,
-        set_metadata: Mapping[str, str] | None = None,
-        unset_metadata: Sequence[str] = (),
-        actor: str | None = None,
-    ) -> set[str]:
+    def update_many(self, bead_ids: Sequence[str], change: Change) -> set[str]:
         """The same write to several beads in one call (one bd process); the ids it updated.
 
         bd goes on past a bead it refuses; a bead missing from the answer may or may not have
@@ -301,26 +326,13 @@ class BdClient:
 
         Raises BdRejected when bd updated nothing (bead missing, or held by another actor).
         """
-        self._json(
-            ["update", bead_id, *_update_flags(claim, status, note, set_metadata, unset_metadata)],
-            actor=actor,
-        )
+        change = Change(claim, status, note, set_metadata or {}, tuple(unset_metadata), actor)
+        self._json(["update", bead_id, *change.flags()], actor=actor)
 
-    def update_many(
-        self,
-        bead_ids: Sequence[str],
-        *,
-        claim: bool = False,
-        status: Status | None = None,
-        note: str | None = None,
-        set_metadata: Mapping[str, str] | None = None,
-        unset_metadata: Sequence[str] = (),
-        actor: str | None = None,
-    ) -> set[str]:
+    def update_many(self, bead_ids: Sequence[str], change: Change) -> set[str]:
         """`bd update ID ID ...`: bd writes each in turn, says on stderr why it skipped one,
         prints the ones it updated, and exits 1 only when it updated none."""
-        flags = _update_flags(claim, status, note, set_metadata, unset_metadata)
-        payload = self._json(["update", *bead_ids, *flags], actor=actor)
+        payload = self._json(["update", *bead_ids, *change.flags()], actor=change.actor)
         if not isinstance(payload, list):
             raise BdError(f"bd update printed {type(payload).__name__}, expected a JSON array")
         return {str(row["id"]) for row in payload if isinstance(row, dict) and row.get("id")}
@@ -374,25 +386,6 @@ class BdClient:
             raise BdError(
                 f"bd {args[0]} printed invalid JSON: {excerpt(completed.stdout, _ERROR_EXCERPT)!r}"
             ) from None
-
-
-def _update_flags(
-    claim: bool,
-    status: Status | None,
-    note: str | None,
-    set_metadata: Mapping[str, str] | None,
-    unset_metadata: Sequence[str],
-) -> list[str]:
-    flags = ["--claim"] if claim else []
-    if status is not None:
-        flags += ["--status", status]
-    if note is not None:
-        flags += ["--append-notes", note]
-    for key, value in sorted((set_metadata or {}).items()):
-        flags += ["--set-metadata", f"{key}={value}"]
-    for key in unset_metadata:
-        flags += ["--unset-metadata", key]
-    return flags
 
 
 def resolve_bd_bin(bd_bin: str) -> str | None:

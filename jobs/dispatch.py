@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, assert_never
+from typing import Protocol, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -46,7 +46,7 @@ from jobs.beadboard import (
     ServiceDown,
     Unconfirmed,
 )
-from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult
+from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, Change, QueryResult
 from jobs.detect import ChangeDetector, Look
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
@@ -71,10 +71,7 @@ ENABLED_ENV = env_name("dispatcher_enabled")
 _ENDS_THE_POLL = frozenset({Outcome.AGENT_BUSY_ON_DISPATCH, Outcome.SERVICE_DOWN, Outcome.PAUSED})
 _BOOL = TypeAdapter(bool)
 # Written before a POST: after a crash, "sending" means "maybe sent", never resend.
-_SENDING: dict[str, Any] = {
-    "set_metadata": {STAGE_KEY: Stage.SENDING},
-    "unset_metadata": [CLAIMED_FOR_KEY],
-}
+_SENDING = Change(set_metadata={STAGE_KEY: Stage.SENDING}, unset_metadata=(CLAIMED_FOR_KEY,))
 
 
 class RuntimeSwitch:
@@ -516,9 +513,7 @@ class Dispatcher(Job):
             return batch if self._claim(batch[0]) else []
         ensure_held(self.lock)
         try:
-            done = self.store.update_many(
-                [bead.id for bead in batch], claim=True, **self._claim_change()
-            )
+            done = self.store.update_many([bead.id for bead in batch], self._claim_change())
         except BdError as exc:
             # Some may have landed before bd stopped: each is asked again on its own below.
             self.log.warning("claim.batch_failed", beads=[b.id for b in batch], error=str(exc))
@@ -534,16 +529,15 @@ class Dispatcher(Job):
                 claimed.append(bead)
         return claimed
 
-    def _claim_change(self) -> dict[str, Any]:
-        return {
-            "status": Status.IN_PROGRESS,
-            "note": notes.claimed(self.clock()),
-            "set_metadata": {
-                STAGE_KEY: Stage.CLAIMED,
-                CLAIMED_FOR_KEY: self.settings.agent_assignee,
-            },
-            "actor": self.settings.agent_assignee,
-        }
+    def _claim_change(self) -> Change:
+        # --claim refuses a bead someone re-assigned since the read (bd's one real CAS).
+        return Change(
+            claim=True,
+            status=Status.IN_PROGRESS,
+            note=notes.claimed(self.clock()),
+            set_metadata={STAGE_KEY: Stage.CLAIMED, CLAIMED_FOR_KEY: self.settings.agent_assignee},
+            actor=self.settings.agent_assignee,
+        )
 
     def _mark_all_sending(self, claimed: list[Bead]) -> list[Bead]:
         """The claimed beads now marked `sending`; each bd refused went back unsent."""
@@ -551,7 +545,7 @@ class Dispatcher(Job):
             return claimed if self._mark_sending(claimed[0]) else []
         ensure_held(self.lock)
         try:
-            done = self.store.update_many([bead.id for bead in claimed], **_SENDING)
+            done = self.store.update_many([bead.id for bead in claimed], _SENDING)
         except BdError as exc:
             self.log.warning("mark.batch_failed", beads=[b.id for b in claimed], error=str(exc))
             done = set()
@@ -605,9 +599,11 @@ class Dispatcher(Job):
             try:
                 done = self.store.update_many(
                     [bead.id for bead in beads],
-                    status=Status.OPEN,
-                    note=notes.not_sent(reason, self.clock()),
-                    unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY],
+                    Change(
+                        status=Status.OPEN,
+                        note=notes.not_sent(reason, self.clock()),
+                        unset_metadata=(STAGE_KEY, CLAIMED_FOR_KEY),
+                    ),
                 )
             except BdError as exc:
                 self.log.warning(
@@ -625,8 +621,7 @@ class Dispatcher(Job):
     def _claim(self, bead: Bead) -> bool:
         ensure_held(self.lock)
         try:
-            # --claim refuses a bead someone re-assigned since the read (bd's one real CAS).
-            self.store.update(bead.id, claim=True, **self._claim_change())
+            self.store.update(bead.id, **self._claim_change().as_update())
         except BdRejected as exc:
             self.log.event("claim.lost", bead=bead.id, reason=str(exc))
             return False
@@ -689,7 +684,7 @@ class Dispatcher(Job):
         False when bd refused it: the bead went back (or waits for the reaper), unsent."""
         ensure_held(self.lock)
         try:
-            self.store.update(bead.id, **_SENDING)
+            self.store.update(bead.id, **_SENDING.as_update())
         except BdError as exc:
             returned = self._hand_back(bead, f"bd failed before the send ({exc})") is None
             self._bd_failed(bead.id, "mark_sending", exc, handed_back=returned)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from devtools.localservices.bd import RealBd
-from jobs.beads import BdClient, BdRejected
+from jobs.beads import BdClient, BdRejected, Change
 from jobs.protocol import STAGE_KEY, Status
 from tests.support.harness import FakeClock
 from tests.support.memory_store import MemoryStore
@@ -17,11 +17,13 @@ from tests.support.memory_store import MemoryStore
 def claim(store: BdClient | MemoryStore, bead_ids: list[str]) -> set[str]:
     return store.update_many(
         bead_ids,
-        claim=True,
-        status=Status.IN_PROGRESS,
-        note="claimed",
-        set_metadata={STAGE_KEY: "claimed"},
-        actor="agent",
+        Change(
+            claim=True,
+            status=Status.IN_PROGRESS,
+            note="claimed",
+            set_metadata={STAGE_KEY: "claimed"},
+            actor="agent",
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 # What BdClient makes of the rows bd prints: the double stands in for bd, not for the client.
-from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, QueryResult, _beads_from
+from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, Change, QueryResult, _beads_from
 from jobs.log import Clock, iso_utc
 from jobs.protocol import NOT_WORK_TYPES, Status, queue_expression
 from jobs.rowsize import stored_size
@@ -41,25 +41,6 @@ class Call:
     method: Method
     bead: str | None  # None for a queue query
     args: dict[str, Any]  # what the job passed (for update: only the arguments it set)
-
-
-@dataclass(frozen=True)
-class _Change:
-    """What one `bd update` writes to each bead it names."""
-
-    claim: bool
-    status: Status | None
-    note: str | None
-    set_metadata: Mapping[str, str]
-    unset_metadata: list[str]
-    actor: str | None
-
-    def given(self) -> dict[str, Any]:
-        """Only the arguments the job set, as the call log shows them."""
-        given: dict[str, Any] = {"claim": self.claim, "status": self.status, "note": self.note}
-        given |= {"actor": self.actor, "set_metadata": self.set_metadata or None}
-        given |= {"unset_metadata": self.unset_metadata}
-        return {k: v for k, v in given.items() if v}
 
 
 @dataclass(frozen=True)
@@ -255,22 +236,10 @@ class MemoryStore:
         unset_metadata: Sequence[str] = (),
         actor: str | None = None,
     ) -> None:
-        change = _Change(claim, status, note, set_metadata or {}, list(unset_metadata), actor)
-        self._call("update", bead_id, change.given(), lambda: self._write(bead_id, change))
+        change = Change(claim, status, note, set_metadata or {}, tuple(unset_metadata), actor)
+        self._call("update", bead_id, _given(change), lambda: self._write(bead_id, change))
 
-    def update_many(
-        self,
-        bead_ids: Sequence[str],
-        *,
-        claim: bool = False,
-        status: Status | None = None,
-        note: str | None = None,
-        set_metadata: Mapping[str, str] | None = None,
-        unset_metadata: Sequence[str] = (),
-        actor: str | None = None,
-    ) -> set[str]:
-        change = _Change(claim, status, note, set_metadata or {}, list(unset_metadata), actor)
-
+    def update_many(self, bead_ids: Sequence[str], change: Change) -> set[str]:
         def write() -> set[str]:
             # bd 1.0.2: each bead in turn; a refused one is said on stderr and skipped, an
             # unreadable metadata field ends the command midway; exit 1 when none was updated.
@@ -287,10 +256,9 @@ class MemoryStore:
                 raise BdRejected(refusals[0] if refusals else "bd update: nothing updated")
             return updated
 
-        given = change.given() | {"beads": list(bead_ids)}
-        return self._call("update_many", None, given, write)
+        return self._call("update_many", None, _given(change) | {"beads": list(bead_ids)}, write)
 
-    def _faulted_write(self, bead_id: str, change: _Change) -> None:
+    def _faulted_write(self, bead_id: str, change: Change) -> None:
         """One bead of an `update_many`, with the faults and hooks set for that bead's own
         `update` (`fail(bead=...)`, `after("update", bead=...)`): bd says why on stderr and
         goes on with the next, so a fault here is a refusal of this bead alone."""
@@ -299,7 +267,7 @@ class MemoryStore:
             for rule in self._rules
             if rule.bead == bead_id and rule.method in (None, "update") and rule.nth is None
         ]
-        call = Call("update", bead_id, change.given())
+        call = Call("update", bead_id, _given(change))
 
         def apply(after_work: bool) -> None:
             try:
@@ -313,7 +281,7 @@ class MemoryStore:
         self._write(bead_id, change)  # an unreadable metadata field still ends the command
         apply(after_work=True)
 
-    def _write(self, bead_id: str, change: _Change) -> None:
+    def _write(self, bead_id: str, change: Change) -> None:
         row, now = self._row(bead_id, "update"), iso_utc(self.clock())
         if change.claim:
             # A transaction of its own, a CAS on the assignee alone: a bead already
@@ -425,6 +393,14 @@ class MemoryStore:
             if rule.after_work:
                 rule.effect(call)
         return result
+
+
+def _given(change: Change) -> dict[str, Any]:
+    """Only the arguments the job set, as the call log shows them."""
+    given = {k: v for k, v in change.as_update().items() if v}
+    if "unset_metadata" in given:
+        given["unset_metadata"] = list(given["unset_metadata"])
+    return given
 
 
 def _edit_metadata(
