@@ -146,7 +146,8 @@ def main() -> int:
             emit(report.first_read_table(empty, graph, args.load_beads))
         if "load" not in args.skip:
             figures = measure.load(binary, root, args.load_beads, args.load_agent)
-            emit(report.load(figures, args.load_beads, args.load_agent))
+            prod_deadline = compared[LOW_CHURN].dispatcher_deadline_seconds
+            emit(report.load(figures, args.load_beads, args.load_agent, prod_deadline))
     written = ROOT / "build" / "bench.md"
     written.parent.mkdir(exist_ok=True)
     written.write_text("\n".join(out) + "\n")

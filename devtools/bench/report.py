@@ -295,10 +295,10 @@ def first_read_table(
     )
 
 
-def load(figures: Mapping[str, Any], total: int, agent: int) -> str:
+def load(figures: Mapping[str, Any], total: int, agent: int, prod_deadline: int) -> str:
     rows = []
     for job, deadline, seconds in (
-        ("dispatch", "100 s (1780 s low-churn)", 100.0),
+        ("dispatch", f"100 s ({prod_deadline} s low-churn)", 100.0),
         ("reap", "300 s", 300.0),
     ):
         f = figures[job]
