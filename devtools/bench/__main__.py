@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from components.config import settings_from
-from devtools.bench import first_read, measure, report
+from devtools.bench import first_read, idle, measure, report
 from devtools.paths import ROOT
 
 # The production preset before the change detector (issue 19): a bd process every poll, so
@@ -133,10 +133,10 @@ def main() -> int:
         if "idle" not in args.skip:
             others = 200
             figures = {
-                name: measure.idle_server(binary, root, name, settings, IDLE_WINDOW[name], others)
+                name: idle.idle_server(binary, root, name, settings, IDLE_WINDOW[name], others)
                 for name, settings in compared.items()
             }
-            embedded = measure.idle_embedded(
+            embedded = idle.idle_embedded(
                 binary, root, compared[LOW_CHURN], IDLE_WINDOW[LOW_CHURN], others
             )
             emit(report.idle(figures, embedded, compared, others))

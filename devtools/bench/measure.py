@@ -1,7 +1,7 @@
 """The bench's measurements: real bd, the real jobs as processes, a loopback agent.
 
 Each function runs one experiment and returns its raw figures; report.py turns them into
-tables.
+tables. The idle window's are in idle.py.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -24,8 +22,7 @@ from devtools.bench.agent_sim import AgentSimulator
 from devtools.localservices.bd import RealBd
 from devtools.localservices.dolt import DOLT_PASSWORD, DoltServer, dolt_server
 from devtools.manifests.mocks import render_program
-from devtools.paths import ROOT
-from devtools.pods.process import JobRun, base_env, run_jobs, start_jobs
+from devtools.pods.process import base_env, run_jobs, start_jobs
 
 
 def peak_rss_mib(done: Mapping[str, Any]) -> tuple[float, float]:
@@ -239,104 +236,6 @@ def utilisation_single_and_ten(
     for thread in threads:
         thread.join()
     return results
-
-
-# -- 4. idle poll cost ------------------------------------------------------------------
-
-
-def _idle_figures(result: JobRun, requests: int, elapsed: float) -> dict[str, Any]:
-    done = result.summary
-    python_mib, child_mib = peak_rss_mib(done)
-    return {
-        "polls": done["polls"],
-        "bd_calls": done["bd_calls"],
-        "polls_without_bd": done["polls_without_bd"],
-        "requests": requests,
-        "seconds": elapsed,
-        "poll_ms": done["poll_ms_median"],
-        "quiet_ms": done["quiet_poll_ms_median"],
-        "quiet_ms_p95": done["quiet_poll_ms_p95"],
-        "quiet_ms_max": done["quiet_poll_ms_max"],
-        "python_mib": python_mib,
-        "child_mib": child_mib,
-        "signal": done["change_signal"],
-    }
-
-
-def run_dispatch_fresh(env: dict[str, str], timeout: float) -> JobRun:
-    """`python -m jobs dispatch` started by a shell that forks it, as a container runtime
-    would: Linux counts a process's peak RSS from the memory of the process it was forked
-    from, so started straight from this (large) bench process, the dispatcher's own figure
-    would be the bench's."""
-    completed = subprocess.run(
-        ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "jobs", "dispatch"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return JobRun(completed.returncode, completed.stdout, completed.stderr)
-
-
-def idle_server(
-    binary: Path, root: Path, name: str, settings: BeadsAutoDispatchArgs, window: int, others: int
-) -> dict[str, Any]:
-    """One idle watch window against a dolt sql-server holding `others` beads of a human."""
-    human = root / f"{name}-idle.jsonl"
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    rows = [
-        {
-            "id": f"srv-idle{index:05d}",
-            "title": f"human {index}",
-            "status": "open",
-            "priority": 2,
-            "issue_type": "task",
-            "assignee": "alice",
-            "acceptance_criteria": "x",
-            "created_at": now,
-            "updated_at": now,
-        }
-        for index in range(others)
-    ]
-    human.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with dolt_server(binary, root / f"{name}-idle-dolt") as server:
-        server.bd_run(server.client_dir(root / f"{name}-idle-client"), "import", str(human))
-        with AgentSimulator(capacity=1, run_seconds=1) as agent:
-            env = server_job_env(
-                server,
-                root,
-                f"{name}-idle",
-                agent.url,
-                DISPATCHER_WINDOW_SECONDS=str(window),
-                **poll_env(settings),
-            )
-            started = time.monotonic()
-            result = run_dispatch_fresh(env, timeout=window + 120)
-            elapsed = time.monotonic() - started
-            requests = len(agent.stub.requests)
-    return _idle_figures(result, requests, elapsed)
-
-
-def idle_embedded(
-    binary: Path, root: Path, settings: BeadsAutoDispatchArgs, window: int, others: int
-) -> dict[str, Any]:
-    """The same in embedded mode: the detector watches the store's manifest."""
-    bd = fresh_db(binary, root, "idle")
-    bd.create_many(
-        [
-            {"title": f"human {i}", "assignee": "alice", "acceptance_criteria": "x"}
-            for i in range(others)
-        ]
-    )
-    with AgentSimulator(capacity=1, run_seconds=1) as agent:
-        env = job_env(bd, agent.url, DISPATCHER_WINDOW_SECONDS=str(window), **poll_env(settings))
-        started = time.monotonic()
-        result = run_dispatch_fresh(env, timeout=window + 120)
-        elapsed = time.monotonic() - started
-        requests = len(agent.stub.requests)
-    return _idle_figures(result, requests, elapsed)
 
 
 # -- 5. load ---------------------------------------------------------------------------
