@@ -130,6 +130,11 @@ class Backoff:
         self.seconds = None
 
 
+def _reopening(note: str) -> Change:
+    """Back to `open`, stage and claim marker cleared, with the note saying why."""
+    return Change(status=Status.OPEN, note=note, unset_metadata=(STAGE_KEY, CLAIMED_FOR_KEY))
+
+
 def eligible_in_order(beads: list[Bead], assignee: str) -> list[Bead]:
     """Open agent beads with acceptance criteria, best first: priority 0 first, then oldest.
 
@@ -509,22 +514,12 @@ class Dispatcher(Job):
 
     def _claim_all(self, batch: list[Bead]) -> list[Bead]:
         """The batch's beads that are now claimed for this run, in order."""
-        if len(batch) == 1:
-            return batch if self._claim(batch[0]) else []
-        ensure_held(self.lock)
-        try:
-            done = self.store.update_many([bead.id for bead in batch], self._claim_change())
-        except BdError as exc:
-            # Some may have landed before bd stopped: each is asked again on its own below.
-            self.log.warning("claim.batch_failed", beads=[b.id for b in batch], error=str(exc))
-            done = set()
+        done = self._write_batch(batch, self._claim_change(), "claim")
         claimed = []
         for bead in batch:
             if bead.id in done:
                 self.log.event("claim.done", bead=bead.id, priority=bead.priority)
                 claimed.append(bead)
-            # bd skipped it, or stopped before it: its own call says why (a claim of a bead
-            # this actor already holds is a no-op success, so one that landed is not lost).
             elif self._claim(bead):
                 claimed.append(bead)
         return claimed
@@ -541,15 +536,22 @@ class Dispatcher(Job):
 
     def _mark_all_sending(self, claimed: list[Bead]) -> list[Bead]:
         """The claimed beads now marked `sending`; each bd refused went back unsent."""
-        if len(claimed) == 1:
-            return claimed if self._mark_sending(claimed[0]) else []
+        done = self._write_batch(claimed, _SENDING, "mark")
+        return [bead for bead in claimed if bead.id in done or self._mark_sending(bead)]
+
+    def _write_batch(self, beads: list[Bead], change: Change, step: str) -> set[str]:
+        """One bd call writes `change` to every bead of a batch of two or more: the ids bd
+        confirms. The caller writes each of the others on its own, and that call says why
+        bd skipped it; after a call that failed midway that is all of them, since each write
+        here is safe to repeat (a claim of one's own bead is a no-op success)."""
+        if len(beads) < 2:
+            return set()
         ensure_held(self.lock)
         try:
-            done = self.store.update_many([bead.id for bead in claimed], _SENDING)
+            return self.store.update_many([bead.id for bead in beads], change)
         except BdError as exc:
-            self.log.warning("mark.batch_failed", beads=[b.id for b in claimed], error=str(exc))
-            done = set()
-        return [bead for bead in claimed if bead.id in done or self._mark_sending(bead)]
+            self.log.warning(f"{step}.batch_failed", beads=[b.id for b in beads], error=str(exc))
+            return set()
 
     def _post_each(
         self, marked: list[Bead], posted: list[tuple[Bead, DispatchOutcome]]
@@ -593,22 +595,8 @@ class Dispatcher(Job):
     def _hand_back_all(self, beads: list[Bead], reason: str) -> None:
         """Claimed beads not sent go back to the queue: one bd call for all (SIGTERM's grace
         period and the kill switch do not wait for one per bead), each bd skipped on its own."""
-        done: set[str] = set()
-        if len(beads) > 1:
-            ensure_held(self.lock)
-            try:
-                done = self.store.update_many(
-                    [bead.id for bead in beads],
-                    Change(
-                        status=Status.OPEN,
-                        note=notes.not_sent(reason, self.clock()),
-                        unset_metadata=(STAGE_KEY, CLAIMED_FOR_KEY),
-                    ),
-                )
-            except BdError as exc:
-                self.log.warning(
-                    "hand_back.batch_failed", beads=[b.id for b in beads], error=str(exc)
-                )
+        reopen = _reopening(notes.not_sent(reason, self.clock()))
+        done = self._write_batch(beads, reopen, "hand_back")
         for bead in beads:
             if bead.id in done:
                 self.tally.requeued.append(bead.id)
@@ -781,9 +769,7 @@ class Dispatcher(Job):
     def _reopen(self, bead: Bead, note: str) -> None:
         """Back to `open`, stage cleared, with the note saying why (under the lock)."""
         ensure_held(self.lock)
-        self.store.update(
-            bead.id, status=Status.OPEN, note=note, unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY]
-        )
+        self.store.update(bead.id, **_reopening(note).as_update())
 
     def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
         self._reopen(bead, notes.agent_busy(outcome.detail, now))
