@@ -4,8 +4,6 @@ mode, started as a container runtime would start it; figures from its `tick.done
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,7 @@ from components.config import BeadsAutoDispatchArgs
 from devtools.bench.agent_sim import AgentSimulator
 from devtools.bench.measure import fresh_db, job_env, peak_rss_mib, poll_env, server_job_env
 from devtools.localservices.dolt import dolt_server
-from devtools.paths import ROOT
-from devtools.pods.process import JobRun
+from devtools.pods.process import JobRun, run_jobs
 
 
 def _idle_figures(result: JobRun, requests: int, elapsed: float) -> dict[str, Any]:
@@ -35,23 +32,6 @@ def _idle_figures(result: JobRun, requests: int, elapsed: float) -> dict[str, An
         "child_mib": child_mib,
         "signal": done["change_signal"],
     }
-
-
-def run_dispatch_fresh(env: dict[str, str], timeout: float) -> JobRun:
-    """`python -m jobs dispatch` started by a shell that forks it, as a container runtime
-    would: Linux counts a process's peak RSS from the memory of the process it was forked
-    from, so started straight from this (large) bench process, the dispatcher's own figure
-    would be the bench's."""
-    completed = subprocess.run(
-        ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "jobs", "dispatch"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return JobRun(completed.returncode, completed.stdout, completed.stderr)
 
 
 def idle_server(
@@ -87,7 +67,7 @@ def idle_server(
                 **poll_env(settings),
             )
             started = time.monotonic()
-            result = run_dispatch_fresh(env, timeout=window + 120)
+            result = run_jobs(["dispatch"], env, timeout=window + 120, forked_by_shell=True)
             elapsed = time.monotonic() - started
             requests = len(agent.stub.requests)
     return _idle_figures(result, requests, elapsed)
@@ -107,7 +87,7 @@ def idle_embedded(
     with AgentSimulator(capacity=1, run_seconds=1) as agent:
         env = job_env(bd, agent.url, DISPATCHER_WINDOW_SECONDS=str(window), **poll_env(settings))
         started = time.monotonic()
-        result = run_dispatch_fresh(env, timeout=window + 120)
+        result = run_jobs(["dispatch"], env, timeout=window + 120, forked_by_shell=True)
         elapsed = time.monotonic() - started
         requests = len(agent.stub.requests)
     return _idle_figures(result, requests, elapsed)

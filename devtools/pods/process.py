@@ -34,14 +34,25 @@ class JobRun:
 
 
 def run_jobs(
-    args: list[str], env: dict[str, str], timeout: float = 60, module: str = "jobs"
+    args: list[str],
+    env: dict[str, str],
+    timeout: float = 60,
+    module: str = "jobs",
+    *,
+    forked_by_shell: bool = False,
 ) -> JobRun:
     """Run `python3 -m jobs ...` as the CronJob does: a fresh process with an explicit env.
 
     `module` runs another entry point in the same way (a test's clock-shifting launcher).
+    `forked_by_shell`: started by a small shell, as a container runtime would, for memory
+    figures: Linux counts a process's peak RSS from the process it was forked from, so
+    forked straight from a large test or bench process its own figure would be that one's.
     """
+    command = [sys.executable, "-m", module, *args]
+    if forked_by_shell:
+        command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *command]
     completed = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        command,
         env=env,
         cwd=ROOT,
         capture_output=True,
