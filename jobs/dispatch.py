@@ -106,14 +106,18 @@ class RunTally(Tally):
     failed: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)  # back to open, no attempt counted
     service_down: int = 0  # POSTs answered "service down"; each bead went back uncharged
+    # Polls whose question "is a slot free?" (BeadBoard's status, the agent's /health) got
+    # no usable answer; nothing was claimed.
+    unanswered: int = 0
     polls_without_bd: int = 0  # the change detector saw no write since bd last read
     poll_seconds: list[float] = field(default_factory=list)
     quiet_poll_seconds: list[float] = field(default_factory=list)  # of polls without bd
 
 
 class Backoff:
-    """How long to wait after a poll that found the agent service down: 30 s, then twice
-    the last wait, up to 300 s. A successful dispatch starts it over."""
+    """How long to wait after a poll that found the agent service down, or got no answer
+    to whether a slot is free: 30 s, then twice the last wait, up to 300 s. A successful
+    dispatch starts it over."""
 
     FIRST_SECONDS = 30.0
     MAX_SECONDS = 300.0
@@ -169,6 +173,16 @@ def _max_ms(seconds: list[float]) -> float | None:
     return round(1000 * max(seconds), 2) if seconds else None
 
 
+def _why_back_off(service_down: bool, unanswered: bool) -> str:
+    """Why the next poll waits longer than the interval, or "" when it need not. Asking
+    again every second would only add a failed request and an error line a second."""
+    if service_down:
+        return "agent service down"
+    if unanswered:
+        return "no answer to whether an agent slot is free"
+    return ""
+
+
 def attempts_so_far(bead: Bead) -> int:
     value = bead.metadata.get(ATTEMPTS_KEY, 0)
     try:
@@ -216,13 +230,16 @@ class Dispatcher(Job):
         started = self.monotonic()
         while self._switched_on():
             poll_started = self.monotonic()
-            downs, sent = self.tally.service_down, len(self.tally.dispatched)
+            downs, unanswered = self.tally.service_down, self.tally.unanswered
+            sent = len(self.tally.dispatched)
             self._poll_safely()
             if self._run_is_over():
                 break
-            found_down = self.tally.service_down > downs
-            between = self._between_polls(found_down, len(self.tally.dispatched) > sent)
-            if not self._wait_for_next_poll(started, poll_started, between, found_down):
+            down = _why_back_off(
+                self.tally.service_down > downs, self.tally.unanswered > unanswered
+            )
+            between = self._between_polls(bool(down), len(self.tally.dispatched) > sent)
+            if not self._wait_for_next_poll(started, poll_started, between, down):
                 break
         return self._finish()
 
@@ -246,17 +263,17 @@ class Dispatcher(Job):
         return False
 
     def _wait_for_next_poll(
-        self, started: float, poll_started: float, between: float, found_down: bool
+        self, started: float, poll_started: float, between: float, down: str
     ) -> bool:
         """Sleep until the next poll is due; False when the window has no room for it, or
-        SIGTERM came meanwhile."""
+        SIGTERM came meanwhile. `down`: why the wait is a back-off, or ""."""
         # Polls start every `between` seconds: time spent dispatching is not added on top.
         pause = between - (self.monotonic() - poll_started)
         remaining = self.settings.dispatcher_window_seconds - (self.monotonic() - started)
         if remaining < max(pause, 0.0) + 1.0:
             return False
-        if found_down:
-            self.log.event("run.backing_off", seconds=between, detail="agent service down")
+        if down:
+            self.log.event("run.backing_off", seconds=between, detail=down)
         if pause > 0 and self.stop.wait(pause):
             self.log.event("run.stopping", detail="SIGTERM while idle")
             self.tally.outcomes.add(Outcome.STOPPED)
@@ -276,6 +293,7 @@ class Dispatcher(Job):
             blocked=self.tally.blocked,
             requeued=self.tally.requeued,
             service_down=self.tally.service_down,
+            unanswered=self.tally.unanswered,
             polls_without_bd=self.tally.polls_without_bd,
             change_signal=self.detector.kind,
             poll_ms_median=_median_ms(self.tally.poll_seconds),
@@ -288,7 +306,8 @@ class Dispatcher(Job):
 
     def _between_polls(self, found_down: bool, dispatched: bool) -> float:
         """Seconds from one poll's start to the next: the interval, or longer after a poll
-        that found the agent service down, so an outage is not hammered every interval."""
+        that found the agent service down or unreachable, so an outage is not hammered
+        every interval."""
         if dispatched:
             self.backoff.reset()
         interval = float(self.settings.poll_interval_seconds)
@@ -301,6 +320,8 @@ class Dispatcher(Job):
             outcome = self.poll()
         except (BdError, BeadBoardError, AgentServiceError, LockError) as exc:
             self.tally.errors += 1
+            if isinstance(exc, (BeadBoardError, AgentServiceError)):
+                self.tally.unanswered += 1
             outcome = log_fault(self.log, exc)
         took = self.monotonic() - started
         self.tally.poll_seconds.append(took)

@@ -17,7 +17,7 @@ from jobs.log import iso_utc
 from jobs.protocol import STAGE_KEY
 from tests.support.harness import NOW, FakeClock, FakeClockStop, JobHarness, events_named, posted
 from tests.support.memory_store import MemoryStore
-from tests.support.routes import DISPATCH, STATUS
+from tests.support.routes import DISPATCH, HEALTH, STATUS
 
 # Polls at 0, 10, ... 50 s: the last starts with less than one interval (+1 s) left.
 WINDOW: dict[str, Any] = {"dispatcher_window_seconds": 60, "poll_interval_seconds": 10}
@@ -581,3 +581,41 @@ def test_the_backoff_doubles_to_five_minutes_and_a_dispatch_starts_it_over(
     waits = [event["seconds"] for event in events_named(run, "run.backing_off")]
     assert waits == [30, 60, 120, 240, 300, 300, 300, 30, 60, 120]
     assert len(taken) == 1
+
+
+def test_no_answer_on_a_free_slot_backs_off_instead_of_asking_every_poll(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub, clock: FakeClock
+) -> None:
+    """One-slot mode, BeadBoard's status failing for 20 minutes: the window asks after 30,
+    60, ... 300 s, not every 10 s, and sends the bead once BeadBoard answers again."""
+    bead = store.add("waiting")
+    answers_again = NOW + timedelta(minutes=20)
+
+    def status(request: RecordedRequest) -> Reply:
+        if clock() < answers_again:
+            return Reply(status=503, json={"error": "scaling up"})
+        return Reply(json={"busy": False})
+
+    beadboard.set_handler(STATUS, status)
+    run = harness.dispatch(dispatcher_window_seconds=1800, poll_interval_seconds=10)
+    backoffs = events_named(run, "run.backing_off")
+    assert [e["seconds"] for e in backoffs] == [30, 60, 120, 240, 300, 300, 300]
+    assert {e["detail"] for e in backoffs} == {"no answer to whether an agent slot is free"}
+    assert len(events_named(run, "tick.failed")) == run.summary["unanswered"] == 7
+    assert len(beadboard.requests_to(STATUS)) == 8
+    assert posted(beadboard) == [bead]
+    assert run.summary["service_down"] == 0 and run.code == 1  # the errors still show
+
+
+def test_the_agent_health_unreachable_backs_off_too(
+    harness: JobHarness, store: MemoryStore, beadboard: BeadBoardStub
+) -> None:
+    store.add("waiting")
+    # A gateway's answer without the counts: one the run cannot use.
+    beadboard.set_handler(HEALTH, lambda request: Reply(status=502, json={"error": "bad gateway"}))
+    run = harness.dispatch(
+        agent_health_url=harness.health_url, dispatcher_window_seconds=600, poll_interval_seconds=1
+    )
+    assert [e["seconds"] for e in events_named(run, "run.backing_off")] == [30, 60, 120, 240]
+    assert run.summary["unanswered"] == run.summary["polls"] == 5
+    assert beadboard.requests_to(DISPATCH) == []
