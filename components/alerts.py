@@ -12,7 +12,6 @@ promtool tests and the runbook's copy for users without the operator are all mad
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,17 +44,13 @@ class WatchedCronJob:
 
 
 def longest_gap_seconds(schedule: str) -> int:
-    """Longest wait between two scheduled runs within a day, wrapping across midnight.
+    """Longest wait between two scheduled runs, over the calendar.
 
     The longest, not the shortest: `0 9,17 * * *` waits 16 h overnight, and an alert sized on
-    its 8 h gap would fire every night. The day fields are not counted (components/cron.py
-    checks them, not keeps them): a schedule skipping whole days is taken as running daily.
+    its 8 h gap would fire every night; `* 9-17 * * 1-5` waits the weekend, and an alert sized
+    on a day would fire every Saturday.
     """
-    parsed = parse_schedule(schedule)
-    times = sorted(h * 60 + m for h in parsed.hours for m in parsed.minutes)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    gaps.append(times[0] + 24 * 60 - times[-1])
-    return max(gaps) * 60
+    return parse_schedule(schedule).longest_gap_minutes() * 60
 
 
 def _selector(metric: str, **labels: str) -> str:

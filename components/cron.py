@@ -1,9 +1,12 @@
-"""Kubernetes CronJob schedules: validated before deploy, and counted (runs per day)."""
+"""Kubernetes CronJob schedules: validated before deploy, and counted (runs per day, the
+longest wait between two runs)."""
 
 from __future__ import annotations
 
+import calendar
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 # Kubernetes accepts these macros (robfig/cron's descriptors).
 MACROS = {
@@ -41,12 +44,47 @@ class CronError(ValueError):
     pass
 
 
+# Weekdays and leap years repeat every 28 years from 1901 to 2099: a gap between run days
+# measured over one such cycle holds for every date a cluster will see.
+_CYCLE_START = date(2001, 1, 1)
+_CYCLE_DAYS = (date(2029, 1, 1) - _CYCLE_START).days
+_MINUTES_A_DAY = 24 * 60
+
+
+@dataclass(frozen=True)
+class Days:
+    """The calendar days a schedule runs on, as Kubernetes' cron library (robfig/cron) picks
+    them: when both day fields are restricted a day matching either one runs, otherwise a day
+    must match both (an unrestricted field matches every day)."""
+
+    days_of_month: frozenset[int] = frozenset(range(1, 32))
+    months: frozenset[int] = frozenset(range(1, 13))
+    days_of_week: frozenset[int] = frozenset(range(7))  # 0 is Sunday
+    either_field: bool = False
+
+    def include(self, day: date) -> bool:
+        if day.month not in self.months:
+            return False
+        by_month_day = day.day in self.days_of_month
+        by_weekday = day.isoweekday() % 7 in self.days_of_week
+        return (by_month_day or by_weekday) if self.either_field else by_month_day and by_weekday
+
+    def ever(self) -> bool:
+        """Some day of some year matches: `30 2` (30 February) alone never does."""
+        if self.either_field or len(self.days_of_month) == 31:
+            return True  # some weekday falls in every month
+        # Leap years give February its 29th.
+        longest = {month: calendar.monthrange(2000, month)[1] for month in self.months}
+        return any(day <= longest[month] for month in self.months for day in self.days_of_month)
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """The times of day a valid schedule fires (the day fields are checked, not kept)."""
+    """The times of day a valid schedule fires, and the days it fires on."""
 
     minutes: frozenset[int]
     hours: frozenset[int]
+    days: Days = field(default_factory=Days)
 
     def runs_per_day(self) -> int:
         """Runs on a day the schedule is active at all (the busiest case for daily figures)."""
@@ -60,6 +98,20 @@ class Schedule:
         gaps = [b - a for a, b in itertools.pairwise(times)]
         gaps.append(times[0] + 24 * 60 - times[-1])
         return min(gaps)
+
+    def longest_gap_minutes(self) -> int:
+        """Longest wait between two runs: within a day, overnight, and over the days the
+        schedule skips (`* 9-17 * * 1-5` waits from Friday 17:59 to Monday 9:00)."""
+        times = sorted(h * 60 + m for h in self.hours for m in self.minutes)
+        longest = max((b - a for a, b in itertools.pairwise(times)), default=0)
+        start = _CYCLE_START
+        run_days = [n for n in range(_CYCLE_DAYS) if self.days.include(start + timedelta(n))]
+        # From the last run of one run day to the first of the next, the last run day of the
+        # cycle wrapping to the first of the next cycle.
+        following = [*run_days[1:], run_days[0] + _CYCLE_DAYS]
+        for day, next_day in zip(run_days, following, strict=True):
+            longest = max(longest, (next_day - day) * _MINUTES_A_DAY + times[0] - times[-1])
+        return longest
 
 
 def parse_schedule(expression: str) -> Schedule:
@@ -76,7 +128,22 @@ def parse_schedule(expression: str) -> Schedule:
             f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
         )
     sets = [_parse_field(part, spec) for part, spec in zip(parts, _FIELDS, strict=True)]
-    return Schedule(minutes=sets[0], hours=sets[1])
+    day_of_month, day_of_week = parts[2], parts[4]
+    days = Days(
+        days_of_month=sets[2],
+        months=sets[3],
+        days_of_week=sets[4],
+        either_field=not (_unrestricted(day_of_month) or _unrestricted(day_of_week)),
+    )
+    if not days.ever():
+        raise CronError(f"never runs: no month has day {day_of_month} in months {parts[3]}")
+    return Schedule(minutes=sets[0], hours=sets[1], days=days)
+
+
+def _unrestricted(text: str) -> bool:
+    """A day field written as `*` or `?` (also inside a list), without a step: robfig/cron
+    then lets the other day field alone decide. `*/2` is a restriction."""
+    return any(item in ("*", "?", "*/1", "?/1") for item in text.split(","))
 
 
 def _parse_field(text: str, spec: _Field) -> frozenset[int]:

@@ -92,6 +92,10 @@ def test_each_cronjob_gets_both_alerts_selecting_only_its_own_series() -> None:
         ("@daily", 2 * 86400),
         ("0,50 * * * *", 2 * 50 * 60),  # the longest gap (50 min), not the shortest (10)
         ("0 9,17 * * *", 2 * 16 * 3600),  # overnight
+        # Friday 17:59 to Monday 9:00: a weekday schedule does not alert on weekends.
+        ("* 9-17 * * 1-5", 2 * ((2 * 24 + 15) * 3600 + 60)),
+        ("0 0 * * SUN", 2 * 7 * 86400),
+        ("0 0 31 * *", 2 * 61 * 86400),  # 31 July to 31 August is short; 31 May to 31 July not
     ],
 )
 def test_the_silence_limit_is_twice_the_schedules_longest_gap(

@@ -180,6 +180,27 @@ def test_cron_runs_per_day(expression: str, per_day: int, interval: int) -> None
 
 
 @pytest.mark.parametrize(
+    ("expression", "days"),
+    [
+        ("0 0 1 * MON", 7),  # both day fields restricted: the 1st or a Monday, whichever first
+        ("0 0 1 * *", 31),  # the 1st alone
+        ("0 0 * * MON", 7),
+        ("0 0 */2 * *", 2),  # `*/2` restricts: odd days of the month only, 31st -> 1st too
+        ("0 0 29 2 *", 4 * 365 + 1),  # leap days only
+        ("0 0 1 1,7 *", 184),  # 1 July to 1 January
+    ],
+)
+def test_cron_longest_gap_counts_the_days_a_schedule_skips(expression: str, days: int) -> None:
+    assert parse_schedule(expression).longest_gap_minutes() == days * 24 * 60
+
+
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4,6,9,11 *"])
+def test_cron_rejects_a_schedule_that_never_runs(expression: str) -> None:
+    with pytest.raises(CronError, match="never runs"):
+        parse_schedule(expression)
+
+
+@pytest.mark.parametrize(
     "expression",
     [
         "",
