@@ -65,6 +65,8 @@ def pod_spec(settings: BeadsAutoDispatchArgs, kind: JobKind, code_files: list[st
         EnvVarArgs(name=env_name("beads_metadata_file"), value=f"{BD_CONFIG_MOUNT}/metadata.json"),
         # Without it a watch window would only see the kill switch it started with.
         EnvVarArgs(name=env_name("runtime_config_dir"), value=RUNTIME_MOUNT),
+        # Notes name their instance's CronJob, not the default one.
+        EnvVarArgs(name=env_name("cronjob_name"), value=kind.name),
     ]
     if settings.dolt_password_secret_name:
         # An env var, not a mounted file, because bd reads it only from there (checkov

@@ -33,7 +33,6 @@ from typing import Protocol, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
-from jobs import notes
 from jobs.beadboard import (
     AgentBusy,
     AgentLoad,
@@ -50,6 +49,7 @@ from jobs.beads import BdError, BdRejected, BdTooLarge, Bead, Change, QueryResul
 from jobs.detect import ChangeDetector, Look
 from jobs.lock import LockError, LockLost, ensure_held
 from jobs.log import EventLog
+from jobs.notes import DISPATCHER, DispatcherNotes
 from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY, Outcome, Stage, Status, worst
 from jobs.rowsize import ROW_LIMIT, WRITE_MARGIN, too_large
 from jobs.run import Job, RunContext, Tally, finish, log_fault
@@ -210,6 +210,7 @@ class Dispatcher(Job):
         self.switch = switch or RuntimeSwitch(self.settings.dispatcher_enabled, None, self.log)
         # Without a change signal every poll reads with bd.
         self.detector = detector or ChangeDetector(None, self.log, self.monotonic)
+        self.notes = DispatcherNotes(self.settings.cronjob_name or DISPATCHER)
         self.tally = RunTally()
         self.backoff = Backoff()
         # Beads this run skips from now on, with why: a failed or refused (409) dispatch
@@ -550,7 +551,7 @@ class Dispatcher(Job):
         return Change(
             claim=True,
             status=Status.IN_PROGRESS,
-            note=notes.claimed(self.clock()),
+            note=self.notes.claimed(self.clock()),
             set_metadata={STAGE_KEY: Stage.CLAIMED, CLAIMED_FOR_KEY: self.settings.agent_assignee},
             actor=self.settings.agent_assignee,
         )
@@ -611,12 +612,14 @@ class Dispatcher(Job):
                 self._record(bead, outcome)
         threshold = self.settings.reaper_threshold_minutes
         for bead in unsent:
-            self._comment_best_effort(bead.id, notes.lost_lock(str(lost), threshold, self.clock()))
+            self._comment_best_effort(
+                bead.id, self.notes.lost_lock(str(lost), threshold, self.clock())
+            )
 
     def _hand_back_all(self, beads: list[Bead], reason: str) -> None:
         """Claimed beads not sent go back to the queue: one bd call for all (SIGTERM's grace
         period and the kill switch do not wait for one per bead), each bd skipped on its own."""
-        reopen = _reopening(notes.not_sent(reason, self.clock()))
+        reopen = _reopening(self.notes.not_sent(reason, self.clock()))
         done = self._write_batch(beads, reopen, "hand_back")
         for bead in beads:
             if bead.id in done:
@@ -669,7 +672,7 @@ class Dispatcher(Job):
         reaper requeues it once it holds the lock. The caller reports the failure in one line.
         """
         try:
-            self._reopen(bead, notes.not_sent(reason, self.clock()))
+            self._reopen(bead, self.notes.not_sent(reason, self.clock()))
         except BdError as exc:
             return exc
         self.tally.requeued.append(bead.id)
@@ -705,7 +708,9 @@ class Dispatcher(Job):
             # A reaper that took the lock meanwhile may have requeued this bead: never POST it.
             ensure_held(self.lock)
         except LockLost as exc:
-            note = notes.lost_lock(str(exc), self.settings.reaper_threshold_minutes, self.clock())
+            note = self.notes.lost_lock(
+                str(exc), self.settings.reaper_threshold_minutes, self.clock()
+            )
             self._comment_best_effort(bead.id, note)
             raise
         return self.board.dispatch(bead.id)
@@ -747,10 +752,10 @@ class Dispatcher(Job):
         )
         odd = outcome.unconfirmed
         if odd is None:
-            record = notes.dispatched(outcome.job_id, outcome.http_status, now)
+            record = self.notes.dispatched(outcome.job_id, outcome.http_status, now)
         else:
             self._flag_suspicious(bead.id, outcome.http_status, odd)
-            record = notes.dispatched_unconfirmed(
+            record = self.notes.dispatched_unconfirmed(
                 outcome.http_status, odd.body, odd.content_type, now
             )
         # A comment, not a note: the agent's first `bd note` may land at this very moment,
@@ -778,7 +783,9 @@ class Dispatcher(Job):
         # Stays in_progress with stage=sending: the reaper's "outcome unknown" path.
         self.store.comment(
             bead.id,
-            notes.dispatch_unknown(outcome.reason, self.settings.reaper_threshold_minutes, now),
+            self.notes.dispatch_unknown(
+                outcome.reason, self.settings.reaper_threshold_minutes, now
+            ),
         )
         self.tally.failed.append(bead.id)
         self._skip(bead.id, "dispatch outcome unknown")
@@ -793,7 +800,7 @@ class Dispatcher(Job):
         self.store.update(bead.id, **_reopening(note).as_update())
 
     def _record_agent_busy(self, bead: Bead, outcome: AgentBusy, now: datetime) -> Outcome:
-        self._reopen(bead, notes.agent_busy(outcome.detail, now))
+        self._reopen(bead, self.notes.agent_busy(outcome.detail, now))
         # Backed off for the rest of the run: one "agent busy" note per bead per run.
         self._skip(bead.id, "agent busy (409)", quiet=True)
         self.tally.requeued.append(bead.id)
@@ -803,7 +810,7 @@ class Dispatcher(Job):
     def _record_service_down(self, bead: Bead, outcome: ServiceDown, now: datetime) -> Outcome:
         # Not the bead's fault: it goes back uncharged, and is sent again once the service
         # answers (the run backs off meanwhile).
-        self._reopen(bead, notes.service_down(outcome.reason, now))
+        self._reopen(bead, self.notes.service_down(outcome.reason, now))
         self.tally.service_down += 1
         if bead.id not in self.tally.requeued:
             self.tally.requeued.append(bead.id)
@@ -820,7 +827,7 @@ class Dispatcher(Job):
         ensure_held(self.lock)
         attempt = attempts_so_far(bead) + 1
         limit = self.settings.max_dispatch_attempts
-        note = notes.dispatch_failed(attempt, limit, outcome.reason, now)
+        note = self.notes.dispatch_failed(attempt, limit, outcome.reason, now)
         self._skip(bead.id, "dispatch failed", quiet=True)
         self.tally.failed.append(bead.id)
         if attempt >= limit:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import assert_never
 
-from jobs import notes
 from jobs.beads import BdError, BdRejected, BdTooLarge, Bead
 from jobs.lock import LockError, ensure_held
+from jobs.notes import REAPER, ReaperNotes
 from jobs.protocol import CLAIMED_FOR_KEY, STAGE_KEY, Outcome, ReapAction, Stage, Status
 from jobs.rowsize import ROW_LIMIT
 from jobs.run import Job, RunContext, Tally, finish, log_fault
@@ -50,6 +50,7 @@ class Reaper(Job):
         super().__init__(context)
         self.lock_wait_seconds = lock_wait_seconds
         self.threshold = timedelta(minutes=self.settings.reaper_threshold_minutes)
+        self.notes = ReaperNotes(self.settings.cronjob_name or REAPER)
         self.tally = ReapTally()
 
     # -- the run -----------------------------------------------------------------------
@@ -212,7 +213,7 @@ class Reaper(Job):
         self.store.update(
             bead.id,
             status=Status.OPEN,
-            note=notes.requeued_unsent(bead.updated_at, now),
+            note=self.notes.requeued_unsent(bead.updated_at, now),
             unset_metadata=[STAGE_KEY, CLAIMED_FOR_KEY],
         )
         self.tally.requeued.append(bead.id)
@@ -223,7 +224,7 @@ class Reaper(Job):
         may have started a job (stage `sending`)."""
         minutes = idle_minutes(bead, now)
         stage = bead.metadata.get(STAGE_KEY)
-        note = (notes.reaped_unknown_outcome if stage == Stage.SENDING else notes.reaped)(
+        note = (self.notes.reaped_unknown_outcome if stage == Stage.SENDING else self.notes.reaped)(
             minutes, self.settings.reaper_threshold_minutes, now
         )
         self.store.update(

@@ -183,6 +183,13 @@ class JobSettings(RuntimeSettings):
         '`"dolt_mode": "server"`, or the `BEADS_DOLT_*` env) makes the dispatch lock a Dolt '
         "named lock, otherwise a flock on beads-autodispatch.lock in the beads dir.",
     )
+    cronjob_name: str = Field(
+        default="",
+        max_length=52,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="The CronJob this run belongs to; every note the run writes on a bead is "
+        "signed with it. Empty: beads-dispatcher or beads-reaper, the default instance's.",
+    )
     runtime_config_dir: Path | None = Field(
         default=None,
         description="The runtime ConfigMap mounted as files; DISPATCHER_ENABLED is re-read "

@@ -83,6 +83,18 @@ def test_the_dispatch_is_a_comment_with_the_job_id(happy: BeadRun, store: Memory
     assert (comment.author, comment.created_at) == ("agent", NOW)
 
 
+def test_another_instance_signs_with_its_own_cronjob(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    """Two instances on one database: each note names the CronJob that wrote it."""
+    bead = store.add(assignee="reviewer")
+    run = harness.dispatch(agent_assignee="reviewer", cronjob_name="reviewer-dispatcher")
+    assert run.summary["dispatched"] == [bead], run.stdout
+    assert store.notes(bead) == [f"reviewer-dispatcher claimed at {STAMP}"]
+    [comment] = store.bead(bead).comments
+    assert comment.text == f"dispatched: job=job-1 (reviewer-dispatcher, {STAMP})"
+
+
 def test_the_bead_is_marked_sending_under_the_lock_before_the_post(happy: BeadRun) -> None:
     assert happy.at_post == [("sending", False)]
 
@@ -825,6 +837,7 @@ def run_main(args: list[str], environ: dict[str, str]) -> tuple[int, list[dict[s
         ({"AGENT_ASSIGNEE": "NULL"}, "AGENT_ASSIGNEE must name a user"),
         ({"HTTP_TIMEOUT_SECONDS": "-1"}, "HTTP_TIMEOUT_SECONDS Input should be greater than"),
         ({"DISPATCHER_WINDOW_SECONDS": "1.5"}, "DISPATCHER_WINDOW_SECONDS Input should be"),
+        ({"CRONJOB_NAME": "Reviewer Dispatcher"}, "CRONJOB_NAME String should match pattern"),
         ({"BD_BIN": "/nonexistent/bd"}, "BD_BIN '/nonexistent/bd': not found or not executable"),
         (
             {"BEADS_METADATA_FILE": "/nonexistent/metadata.json"},

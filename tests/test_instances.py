@@ -129,6 +129,16 @@ def test_each_pod_reads_its_own_instances_configmaps(two: Recorder) -> None:
         assert pod["serviceAccountName"] == own.service_account
 
 
+def test_each_cronjobs_runs_sign_their_notes_with_its_name(two: Recorder) -> None:
+    for instance in ("beads", "reviewer"):
+        own = ObjectNames(instance)
+        for cronjob in (own.dispatcher, own.reaper):
+            pod = two.cronjob(cronjob)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            [box] = pod["containers"]
+            env = {e["name"]: e.get("value") for e in box["env"]}
+            assert env["CRONJOB_NAME"] == cronjob
+
+
 def test_each_instance_carries_its_assignee_and_beadboard(two: Recorder) -> None:
     beads = two.configmap(ObjectNames("beads").runtime_config)["data"]
     reviewer = two.configmap(ObjectNames("reviewer").runtime_config)["data"]

@@ -65,6 +65,17 @@ def test_blocks_stale_agent_beads_and_spares_fresh_ones(
     assert harness.lock_is_free()
 
 
+def test_another_instance_signs_with_its_own_cronjob(
+    harness: JobHarness, store: MemoryStore
+) -> None:
+    stale = stuck(store, 31, assignee="reviewer")
+    harness.reap(agent_assignee="reviewer", cronjob_name="reviewer-reaper")
+    assert store.notes(stale) == [
+        f"reviewer-reaper: no progress for 31m (threshold 30m) — blocking "
+        f"(reviewer-reaper, {STAMP})"
+    ]
+
+
 def test_the_boundary_is_timezone_aware(harness: JobHarness, store: MemoryStore) -> None:
     at_29 = stuck(store, 29)
     at_31 = stuck(store, 31)
