@@ -76,10 +76,12 @@ class DispatcherNotes:
             now,
         )
 
+    def _back_to_open(self, why: str, now: datetime) -> str:
+        """A bead back in the queue through no fault of its own: no attempt is charged."""
+        return self._signed(f"{why}; back to open, not counted as a failed attempt", now)
+
     def agent_busy(self, detail: str, now: datetime) -> str:
-        return self._signed(
-            f"agent busy ({detail}); back to open, not counted as a failed attempt", now
-        )
+        return self._back_to_open(f"agent busy ({detail})", now)
 
     def service_down(self, reason: str, now: datetime) -> str:
         return self._signed(
@@ -95,28 +97,33 @@ class DispatcherNotes:
             text += "; back to open"
         return self._signed(text, now)
 
-    def dispatch_unknown(self, reason: str, threshold_minutes: int, now: datetime) -> str:
+    def _left_to_the_reaper(
+        self, what: str, threshold_minutes: int, now: datetime, then: str = ""
+    ) -> str:
+        """A bead only the reaper can settle now: it blocks it after the threshold."""
         return self._signed(
-            f"dispatch outcome unknown: {reason} after the request was sent; not sent again. "
-            f"If the agent started, its notes follow; if not, the reaper blocks this bead after "
-            f"{threshold_minutes}m",
-            now,
+            f"{what} the reaper blocks this bead after {threshold_minutes}m{then}", now
+        )
+
+    def dispatch_unknown(self, reason: str, threshold_minutes: int, now: datetime) -> str:
+        sent = f"dispatch outcome unknown: {reason} after the request was sent; not sent again."
+        return self._left_to_the_reaper(
+            f"{sent} If the agent started, its notes follow; if not,", threshold_minutes, now
         )
 
     def lost_lock(self, reason: str, threshold_minutes: int, now: datetime) -> str:
         # Written without the lock (a comment is a row of its own, it races with nothing);
         # the stage stays `sending`, because only a lock holder may change the bead.
-        return self._signed(
+        return self._left_to_the_reaper(
             f"{self.by} lost its dispatch lock ({reason}) before sending: NOT sent to "
-            f"BeadBoard. The bead stays in_progress; the reaper blocks it after "
-            f"{threshold_minutes}m, then set it back to open to dispatch it",
+            f"BeadBoard. The bead stays in_progress;",
+            threshold_minutes,
             now,
+            then=", then set it back to open to dispatch it",
         )
 
     def not_sent(self, reason: str, now: datetime) -> str:
-        return self._signed(
-            f"not dispatched: {reason}; back to open, not counted as a failed attempt", now
-        )
+        return self._back_to_open(f"not dispatched: {reason}", now)
 
 
 @dataclass(frozen=True)

@@ -717,7 +717,7 @@ def test_the_lost_lock_comment_says_what_the_reaper_will_do(
     reaped = harness.reap()
     assert reaped.summary["blocked"] == [bead]  # what the runbook promises, and what happens
     [comment] = store.comments(bead)
-    assert "NOT sent" in comment and "the reaper blocks it after 30m" in comment, comment
+    assert "NOT sent" in comment and "the reaper blocks this bead after 30m" in comment, comment
 
 
 @pytest.fixture
