@@ -26,7 +26,16 @@ from jobs import __main__ as cli
 from jobs.lock import LOCK_FILE_NAME
 from jobs.log import iso_utc
 from jobs.protocol import ATTEMPTS_KEY, CLAIMED_FOR_KEY, STAGE_KEY
-from tests.support.harness import NOW, FakeClock, JobHarness, closed_port, events_named, posted
+from tests.support.harness import (
+    LATE_BY,
+    LATE_TIMEOUT,
+    NOW,
+    FakeClock,
+    JobHarness,
+    closed_port,
+    events_named,
+    posted,
+)
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
@@ -411,7 +420,7 @@ class Unanswered:
 @pytest.fixture(
     params=[
         # The whole request is bounded by the timeout, so the deadline speaks before httpx's own.
-        (Reply(delay=2), "timeout (no whole answer within 0.3s)"),
+        (Reply(delay=LATE_BY), f"timeout (no whole answer within {LATE_TIMEOUT:g}s)"),
         (Reply(drop=True), "RemoteProtocolError"),
     ],
     ids=["timeout", "dropped"],

@@ -33,7 +33,7 @@ from jobs.beads import BdClient, BdError, BdRejected
 from jobs.database import resolve
 from jobs.lock import DoltNamedLock, LockError, lock_on
 from jobs.protocol import ATTEMPTS_KEY, STAGE_KEY, Status
-from tests.support.harness import NOW, JobHarness, closed_port
+from tests.support.harness import LATE_BY, LATE_TIMEOUT, NOW, JobHarness, closed_port
 from tests.support.memory_store import MemoryStore
 from tests.support.routes import DISPATCH, STATUS
 
@@ -89,7 +89,7 @@ class Fault:
     dispatch_reply: Reply | None = None
     status_reply: Reply | None = None
     bd: BdFault | None = None
-    late: bool = False  # the reply comes late or never: a real socket, a 0.3 s timeout
+    late: bool = False  # the reply comes late or never: a real socket, LATE_TIMEOUT
     refused_post: bool = False  # BeadBoard's POST hits a closed port
     lock_held: bool = False  # another live run holds the dispatch lock
     lock_unreachable: bool = False  # server mode, and the Dolt server refuses connections
@@ -139,20 +139,20 @@ DISPATCH_FAULTS = (
     ),
     Fault(
         "post-timeout",
-        "timeout (no whole answer within 0.3s)",
+        f"timeout (no whole answer within {LATE_TIMEOUT:g}s)",
         1,
         "unknown",
-        Reply(delay=1),
+        Reply(delay=LATE_BY),
         late=True,
         posts=1,
         warning="dispatch outcome unknown",
     ),
     Fault(
         "post-slow-body",
-        "timeout (no whole answer within 0.3s)",
+        f"timeout (no whole answer within {LATE_TIMEOUT:g}s)",
         1,
         "unknown",
-        Reply(stall=1, json={"job_id": "job-late"}),
+        Reply(stall=LATE_BY, json={"job_id": "job-late"}),
         late=True,
         posts=1,
         warning="dispatch outcome unknown",
@@ -227,7 +227,7 @@ DISPATCH_FAULTS = (
         f"GET {STATUS}: timeout",
         1,
         "unchanged",
-        status_reply=Reply(delay=1),
+        status_reply=Reply(delay=LATE_BY),
         late=True,
     ),
     Fault(
@@ -235,7 +235,7 @@ DISPATCH_FAULTS = (
         f"GET {STATUS}: timeout",
         1,
         "unchanged",
-        status_reply=Reply(stall=1, json={"busy": False}),
+        status_reply=Reply(stall=LATE_BY, json={"busy": False}),
         late=True,
     ),
     # bd faults, wherever in the run they hit.
@@ -584,7 +584,7 @@ def test_a_timed_out_post_that_beadboard_accepted_is_not_sent_twice(
 ) -> None:
     store.add()
     # BeadBoard started the job and answered 200, but the body arrived after our timeout.
-    beadboard.program(DISPATCH, Reply(stall=1, json={"job_id": "job-started"}))
+    beadboard.program(DISPATCH, Reply(stall=LATE_BY, json={"job_id": "job-started"}))
     harness.over_sockets()
     assert [harness.dispatch().code, harness.dispatch().code] == [1, 0]
     assert len(beadboard.requests_to(DISPATCH)) == 1

@@ -35,6 +35,11 @@ from tests.support.routes import DISPATCH, HEALTH
 
 # Whole seconds, as bd stamps: a note's time can be asserted exactly.
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+# Over real sockets, the HTTP time limit, and how late a "late" reply comes: far enough
+# apart that a loaded CI machine neither answers a prompt request past the limit nor a late
+# one within it (at 0.3 s a prompt status GET once timed out under load).
+LATE_TIMEOUT = 1.0
+LATE_BY = 3.0
 
 
 def closed_port() -> int:
@@ -124,7 +129,7 @@ class JobHarness:
         """The agent service's /health, as the stub serves it."""
         return f"{self.board.url}{HEALTH}"
 
-    def over_sockets(self, http_timeout: float = 0.3) -> None:
+    def over_sockets(self, http_timeout: float = LATE_TIMEOUT) -> None:
         """Real sockets and a short timeout: for replies that come late or never."""
         self.sockets = True
         self.http_timeout = http_timeout
